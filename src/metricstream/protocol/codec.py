@@ -167,7 +167,7 @@ def _finish(envelope: _Envelope) -> WebSocketMessage[Any]:
         if decoder is None:
             # Types without a payload (ping, unsubscribe): data is ignored.
             data = None
-        elif not raw or raw == b"null":
+        elif not raw or bytes(raw) == b"null":
             if mtype not in DATA_OPTIONAL_TYPES:
                 raise ProtocolError(f"invalid {mtype.value} message: `data` is required")
             data = decoder.decode(b"{}")
