@@ -1,0 +1,35 @@
+"""The collector: turns request events and host statistics into stream messages.
+
+- :class:`MetricsCollector` aggregates requests, errors, rate limits and KV
+  cache counters over rolling windows and publishes the seed's messages to a
+  :class:`Publisher` (the stream hub).
+- :class:`MetricsMiddleware` records every request of a FastAPI/Starlette app.
+- :class:`DemoTraffic` and :func:`run_demo` generate a plausible workload.
+"""
+
+from ._collector import DEFAULT_SERVICE, CollectorSnapshot, CostPeriod, MetricsCollector, Publisher
+from ._demo import DEFAULT_PROFILES, DemoTraffic, ModelProfile, run_demo
+from ._errors import InvalidMetricError
+from ._middleware import MetricsMiddleware
+from ._prices import DEFAULT_PRICES, ModelPrice
+from ._system import SystemSample, SystemSampler
+from ._window import LatencyStats
+
+__all__ = [
+    "DEFAULT_PRICES",
+    "DEFAULT_PROFILES",
+    "DEFAULT_SERVICE",
+    "CollectorSnapshot",
+    "CostPeriod",
+    "DemoTraffic",
+    "InvalidMetricError",
+    "LatencyStats",
+    "MetricsCollector",
+    "MetricsMiddleware",
+    "ModelPrice",
+    "ModelProfile",
+    "Publisher",
+    "SystemSample",
+    "SystemSampler",
+    "run_demo",
+]

@@ -1,0 +1,324 @@
+"""MetricsMiddleware: every request of an ASGI app, recorded by a collector."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Final
+
+import msgspec
+
+from ._collector import MetricsCollector
+
+__all__ = ["MetricsMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+# The ASGI types, spelled out so this module needs no web framework.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_json: Final = msgspec.json.Decoder()
+_MAX_SSE_LINE: Final = 1 << 20
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
+def _decode_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = _json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+class _Exchange:
+    """What one request/response pair revealed, gathered as its bytes pass."""
+
+    __slots__ = (
+        "completion_tokens",
+        "content_events",
+        "error_message",
+        "error_type",
+        "first_token_at",
+        "model",
+        "prompt_tokens",
+        "request_body",
+        "request_capture",
+        "request_id",
+        "response_body",
+        "response_kind",
+        "sse_tail",
+        "status",
+        "usage_seen",
+    )
+
+    def __init__(self, capture_request: bool) -> None:
+        self.request_capture = capture_request
+        self.request_body = bytearray()
+        self.status = 0
+        self.response_kind = ""  # "json", "sse" or "" (anything else)
+        self.response_body: bytearray | None = None
+        self.sse_tail = b""
+        self.model: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.usage_seen = False
+        self.content_events = 0
+        self.first_token_at: float | None = None
+        self.request_id: str | None = None
+        self.error_message: str | None = None
+        self.error_type: str | None = None
+
+    def take_completion(self, obj: dict[str, Any]) -> bool:
+        """Read an OpenAI-style completion (or chunk); whether it had content."""
+        model = obj.get("model")
+        if isinstance(model, str) and model:
+            self.model = model
+        ident = obj.get("id")
+        if self.request_id is None and isinstance(ident, str) and ident:
+            self.request_id = ident
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            prompt = _count(usage.get("prompt_tokens"))
+            completion = _count(usage.get("completion_tokens"))
+            if prompt is not None:
+                self.prompt_tokens = prompt
+                self.completion_tokens = completion or 0
+                self.usage_seen = True
+        error = obj.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            self.error_message = message if isinstance(message, str) else "error"
+            etype = error.get("type") or error.get("code")
+            if isinstance(etype, str) and etype:
+                self.error_type = etype
+        has_content = False
+        choices = obj.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta")
+                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(text, str) and text:
+                    has_content = True
+        return has_content
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware that records every HTTP request of the app it wraps.
+
+    Add it with one line: ``app.add_middleware(MetricsMiddleware,
+    collector=collector)``. Each request is recorded with its latency (until
+    the app finished sending the response), its status (``error`` for an
+    HTTP status >= 400 or an exception) and its path as the service. When the
+    response is an OpenAI-style completion -- a JSON object with ``model`` and
+    ``usage``, or a ``text/event-stream`` of ``chat.completion.chunk`` events
+    -- the model, prompt and completion tokens, streaming flag and time to
+    first token are recorded too. A stream without a usage chunk counts its
+    content events as completion tokens (an estimate: one token per event).
+
+    Streamed responses pass through chunk by chunk as the app sends them; only
+    JSON bodies up to ``max_body_bytes`` are copied (not held back) to be read
+    once complete. Requests that are not completions are recorded under
+    ``default_model``. Exceptions and 5xx/429 responses also publish an
+    ``error_update``. An exception is described by its type only unless
+    ``expose_exception_details=True`` adds its message and stack trace: the
+    stream may be public, and exception text often holds internal details.
+    WebSocket and lifespan traffic, and paths in ``exclude_paths``, pass
+    untouched.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        collector: MetricsCollector,
+        default_model: str = "http",
+        exclude_paths: Iterable[str] = (),
+        max_body_bytes: int = 1 << 20,
+        expose_exception_details: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.app = app
+        self.collector = collector
+        self.default_model = default_model
+        self.exclude_paths = frozenset(exclude_paths)
+        self.max_body_bytes = max_body_bytes
+        self.expose_exception_details = expose_exception_details
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection."""
+        if scope["type"] != "http" or scope.get("path") in self.exclude_paths:
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or ()
+        exchange = _Exchange(capture_request="json" in _header(headers, b"content-type").lower())
+        clock = self._clock
+        started = clock()
+        limit = self.max_body_bytes
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if (
+                exchange.request_capture
+                and message.get("type") == "http.request"
+                and len(exchange.request_body) <= limit
+            ):
+                exchange.request_body += message.get("body", b"")
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            kind = message.get("type")
+            if kind == "http.response.start":
+                exchange.status = int(message.get("status", 0))
+                content_type = _header(message.get("headers") or (), b"content-type").lower()
+                if "text/event-stream" in content_type:
+                    exchange.response_kind = "sse"
+                elif "json" in content_type:
+                    exchange.response_kind = "json"
+                    exchange.response_body = bytearray()
+            elif kind == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    self._inspect_body(exchange, body, clock)
+            await send(message)
+
+        self.collector.request_started()
+        failure: BaseException | None = None
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception as exc:
+            failure = exc
+            raise
+        finally:
+            self.collector.request_finished()
+            try:
+                self._record(scope, headers, exchange, clock() - started, started, failure)
+            except Exception:
+                # Metrics must never break the application they observe.
+                logger.exception("recording a request failed")
+
+    def _inspect_body(self, exchange: _Exchange, body: bytes, clock: Callable[[], float]) -> None:
+        if exchange.response_kind == "json":
+            buffer = exchange.response_body
+            if buffer is not None:
+                if len(buffer) + len(body) > self.max_body_bytes:
+                    exchange.response_body = None  # too big to be a completion worth reading
+                else:
+                    buffer += body
+        elif exchange.response_kind == "sse":
+            data = exchange.sse_tail + body
+            lines = data.split(b"\n")
+            tail = lines.pop()
+            exchange.sse_tail = tail if len(tail) <= _MAX_SSE_LINE else b""
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if not payload or payload == b"[DONE]":
+                    continue
+                obj = _decode_object(payload)
+                if obj is None:
+                    continue
+                if exchange.take_completion(obj):
+                    exchange.content_events += 1
+                    if exchange.first_token_at is None:
+                        exchange.first_token_at = clock()
+
+    def _record(
+        self,
+        scope: Scope,
+        headers: Iterable[tuple[bytes, bytes]],
+        exchange: _Exchange,
+        elapsed: float,
+        started: float,
+        failure: BaseException | None,
+    ) -> None:
+        status = exchange.status or 500
+        if exchange.response_kind == "json" and exchange.response_body:
+            obj = _decode_object(bytes(exchange.response_body))
+            if obj is not None:
+                exchange.take_completion(obj)
+        request: dict[str, Any] = {}
+        if exchange.request_body and len(exchange.request_body) <= self.max_body_bytes:
+            request = _decode_object(bytes(exchange.request_body)) or {}
+        model = exchange.model
+        if model is None:
+            requested = request.get("model")
+            model = requested if isinstance(requested, str) and requested else self.default_model
+        streaming = exchange.response_kind == "sse"
+        completion_tokens = exchange.completion_tokens
+        if streaming and not exchange.usage_seen:
+            completion_tokens = exchange.content_events
+        path = str(scope.get("path") or "/")
+        request_id = exchange.request_id or _header(headers, b"x-request-id") or None
+        user = request.get("user")
+        organization = _header(headers, b"openai-organization") or None
+
+        failed = failure is not None or status >= 400 or exchange.error_message is not None
+        error_message: str | None = None
+        if failed:
+            if failure is not None:
+                error_message = type(failure).__name__
+                if self.expose_exception_details and str(failure):
+                    error_message = f"{error_message}: {failure}"
+            else:
+                error_message = exchange.error_message or f"HTTP {status}"
+        ttft_ms = None
+        if streaming and exchange.first_token_at is not None:
+            ttft_ms = (exchange.first_token_at - started) * 1000
+        recorded = self.collector.record_request(
+            model,
+            exchange.prompt_tokens,
+            completion_tokens,
+            max(0.0, elapsed * 1000),
+            streaming=streaming,
+            status="error" if failed else "success",
+            error_message=error_message,
+            user_id=user if isinstance(user, str) and user else None,
+            organization_id=organization,
+            ttft_ms=None if ttft_ms is None else max(0.0, ttft_ms),
+            request_id=request_id,
+            service=path,
+        )
+        if failure is not None:
+            self.collector.record_error(
+                type(failure).__name__,
+                error_message or type(failure).__name__,
+                model=model,
+                severity="critical",
+                request_id=recorded.id,
+                stack_trace=(
+                    "".join(traceback.format_exception(failure))
+                    if self.expose_exception_details
+                    else None
+                ),
+            )
+        elif status >= 500 or status == 429:
+            self.collector.record_error(
+                exchange.error_type
+                or ("rate_limit_exceeded" if status == 429 else f"http_{status}"),
+                error_message or f"HTTP {status}",
+                model=model,
+                severity="medium" if status == 429 else "high",
+                request_id=recorded.id,
+            )
