@@ -79,6 +79,18 @@ def build_app(collector: MetricsCollector, gate: Gate) -> FastAPI:
             "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
         }
 
+    @app.post("/v1/split-stream")
+    async def split_stream() -> StreamingResponse:
+        # Three content events and no usage chunk, cut at awkward places.
+        raw = _chunk("a") + _chunk("b") + _chunk("") + _chunk("c") + b"data: [DONE]\n\n"
+        pieces = [raw[i : i + 37] for i in range(0, len(raw), 37)]
+
+        async def events() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     @app.get("/health")
     async def health() -> dict[str, bool]:
         return {"ok": True}
@@ -248,3 +260,61 @@ async def _never() -> Any:
 
 async def _discard(message: Any) -> None:
     return None
+
+
+async def test_stream_without_usage_is_estimated_from_content_events(
+    served: tuple[str, MetricsCollector, Gate], publisher: RecordingPublisher
+) -> None:
+    url, _, _ = served
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/split-stream", json={"model": "ignored"})
+    assert response.text.count("data: ") == 5
+    (record,) = _requests(publisher)
+    assert record.streaming is True
+    assert record.model == MODEL  # the response's model wins over the request's
+    assert (record.prompt_tokens, record.completion_tokens) == (0, 3)
+
+
+async def test_client_leaving_mid_stream_is_a_failed_request(
+    served: tuple[str, MetricsCollector, Gate], publisher: RecordingPublisher
+) -> None:
+    url, collector, _ = served
+    async with (
+        httpx.AsyncClient(base_url=url) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={"model": MODEL, "stream": True}
+        ) as response,
+    ):
+        async with asyncio.timeout(scaled(10)):
+            first = await anext(response.aiter_raw())
+        assert b'"Hel"' in first
+    # Leaving the block closed the connection with the stream half sent.
+    await publisher.wait_for(lambda: len(_requests(publisher)) == 1)
+    (record,) = _requests(publisher)
+    assert (record.status, record.error_message) == ("error", "client disconnected")
+    assert record.streaming is True
+    (error,) = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
+    assert (error.error_type, error.severity) == ("client_disconnected", "low")
+    assert collector.in_flight == 0
+
+
+async def test_oversized_json_is_passed_on_but_not_read(publisher: RecordingPublisher) -> None:
+    collector = MetricsCollector(publisher, system_stats=False)
+    body = json.dumps(
+        {"model": MODEL, "usage": {"prompt_tokens": 5, "completion_tokens": 5}, "pad": "x" * 500}
+    ).encode()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body[:300], "more_body": True})
+        await send({"type": "http.response.body", "body": body[300:]})
+
+    middleware = MetricsMiddleware(app, collector=collector, max_body_bytes=256)
+    transport = httpx.ASGITransport(app=middleware)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.post("/v1/chat/completions", json={"model": "requested"})
+    assert response.content == body
+    (record,) = _requests(publisher)
+    assert (record.model, record.total_tokens, record.status) == ("requested", 0, "success")

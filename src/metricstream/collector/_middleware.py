@@ -53,7 +53,9 @@ class _Exchange:
 
     __slots__ = (
         "completion_tokens",
+        "complete",
         "content_events",
+        "disconnected",
         "error_message",
         "error_type",
         "first_token_at",
@@ -73,6 +75,8 @@ class _Exchange:
         self.request_capture = capture_request
         self.request_body = bytearray()
         self.status = 0
+        self.complete = False  # the last body chunk was sent
+        self.disconnected = False  # the client went away
         self.response_kind = ""  # "json", "sse" or "" (anything else)
         self.response_body: bytearray | None = None
         self.sse_tail = b""
@@ -178,7 +182,9 @@ class MetricsMiddleware:
 
         async def receive_wrapper() -> Message:
             message = await receive()
-            if (
+            if message.get("type") == "http.disconnect":
+                exchange.disconnected = True
+            elif (
                 exchange.request_capture
                 and message.get("type") == "http.request"
                 and len(exchange.request_body) <= limit
@@ -200,7 +206,13 @@ class MetricsMiddleware:
                 body = message.get("body", b"")
                 if body:
                     self._inspect_body(exchange, body, clock)
-            await send(message)
+                if not message.get("more_body", False):
+                    exchange.complete = True
+            try:
+                await send(message)
+            except OSError:
+                exchange.disconnected = True
+                raise
 
         self.collector.request_started()
         failure: BaseException | None = None
@@ -274,10 +286,17 @@ class MetricsMiddleware:
         user = request.get("user")
         organization = _header(headers, b"openai-organization") or None
 
-        failed = failure is not None or status >= 400 or exchange.error_message is not None
+        # A client that left before the response was complete: the request
+        # failed, but through no fault of the server.
+        gone = exchange.disconnected and not exchange.complete
+        if gone:
+            failure = None
+        failed = gone or failure is not None or status >= 400 or exchange.error_message is not None
         error_message: str | None = None
         if failed:
-            if failure is not None:
+            if gone:
+                error_message = "client disconnected"
+            elif failure is not None:
                 error_message = type(failure).__name__
                 if self.expose_exception_details and str(failure):
                     error_message = f"{error_message}: {failure}"
@@ -300,7 +319,15 @@ class MetricsMiddleware:
             request_id=request_id,
             service=path,
         )
-        if failure is not None:
+        if gone:
+            self.collector.record_error(
+                "client_disconnected",
+                "client disconnected before the response was complete",
+                model=model,
+                severity="low",
+                request_id=recorded.id,
+            )
+        elif failure is not None:
             self.collector.record_error(
                 type(failure).__name__,
                 error_message or type(failure).__name__,
