@@ -1,0 +1,225 @@
+"""The seed's ``RealtimeMetricsState`` and the pure rules that build it.
+
+:class:`StateReducer` applies messages to a state and knows nothing of
+connections, threads or event loops, so every rule (snapshots, resumes, stale
+updates, bounded histories) is tested by feeding it recorded messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from ..protocol import (
+    CostUpdatePayload,
+    ErrorUpdatePayload,
+    InitPayload,
+    KVCacheUpdatePayload,
+    MessageType,
+    MetricsUpdatePayload,
+    ModelUpdatePayload,
+    RateLimitUpdatePayload,
+    RequestUpdatePayload,
+    SystemUpdatePayload,
+    WebSocketMessage,
+)
+
+__all__ = ["RealtimeMetricsState", "StateReducer"]
+
+
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RealtimeMetricsState:
+    """An immutable snapshot of everything the stream said (the seed's hook state).
+
+    ``recent_requests`` and ``recent_errors`` are newest first, like the seed's.
+    ``last_update`` is the timestamp (ms) of the newest applied message.
+    """
+
+    metrics: MetricsUpdatePayload | None = None
+    models: Mapping[str, ModelUpdatePayload] = dataclasses.field(default_factory=_empty)
+    recent_requests: tuple[RequestUpdatePayload, ...] = ()
+    recent_errors: tuple[ErrorUpdatePayload, ...] = ()
+    system_stats: SystemUpdatePayload | None = None
+    rate_limits: Mapping[str, RateLimitUpdatePayload] = dataclasses.field(default_factory=_empty)
+    costs: CostUpdatePayload | None = None
+    kv_cache: KVCacheUpdatePayload | None = None
+    is_connected: bool = False
+    connection_state: str = "DISCONNECTED"
+    last_update: int | None = None
+
+
+# Keyed state caps: a server (or a hostile one) naming ever more models or
+# endpoints must not grow a long-running dashboard without bound.
+_MAX_KEYS: Final = 1024
+
+
+class StateReducer:
+    """Applies stream messages to a :class:`RealtimeMetricsState`.
+
+    - ``init`` with ``metadata.resumed`` false replaces the state (a new
+      snapshot or a new epoch); a resumed ``init`` keeps it.
+    - A state message never overwrites a newer one for the same key: it is
+      compared by ``sequence`` (timestamps when the dialect has none).
+    - ``request_update`` events are kept once per ``id``; both histories are
+      bounded.
+    """
+
+    def __init__(self, *, max_recent_requests: int = 50, max_recent_errors: int = 20) -> None:
+        if max_recent_requests < 1 or max_recent_errors < 1:
+            raise ValueError("history sizes must be at least 1")
+        self.max_recent_requests = max_recent_requests
+        self.max_recent_errors = max_recent_errors
+        self._requests: deque[RequestUpdatePayload] = deque(maxlen=max_recent_requests)
+        self._request_ids: set[str] = set()
+        self._errors: deque[ErrorUpdatePayload] = deque(maxlen=max_recent_errors)
+        self._models: OrderedDict[str, ModelUpdatePayload] = OrderedDict()
+        self._rate_limits: OrderedDict[str, RateLimitUpdatePayload] = OrderedDict()
+        self._singletons: dict[MessageType, Any] = {}
+        # (type, key) -> (sequence, timestamp) of the value held.
+        self._versions: dict[tuple[MessageType, str], tuple[int, int]] = {}
+        self._last_update: int | None = None
+        self._snapshot: RealtimeMetricsState | None = None
+
+    def state(self, *, connection_state: str, is_connected: bool) -> RealtimeMetricsState:
+        """The current state (cached until the next change)."""
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = RealtimeMetricsState(
+                metrics=self._singletons.get(MessageType.METRICS_UPDATE),
+                models=MappingProxyType(dict(self._models)),
+                recent_requests=tuple(reversed(self._requests)),
+                recent_errors=tuple(reversed(self._errors)),
+                system_stats=self._singletons.get(MessageType.SYSTEM_UPDATE),
+                rate_limits=MappingProxyType(dict(self._rate_limits)),
+                costs=self._singletons.get(MessageType.COST_UPDATE),
+                kv_cache=self._singletons.get(MessageType.KV_CACHE_UPDATE),
+                last_update=self._last_update,
+            )
+        if snap.connection_state != connection_state or snap.is_connected != is_connected:
+            snap = self._snapshot = dataclasses.replace(
+                snap, connection_state=connection_state, is_connected=is_connected
+            )
+        return snap
+
+    def clear(self) -> None:
+        """Forget everything (the start of a new epoch)."""
+        self._requests.clear()
+        self._request_ids.clear()
+        self._errors.clear()
+        self._models.clear()
+        self._rate_limits.clear()
+        self._singletons.clear()
+        self._versions.clear()
+        self._last_update = None
+        self._snapshot = None
+
+    def clear_history(self) -> None:
+        """Forget the recent requests and errors, keep the rest."""
+        self._requests.clear()
+        self._request_ids.clear()
+        self._errors.clear()
+        self._snapshot = None
+
+    def apply(self, message: WebSocketMessage[Any]) -> bool:
+        """Apply one message; returns whether the state changed."""
+        mtype = message.type
+        data = message.data
+        if mtype == MessageType.INIT and isinstance(data, InitPayload):
+            return self._apply_init(message, data)
+        if mtype == MessageType.REQUEST_UPDATE and isinstance(data, RequestUpdatePayload):
+            if data.id in self._request_ids:
+                return False
+            if len(self._requests) == self._requests.maxlen:
+                self._request_ids.discard(self._requests[0].id)
+            self._requests.append(data)
+            self._request_ids.add(data.id)
+        elif mtype == MessageType.ERROR_UPDATE and isinstance(data, ErrorUpdatePayload):
+            self._errors.append(data)
+        elif mtype == MessageType.MODEL_UPDATE and isinstance(data, ModelUpdatePayload):
+            if not self._newer(message, data.model):
+                return False
+            self._put(self._models, MessageType.MODEL_UPDATE, data.model, data)
+        elif mtype == MessageType.RATE_LIMIT_UPDATE and isinstance(data, RateLimitUpdatePayload):
+            if not self._newer(message, data.endpoint):
+                return False
+            self._put(self._rate_limits, MessageType.RATE_LIMIT_UPDATE, data.endpoint, data)
+        elif mtype in _SINGLETONS and isinstance(data, _SINGLETONS[mtype]):
+            if not self._newer(message, ""):
+                return False
+            self._singletons[MessageType(mtype)] = data
+        else:
+            return False
+        self._touch(message.timestamp)
+        return True
+
+    def _apply_init(self, message: WebSocketMessage[Any], data: InitPayload) -> bool:
+        if (message.metadata or {}).get("resumed") is True:
+            return False
+        self.clear()
+        version = (message.sequence or 0, message.timestamp)
+        if data.metrics is not None:
+            self._singletons[MessageType.METRICS_UPDATE] = data.metrics
+        if data.system is not None:
+            self._singletons[MessageType.SYSTEM_UPDATE] = data.system
+        if data.costs is not None:
+            self._singletons[MessageType.COST_UPDATE] = data.costs
+        if data.kv_cache is not None:
+            self._singletons[MessageType.KV_CACHE_UPDATE] = data.kv_cache
+        for mtype in self._singletons:
+            self._versions[(mtype, "")] = version
+        for name, model in list(data.models.items())[-_MAX_KEYS:]:
+            self._models[name] = model
+            self._versions[(MessageType.MODEL_UPDATE, name)] = version
+        for endpoint, limit in list(data.rate_limits.items())[-_MAX_KEYS:]:
+            self._rate_limits[endpoint] = limit
+            self._versions[(MessageType.RATE_LIMIT_UPDATE, endpoint)] = version
+        # The snapshot lists events newest first, like the state does.
+        for request in reversed(data.recent_requests[: self.max_recent_requests]):
+            self._requests.append(request)
+            self._request_ids.add(request.id)
+        for error in reversed(data.recent_errors[: self.max_recent_errors]):
+            self._errors.append(error)
+        self._touch(message.timestamp)
+        return True
+
+    def _newer(self, message: WebSocketMessage[Any], key: str) -> bool:
+        """Record ``message`` as the version of its key unless it is older."""
+        vkey = (MessageType(message.type), key)
+        held = self._versions.get(vkey)
+        sequence = message.sequence
+        if held is not None:
+            held_sequence, held_timestamp = held
+            if sequence is not None and held_sequence:
+                if sequence <= held_sequence:
+                    return False
+            elif message.timestamp < held_timestamp:
+                return False
+        self._versions[vkey] = (sequence or 0, message.timestamp)
+        return True
+
+    def _put(self, table: OrderedDict[str, Any], mtype: MessageType, key: str, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        if len(table) > _MAX_KEYS:
+            evicted, _ = table.popitem(last=False)
+            self._versions.pop((mtype, evicted), None)
+
+    def _touch(self, timestamp: int) -> None:
+        self._snapshot = None
+        if self._last_update is None or timestamp > self._last_update:
+            self._last_update = timestamp
+
+
+_SINGLETONS: Final[dict[str, type[Any]]] = {
+    MessageType.METRICS_UPDATE: MetricsUpdatePayload,
+    MessageType.SYSTEM_UPDATE: SystemUpdatePayload,
+    MessageType.COST_UPDATE: CostUpdatePayload,
+    MessageType.KV_CACHE_UPDATE: KVCacheUpdatePayload,
+}
