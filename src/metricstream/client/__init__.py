@@ -1,0 +1,32 @@
+"""The Python client of a metrics stream: resilient, resumable, dialect-aware.
+
+:class:`MetricStreamClient` is a thin asyncio driver around the pure protocol
+core (:mod:`metricstream.protocol`): it connects, reconnects with jittered
+backoff, resumes from its last sequence, drops duplicates, detects dead peers
+by heartbeat, speaks both the native and the FakeAI dialect, and hands every
+message to handlers and bounded async iterators. See ``docs/client.md``.
+"""
+
+from ._client import Handler, MetricStreamClient, Subscription
+from ._config import ClientConfig, Dialect, OverflowPolicy
+from ._fakeai import FakeAIAdapter
+from ._policy import Retry, build_url, retry_for_close, retry_for_status
+from ._state import ConnectionInfo, ConnectionState
+from ._stream import MessageStream
+
+__all__ = [
+    "ClientConfig",
+    "ConnectionInfo",
+    "ConnectionState",
+    "Dialect",
+    "FakeAIAdapter",
+    "Handler",
+    "MessageStream",
+    "MetricStreamClient",
+    "OverflowPolicy",
+    "Retry",
+    "Subscription",
+    "build_url",
+    "retry_for_close",
+    "retry_for_status",
+]

@@ -1,0 +1,861 @@
+"""The asyncio client: a thin driver around the pure protocol core.
+
+One background task owns the connection loop (connect, read, reconnect); one
+more per connection sends heartbeats and watches for silence. Everything the
+protocol decides — decoding, sequence verdicts, backoff delays, what a close
+code means — is delegated to pure code (:mod:`metricstream.protocol`,
+``_policy``, ``_fakeai``); this module only feeds it frames and acts on the
+answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, Self
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+
+from .. import __version__
+from ..exceptions import ConfigError, ConnectionRejectedError, ProtocolError, QueueFullError
+from ..protocol import (
+    STREAM_TYPES,
+    HeartbeatPayload,
+    MessageType,
+    SequenceTracker,
+    SubscribePayload,
+    WebSocketMessage,
+    decode,
+    decode_frame,
+    encode,
+    make_message,
+    now_ms,
+)
+from ._config import ClientConfig, Dialect, OverflowPolicy, _names
+from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
+from ._policy import Retry, build_url, retry_for_close, retry_for_status
+from ._state import ConnectionInfo, ConnectionState
+from ._stream import MessageStream
+
+__all__ = ["Handler", "MetricStreamClient", "Subscription"]
+
+logger = logging.getLogger("metricstream.client")
+
+#: A message handler: a plain function, or a coroutine function that the
+#: reader awaits before it reads on (so it sees messages strictly in order).
+Handler = Callable[[WebSocketMessage[Any]], Awaitable[None] | None]
+
+# Model-scoped message types: the ``models`` filter applies to them.
+_MODEL_SCOPED: Final = frozenset(
+    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
+)
+_raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+class Subscription:
+    """A registered handler; :meth:`unsubscribe` (or leaving a ``with``) removes it."""
+
+    __slots__ = ("_handler", "_handlers")
+
+    def __init__(self, handlers: list[Handler], handler: Handler) -> None:
+        self._handlers = handlers
+        self._handler = handler
+
+    def unsubscribe(self) -> None:
+        """Stop calling the handler; calling this twice is harmless."""
+        with contextlib.suppress(ValueError):
+            self._handlers.remove(self._handler)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unsubscribe()
+
+
+class _Connection:
+    """What the driver knows about one open WebSocket."""
+
+    __slots__ = (
+        "busy",
+        "connected",
+        "dialect",
+        "end_reason",
+        "gap_check",
+        "keepalive",
+        "pings",
+        "resync",
+        "ws",
+    )
+
+    def __init__(self, ws: ClientConnection, dialect: Dialect | None) -> None:
+        self.ws = ws
+        self.dialect = dialect  # None until the first frame decides (auto)
+        self.connected = False
+        # Set while the reader waits on a handler or a consumer: silence then
+        # is ours, not the peer's, and must not count against it.
+        self.busy = False
+        self.gap_check = False
+        self.resync = False
+        self.end_reason: str | None = None
+        self.pings: deque[float] = deque(maxlen=32)
+        self.keepalive: asyncio.Task[None] | None = None
+
+
+class MetricStreamClient:
+    """A resilient client of a metrics stream (native or FakeAI dialect).
+
+    Connects, reconnects with jittered backoff, resumes from the last applied
+    sequence, drops duplicates and stale messages, detects dead peers by
+    heartbeat, and dispatches every message to handlers and iterators::
+
+        async with MetricStreamClient("ws://127.0.0.1:8765/metrics/stream") as client:
+            client.on(MessageType.METRICS_UPDATE, lambda m: print(m.data.requests_per_second))
+            async for message in client.messages():
+                ...
+
+    Lifecycle callbacks (all optional, plain functions; an exception in one is
+    logged and ignored): ``on_connect()``, ``on_disconnect(reason)``,
+    ``on_error(exc)``, ``on_reconnecting(attempt, delay)``,
+    ``on_reconnected()``, ``on_max_reconnect_attempts_reached()``,
+    ``on_state_change(state)``.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig | str,
+        *,
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[str], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_reconnecting: Callable[[int, float], None] | None = None,
+        on_reconnected: Callable[[], None] | None = None,
+        on_max_reconnect_attempts_reached: Callable[[], None] | None = None,
+        on_state_change: Callable[[ConnectionState], None] | None = None,
+    ) -> None:
+        self._config = config if isinstance(config, ClientConfig) else ClientConfig(url=config)
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._on_error = on_error
+        self._on_reconnecting = on_reconnecting
+        self._on_reconnected = on_reconnected
+        self._on_max_attempts = on_max_reconnect_attempts_reached
+        self._on_state_change = on_state_change
+
+        self._types = self._config.types
+        self._models = self._config.models
+        self._backoff = self._config.make_backoff()
+        self._tracker = SequenceTracker()
+        self._adapter = FakeAIAdapter()
+        self._handlers: dict[str, list[Handler]] = {}
+        self._any_handlers: list[Handler] = []
+        self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        self._outbox: deque[bytes] = deque()
+        self._ack_waiters: list[asyncio.Future[SubscribePayload | None]] = []
+
+        self._state = ConnectionState.DISCONNECTED
+        self._task: asyncio.Task[None] | None = None
+        self._conn: _Connection | None = None
+        self._closing = False  # close() was called
+        self._stopped = False  # the connection loop ended, for whatever reason
+        self._fatal: BaseException | None = None
+        self._connected_event: asyncio.Event | None = None
+        # The sequence a gap was last seen after: a second gap at the same
+        # place right after a resync means the server cannot fill it.
+        self._gap_resync_from: int | None = None
+        self._slow_retry_used = False
+
+        self._connected_at: float | None = None
+        self._disconnected_at: float | None = None
+        self._last_error: str | None = None
+        self._latency: float | None = None
+        self._dialect: Dialect | None = None
+        self._message_count = 0
+        self._bytes_received = 0
+        self._bytes_sent = 0
+        self._connections = 0
+        self._resumes = 0
+        self._invalid_frames = 0
+        self._unknown_messages = 0
+        self._dropped_sends = 0
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def config(self) -> ClientConfig:
+        """The configuration this client was built with."""
+        return self._config
+
+    @property
+    def state(self) -> ConnectionState:
+        """The current connection state."""
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is CONNECTED."""
+        return self._state is ConnectionState.CONNECTED
+
+    @property
+    def latency(self) -> float | None:
+        """The last heartbeat round trip, in seconds."""
+        return self._latency
+
+    @property
+    def filter(self) -> SubscribePayload:
+        """The current subscription filter (``None`` fields: everything)."""
+        return SubscribePayload(
+            types=list(self._types) if self._types is not None else None,
+            models=list(self._models) if self._models is not None else None,
+        )
+
+    @property
+    def info(self) -> ConnectionInfo:
+        """A snapshot of the connection statistics."""
+        tracker = self._tracker
+        return ConnectionInfo(
+            state=self._state,
+            connected_at=self._connected_at,
+            disconnected_at=self._disconnected_at,
+            reconnect_attempts=self._backoff.attempt,
+            last_error=self._last_error,
+            latency=self._latency,
+            message_count=self._message_count,
+            bytes_received=self._bytes_received,
+            bytes_sent=self._bytes_sent,
+            dialect=self._dialect.value if self._dialect is not None else None,
+            epoch=tracker.epoch,
+            last_sequence=tracker.last_sequence,
+            connections=self._connections,
+            resumes=self._resumes,
+            duplicates=tracker.duplicates,
+            out_of_order=tracker.out_of_order,
+            gaps=tracker.gaps,
+            invalid_frames=self._invalid_frames,
+            unknown_messages=self._unknown_messages,
+            dropped_sends=self._dropped_sends,
+        )
+
+    def on(self, message_type: MessageType | str, handler: Handler) -> Subscription:
+        """Call ``handler`` with every message of ``message_type``, in stream order."""
+        handlers = self._handlers.setdefault(str(message_type), [])
+        handlers.append(handler)
+        return Subscription(handlers, handler)
+
+    def on_message(self, handler: Handler) -> Subscription:
+        """Call ``handler`` with every message of a known type but ``pong``, in order."""
+        self._any_handlers.append(handler)
+        return Subscription(self._any_handlers, handler)
+
+    def messages(self, maxsize: int | None = None) -> MessageStream:
+        """A new iterator over every message of a known type but ``pong``, from now on.
+
+        Its buffer holds ``maxsize`` messages (``config.message_queue_size``
+        by default); a full buffer makes the reader wait, it never drops.
+        """
+        size = self._config.message_queue_size if maxsize is None else maxsize
+        if size < 1:
+            raise ConfigError(f"maxsize must be a positive integer, got {size!r}")
+        stream = MessageStream(size)
+        if self._stopped:
+            stream.close()
+        self._streams.add(stream)
+        return stream
+
+    async def start(self) -> None:
+        """Start connecting in the background (idempotent)."""
+        if self._task is not None:
+            return
+        if self._closing:
+            raise RuntimeError("a closed client cannot be started again")
+        self._connected_event = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="metricstream-client")
+
+    async def wait_connected(self) -> None:
+        """Wait until CONNECTED (bound it with ``asyncio.timeout``).
+
+        Raises :class:`~metricstream.exceptions.ConnectionRejectedError` if the
+        server rejected the client for good and :class:`ConnectionError` if the
+        client stopped (closed, or out of attempts) first.
+        """
+        await self.start()
+        task = self._task
+        assert task is not None
+        while not self.connected:
+            if task.done():
+                self._raise_stopped()
+            event = self._connected_event
+            assert event is not None
+            waiter = asyncio.ensure_future(event.wait())
+            try:
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    async def run(self) -> None:
+        """Start (if needed) and wait until the client stops.
+
+        Returns after :meth:`close`; raises
+        :class:`~metricstream.exceptions.ConnectionRejectedError` when the
+        server rejected the client and :class:`ConnectionError` when the
+        reconnect attempts ran out.
+        """
+        await self.start()
+        assert self._task is not None
+        await asyncio.shield(self._task)
+        if not self._closing:
+            self._raise_stopped()
+
+    async def close(self) -> None:
+        """Close the connection (code 1000) and stop; no reconnect follows."""
+        self._closing = True
+        conn = self._conn
+        if conn is not None:
+            conn.end_reason = "closed by the client"
+            with contextlib.suppress(Exception):
+                await conn.ws.close(1000, "client closing")
+        task = self._task
+        if task is not None and not task.done():
+            # Let the loop see the close and report the disconnect; a loop
+            # that is sleeping or dialling is simply cancelled.
+            await asyncio.wait({task}, timeout=self._config.close_timeout if conn else 0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._finish(ConnectionState.CLOSED)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def send(self, message: WebSocketMessage[Any]) -> bool:
+        """Send ``message`` now, or queue it until the next connection.
+
+        Returns whether it was sent now. When the queue is full, the overflow
+        policy decides: drop the oldest queued message (logged, counted in
+        ``info.dropped_sends``) or raise
+        :class:`~metricstream.exceptions.QueueFullError`.
+        """
+        frame = encode(message)
+        conn = self._conn
+        if conn is not None and conn.connected:
+            try:
+                await self._send_frame(conn, frame)
+            except ConnectionClosed:
+                pass  # Lost meanwhile: queue it for the next connection.
+            else:
+                return True
+        self._enqueue(frame)
+        return False
+
+    async def subscribe(
+        self,
+        types: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+    ) -> SubscribePayload | None:
+        """Replace the subscription filter (``None``: everything).
+
+        The filter holds across reconnects (it travels in the URL) and is also
+        applied by the client itself. When connected to a native server, this
+        waits for the server's ``subscribed`` answer and returns it; otherwise
+        returns ``None`` and the filter takes effect on the next connection.
+        A server that does not answer within the heartbeat timeout, or a
+        connection lost meanwhile, also gives ``None``.
+        """
+        self._types = _names("types", tuple(types) if types is not None else None)
+        self._models = _names("models", tuple(models) if models is not None else None)
+        conn = self._conn
+        if conn is None or not conn.connected:
+            return None
+        # A filtered stream has gaps by design, and a widened one starts with
+        # one: neither may trigger a resync on this connection.
+        conn.gap_check = False
+        if conn.dialect is Dialect.FAKEAI:
+            for frame in self._adapter.subscribe_frames(self._models):
+                await self._send_frame(conn, frame)
+            return None
+        message: WebSocketMessage[Any] = (
+            make_message(MessageType.UNSUBSCRIBE, None)
+            if self._types is None and self._models is None
+            else make_message(MessageType.SUBSCRIBE, self.filter)
+        )
+        waiter: asyncio.Future[SubscribePayload | None]
+        waiter = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append(waiter)
+        try:
+            await self._send_frame(conn, encode(message))
+            async with asyncio.timeout(self._config.heartbeat_timeout):
+                return await waiter
+        except (ConnectionClosed, TimeoutError):
+            logger.info("no answer to subscribe; the filter applies from the next connection")
+            return None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._ack_waiters.remove(waiter)
+
+    async def unsubscribe(self) -> SubscribePayload | None:
+        """Remove the filter: everything from now on (see :meth:`subscribe`)."""
+        return await self.subscribe(None, None)
+
+    # ------------------------------------------------------- connection loop
+
+    async def _run(self) -> None:
+        try:
+            while not self._closing:
+                retry = await self._connect_once()
+                if self._close_requested():
+                    break
+                if retry is Retry.FATAL or not self._config.reconnect:
+                    self._finish(
+                        ConnectionState.ERROR if retry is Retry.FATAL else ConnectionState.CLOSED
+                    )
+                    return
+                delay: float | None
+                if retry is Retry.NOW and not self._slow_retry_used:
+                    # At once, but only once in a row: a server that keeps
+                    # closing us at once gets the backoff like anyone else.
+                    self._slow_retry_used = True
+                    delay = 0.0
+                else:
+                    delay = self._backoff.next_delay()
+                if delay is None:
+                    self._last_error = (
+                        f"gave up after {self._backoff.attempt} reconnect attempts"
+                        + (f" ({self._last_error})" if self._last_error else "")
+                    )
+                    logger.error("%s", self._last_error)
+                    self._call(self._on_max_attempts)
+                    self._finish(ConnectionState.ERROR)
+                    return
+                self._set_state(ConnectionState.RECONNECTING)
+                self._call(self._on_reconnecting, self._backoff.attempt, delay)
+                await asyncio.sleep(delay)
+        finally:
+            self._release_waiters()
+
+    def _url(self) -> str:
+        params: dict[str, str | None] = {
+            "types": ",".join(self._types) if self._types is not None else None,
+            "models": ",".join(self._models) if self._models is not None else None,
+            "batch": "1" if self._config.batch else None,
+            "token": self._config.token if self._config.token_in_query else None,
+        }
+        tracker = self._tracker
+        if (
+            self._config.resume
+            and tracker.last_sequence is not None
+            and self._dialect is not Dialect.FAKEAI
+        ):
+            params["since"] = str(tracker.last_sequence)
+            params["epoch"] = tracker.epoch
+        return build_url(self._config.url, params)
+
+    async def _connect_once(self) -> Retry:
+        config = self._config
+        if self._state is not ConnectionState.RECONNECTING:
+            self._set_state(ConnectionState.CONNECTING)
+        headers = {}
+        if config.token is not None and not config.token_in_query:
+            headers["Authorization"] = f"Bearer {config.token}"
+        try:
+            ws = await connect(
+                self._url(),
+                additional_headers=headers,
+                open_timeout=config.open_timeout,
+                close_timeout=config.close_timeout,
+                # Liveness is the protocol's heartbeat, which both dialects
+                # answer; protocol-level pings would be a second, weaker timer.
+                ping_interval=None,
+                ping_timeout=None,
+                max_size=config.max_frame_size,
+                # Frames are small JSON: deflate costs more CPU and memory than
+                # it saves (docs/performance.md).
+                compression=None,
+                user_agent_header=f"metricstream/{__version__}",
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            retry = retry_for_status(status)
+            message = f"handshake rejected with HTTP {status}"
+            self._error(ConnectionRejectedError(message, code=status), fatal=retry is Retry.FATAL)
+            return retry
+        except InvalidURI as exc:
+            self._error(ConfigError(f"invalid url: {exc}"), fatal=True)
+            return Retry.FATAL
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            self._error(
+                ConnectionError(f"cannot connect to {config.url}: {exc or type(exc).__name__}")
+            )
+            return Retry.BACKOFF
+        return await self._serve(ws)
+
+    async def _serve(self, ws: ClientConnection) -> Retry:
+        dialect = None if self._config.dialect is Dialect.AUTO else self._config.dialect
+        conn = _Connection(ws, dialect)
+        self._conn = conn
+        code: int | None = None
+        reason = ""
+        try:
+            await self._read(conn)
+        except ConnectionClosed as exc:
+            # The server's close frame if it sent one; else ours, when the
+            # client failed the connection itself (1009: frame too big).
+            frame = exc.rcvd if exc.rcvd is not None else exc.sent
+            if frame is not None:
+                code, reason = frame.code, frame.reason
+        finally:
+            self._conn = None
+            if (keepalive := conn.keepalive) is not None:
+                keepalive.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keepalive
+            ws.transport.abort()  # no-op when closed; frees a dead socket at once
+            self._release_waiters()
+        return self._after_close(conn, code, reason)
+
+    def _after_close(self, conn: _Connection, code: int | None, reason: str) -> Retry:
+        if conn.resync:
+            retry = Retry.NOW
+            why = conn.end_reason or "resync"
+        elif conn.end_reason is not None:
+            retry = Retry.BACKOFF
+            why = conn.end_reason
+        else:
+            retry = retry_for_close(code)
+            why = (
+                f"closed with code {code}" + (f" ({reason})" if reason else "")
+                if code is not None
+                else "connection lost"
+            )
+        if conn.connected:
+            self._disconnected_at = time.time()
+            self._call(self._on_disconnect, why)
+        if self._closing:
+            return Retry.BACKOFF
+        if retry is Retry.FATAL:
+            assert code is not None
+            self._error(
+                ConnectionRejectedError(f"server rejected the client: {why}", code=code), fatal=True
+            )
+        else:
+            self._last_error = why
+            logger.info("disconnected: %s", why)
+        return retry
+
+    async def _read(self, conn: _Connection) -> None:
+        """Read and handle frames until the connection ends (ConnectionClosed)."""
+        ws = conn.ws
+        # The first frame (init) must come within the heartbeat timeout; after
+        # it the keepalive task watches the silence.
+        try:
+            async with asyncio.timeout(self._config.heartbeat_timeout):
+                frame = await ws.recv(decode=False)
+        except TimeoutError:
+            conn.end_reason = "no first frame within the heartbeat timeout"
+            ws.transport.abort()
+            raise ConnectionClosed(None, None) from None
+        while True:
+            self._bytes_received += len(frame)
+            for message in self._decode(conn, frame):
+                if not conn.connected:
+                    self._connect(conn)
+                await self._handle(conn, message)
+                if conn.resync:
+                    await ws.close(1000, "resync")
+                    break
+            frame = await ws.recv(decode=False)
+
+    # ------------------------------------------------------------- decoding
+
+    def _decode(self, conn: _Connection, frame: bytes) -> list[WebSocketMessage[Any]]:
+        if conn.dialect is None:
+            conn.dialect = Dialect.FAKEAI if is_fakeai_greeting(frame) else Dialect.NATIVE
+        if self._dialect is not conn.dialect:
+            self._dialect = conn.dialect
+            logger.debug("speaking the %s dialect", conn.dialect.value)
+        try:
+            if conn.dialect is Dialect.FAKEAI:
+                return self._adapter.adapt(frame)
+            return decode_frame(frame)
+        except ProtocolError as exc:
+            if conn.dialect is Dialect.NATIVE and frame.lstrip()[:1] == b"[":
+                return self._decode_batch_leniently(frame)
+            self._invalid(exc)
+            return []
+
+    def _decode_batch_leniently(self, frame: bytes) -> list[WebSocketMessage[Any]]:
+        # One bad message must not take its whole batch down: the good ones
+        # are applied, the bad one is skipped (and shows up as a gap).
+        try:
+            items = _raw_list_decoder.decode(frame)
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            self._invalid(ProtocolError(f"invalid frame: {exc}"))
+            return []
+        messages = []
+        for item in items:
+            try:
+                messages.append(decode(bytes(item)))
+            except ProtocolError as exc:
+                self._invalid(exc)
+        return messages
+
+    def _invalid(self, exc: ProtocolError) -> None:
+        self._invalid_frames += 1
+        logger.warning("skipped an invalid frame: %s", exc)
+
+    # ------------------------------------------------------------- handling
+
+    def _connect(self, conn: _Connection) -> None:
+        """The first message arrived: the connection is CONNECTED."""
+        conn.connected = True
+        conn.keepalive = asyncio.create_task(self._keepalive(conn), name="metricstream-keepalive")
+        conn.gap_check = (
+            conn.dialect is Dialect.NATIVE
+            and self._config.resume
+            and self._types is None
+            and self._models is None
+        )
+        first = self._connections == 0
+        self._connections += 1
+        self._connected_at = time.time()
+        self._backoff.reset()
+        self._slow_retry_used = False
+        self._set_state(ConnectionState.CONNECTED)
+        assert self._connected_event is not None
+        self._connected_event.set()
+        self._connected_event = asyncio.Event()
+        self._call(self._on_connect)
+        if not first:
+            self._call(self._on_reconnected)
+
+    async def _handle(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
+        mtype = message.type
+        if not message.is_known:
+            self._unknown_messages += 1
+            logger.debug("skipped a message of unknown type %r", mtype)
+            return
+        if mtype is MessageType.INIT:
+            if not self._start_epoch(conn, message):
+                return
+        elif mtype in STREAM_TYPES:
+            if message.sequence is not None and not self._accept(conn, message.sequence):
+                return
+            if not self._wanted(message):
+                return
+        elif mtype is MessageType.PONG:
+            self._pong(conn, message)
+        elif mtype is MessageType.SUBSCRIBED:
+            for waiter in self._ack_waiters:
+                if not waiter.done():
+                    waiter.set_result(message.data)
+                    break
+        elif mtype is MessageType.ERROR:
+            logger.warning("the server reported an error: %s", message.data.message)
+        await self._dispatch(conn, message)
+        if mtype is MessageType.INIT:
+            await self._flush_outbox(conn)
+
+    def _start_epoch(self, conn: _Connection, message: WebSocketMessage[Any]) -> bool:
+        metadata = message.metadata or {}
+        epoch = metadata.get("epoch")
+        resumed = metadata.get("resumed") is True
+        epoch = epoch if isinstance(epoch, str) else None
+        kept = self._tracker.start(epoch, message.sequence, resumed=resumed)
+        if resumed and not kept:
+            # The server offers to continue a stream we hold no position in:
+            # the only safe state is a fresh snapshot.
+            logger.warning("the server resumed a stream this client cannot continue; resyncing")
+            self._tracker.reset()
+            conn.resync = True
+            conn.end_reason = "resync: unexpected resume"
+            return False
+        if kept:
+            self._resumes += 1
+        return True
+
+    def _accept(self, conn: _Connection, sequence: int) -> bool:
+        last = self._tracker.last_sequence
+        if conn.gap_check and last is not None and sequence > last + 1:
+            if self._gap_resync_from != last:
+                self._gap_resync_from = last
+                logger.warning(
+                    "sequence gap: expected %d, got %d; resuming from %d", last + 1, sequence, last
+                )
+                conn.resync = True
+                conn.end_reason = f"resync: sequence gap after {last}"
+                return False
+            logger.warning("sequence gap after %d persists after a resync; accepting it", last)
+        result = self._tracker.observe(sequence)
+        if not result.apply:
+            logger.debug("dropped %s message %d", result.verdict.value, sequence)
+        return result.apply
+
+    def _wanted(self, message: WebSocketMessage[Any]) -> bool:
+        if self._types is not None and message.type not in self._types:
+            return False
+        if self._models is not None and message.type in _MODEL_SCOPED:
+            model = getattr(message.data, "model", None)
+            return model is None or model in self._models
+        return True
+
+    def _pong(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
+        sent = conn.pings.popleft() if conn.pings else None
+        client_time = getattr(message.data, "client_time", None)
+        if client_time is not None:
+            self._latency = max(now_ms() - client_time, 0) / 1000
+        elif sent is not None:
+            self._latency = asyncio.get_running_loop().time() - sent
+
+    async def _dispatch(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
+        self._message_count += 1
+        # Pongs are the client's own business (latency): only a handler that
+        # asked for them by type sees them, so iterators carry data, not noise.
+        broadcast = message.type is not MessageType.PONG
+        handlers = [
+            *self._handlers.get(message.type, ()),
+            *(self._any_handlers if broadcast else ()),
+        ]
+        for handler in handlers:
+            try:
+                result = handler(message)
+                if inspect.isawaitable(result):
+                    conn.busy = True
+                    try:
+                        await result
+                    finally:
+                        conn.busy = False
+            except Exception:
+                logger.exception("a %s handler failed", message.type)
+        for stream in list(self._streams) if broadcast else ():
+            if not stream.offer(message):
+                conn.busy = True
+                try:
+                    await stream.put(message)
+                finally:
+                    conn.busy = False
+
+    # -------------------------------------------------------------- sending
+
+    async def _send_frame(self, conn: _Connection, frame: bytes) -> None:
+        await conn.ws.send(frame, text=True)
+        self._bytes_sent += len(frame)
+
+    def _enqueue(self, frame: bytes) -> None:
+        if len(self._outbox) >= self._config.offline_queue_size:
+            if self._config.overflow is OverflowPolicy.RAISE:
+                raise QueueFullError(
+                    f"offline queue full ({self._config.offline_queue_size} messages)"
+                )
+            self._outbox.popleft()
+            self._dropped_sends += 1
+            logger.warning("offline queue full: dropped the oldest queued message")
+        self._outbox.append(frame)
+
+    async def _flush_outbox(self, conn: _Connection) -> None:
+        while self._outbox:
+            frame = self._outbox[0]
+            await self._send_frame(conn, frame)
+            self._outbox.popleft()
+
+    async def _keepalive(self, conn: _Connection) -> None:
+        """Send heartbeats; abandon the connection when the peer falls silent."""
+        loop = asyncio.get_running_loop()
+        interval = self._config.heartbeat_interval
+        timeout = self._config.heartbeat_timeout
+        next_beat = loop.time()
+        probe_since: float | None = None  # when we started waiting for any frame
+        seen = self._bytes_received
+        while True:
+            now = loop.time()
+            wake = next_beat if probe_since is None else min(next_beat, probe_since + timeout)
+            await asyncio.sleep(max(wake - now, 0))
+            now = loop.time()
+            if self._bytes_received != seen:
+                seen = self._bytes_received
+                probe_since = None
+            if probe_since is not None and conn.busy:
+                probe_since = now
+            if probe_since is not None and now - probe_since >= timeout:
+                conn.end_reason = f"no frame for {timeout:g} s after a heartbeat"
+                logger.warning("abandoning a silent connection: %s", conn.end_reason)
+                # Abort, not close: a dead peer never answers a closing handshake.
+                conn.ws.transport.abort()
+                return
+            if now >= next_beat:
+                if conn.dialect is Dialect.FAKEAI:
+                    frame = FAKEAI_PING
+                else:
+                    frame = encode(
+                        make_message(MessageType.HEARTBEAT, HeartbeatPayload(client_time=now_ms()))
+                    )
+                conn.pings.append(now)
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self._send_frame(conn, frame)
+                except TimeoutError:
+                    conn.end_reason = f"heartbeat not sent within {timeout:g} s"
+                    conn.ws.transport.abort()
+                    return
+                except ConnectionClosed:
+                    return
+                if probe_since is None:
+                    probe_since = now
+                next_beat = now + interval
+
+    # ------------------------------------------------------------- plumbing
+
+    def _close_requested(self) -> bool:
+        # A method, not the attribute: mypy would keep the attribute narrowed
+        # to False across the await that close() interleaves with.
+        return self._closing
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self._call(self._on_state_change, state)
+
+    def _finish(self, state: ConnectionState) -> None:
+        self._stopped = True
+        self._set_state(state)
+        for stream in list(self._streams):
+            stream.close()
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        for waiter in self._ack_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _error(self, exc: BaseException, *, fatal: bool = False) -> None:
+        self._last_error = str(exc)
+        if fatal:
+            self._fatal = exc
+            logger.error("%s", exc)
+        else:
+            logger.info("%s", exc)
+        self._call(self._on_error, exc)
+
+    def _raise_stopped(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        raise ConnectionError(f"client stopped: {self._last_error or self._state.value}")
+
+    def _call(self, callback: Callable[..., None] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            callback(*args)
+        except Exception:
+            logger.exception("a client callback failed")

@@ -1,0 +1,38 @@
+"""Fixtures of the client tests: a real stream server on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from metricstream.client import ClientConfig
+
+from ..support import scaled
+from .peers import StreamServer
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[StreamServer]:
+    async with StreamServer() as srv:
+        yield srv
+
+
+def fast_config(url: str, **changes: Any) -> ClientConfig:
+    """A config with short reconnect delays and a generous heartbeat timeout.
+
+    The timeout stays well above any scheduling hiccup of a loaded machine;
+    tests of the timeout itself set their own.
+    """
+    settings: dict[str, Any] = {
+        "url": url,
+        "dialect": "native",
+        "reconnect_interval": 0.02,
+        "max_reconnect_interval": 0.1,
+        "heartbeat_interval": 1.0,
+        "heartbeat_timeout": scaled(5.0),
+        "close_timeout": scaled(2.0),
+    }
+    settings.update(changes)
+    return ClientConfig(**settings)

@@ -1,0 +1,397 @@
+"""The asyncio client against a real native-protocol server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from metricstream.client import ConnectionState, MetricStreamClient
+from metricstream.exceptions import ConnectionRejectedError, QueueFullError
+from metricstream.protocol import MessageType, WebSocketMessage, encode, make_message
+
+from ..support import free_port, scaled
+from .conftest import fast_config
+from .peers import StreamServer, TcpProxy, metrics, model, request, wait_until
+
+
+def _sequences(messages: list[WebSocketMessage[Any]]) -> list[int]:
+    return [m.sequence for m in messages if m.sequence is not None and m.is_stream]
+
+
+async def test_receives_init_then_stream_in_order(server: StreamServer) -> None:
+    await server.publish(MessageType.METRICS_UPDATE, metrics(7))
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        for i in range(3):
+            await server.publish(MessageType.REQUEST_UPDATE, request(f"r{i}"))
+        got = [await anext(stream) for _ in range(4)]
+    assert got[0].type is MessageType.INIT
+    assert got[0].data.metrics == metrics(7)
+    assert [m.data.id for m in got[1:]] == ["r0", "r1", "r2"]
+    assert _sequences(got) == [2, 3, 4]
+    info = client.info
+    assert info.state is ConnectionState.CLOSED
+    assert info.epoch == "epoch-1"
+    assert info.last_sequence == 4
+    assert info.dialect == "native"
+    assert info.connections == 1
+    assert info.bytes_received > 0
+
+
+async def test_heartbeat_is_answered_and_latency_measured(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        await client.wait_connected()
+        await wait_until(lambda: client.latency is not None)
+    heartbeats = [m for m in server.received if m["type"] == "heartbeat"]
+    assert heartbeats
+    assert isinstance(heartbeats[0]["data"]["client_time"], int)
+    assert client.latency is not None
+    assert 0 <= client.latency < scaled(5)
+    assert client.info.bytes_sent > 0
+
+
+async def test_handlers_run_in_order_and_a_failing_one_is_isolated(server: StreamServer) -> None:
+    seen: list[str] = []
+    async_seen: list[str] = []
+
+    def broken(message: WebSocketMessage[Any]) -> None:
+        raise RuntimeError("handler bug")
+
+    async def slow(message: WebSocketMessage[Any]) -> None:
+        await asyncio.sleep(0)
+        async_seen.append(message.data.id)
+
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        client.on(MessageType.REQUEST_UPDATE, broken)
+        sub = client.on(MessageType.REQUEST_UPDATE, lambda m: seen.append(m.data.id))
+        client.on(MessageType.REQUEST_UPDATE, slow)
+        await client.wait_connected()
+        await server.publish(MessageType.REQUEST_UPDATE, request("a"))
+        await server.publish(MessageType.REQUEST_UPDATE, request("b"))
+        await wait_until(lambda: async_seen == ["a", "b"])
+        sub.unsubscribe()
+        sub.unsubscribe()  # harmless twice
+        await server.publish(MessageType.REQUEST_UPDATE, request("c"))
+        await wait_until(lambda: async_seen == ["a", "b", "c"])
+        assert client.connected
+    assert seen == ["a", "b"]
+
+
+async def test_resumes_after_going_away_without_loss_or_duplicates(server: StreamServer) -> None:
+    events: list[str] = []
+    config = fast_config(server.url)
+    client = MetricStreamClient(
+        config,
+        on_connect=lambda: events.append("connect"),
+        on_disconnect=lambda reason: events.append(f"disconnect:{reason}"),
+        on_reconnected=lambda: events.append("reconnected"),
+    )
+    async with client:
+        stream = client.messages()
+        await client.wait_connected()
+        await server.publish(MessageType.REQUEST_UPDATE, request("before"))
+        await wait_until(lambda: client.info.last_sequence == 1)
+        await server.close_all(1001, "deploy")
+        # Published while the client is away: the replay must deliver them.
+        server.record(MessageType.REQUEST_UPDATE, request("away-1"))
+        server.record(MessageType.REQUEST_UPDATE, request("away-2"))
+        await wait_until(lambda: client.info.connections == 2)
+        await server.publish(MessageType.REQUEST_UPDATE, request("after"))
+        got = [await anext(stream) for _ in range(6)]
+    ids = [m.data.id for m in got if m.type is MessageType.REQUEST_UPDATE]
+    assert ids == ["before", "away-1", "away-2", "after"]
+    assert [(m.metadata or {}).get("resumed") for m in got if m.type is MessageType.INIT] == [
+        False,
+        True,
+    ]
+    assert server.handshakes[1]["since"] == "1"
+    assert server.handshakes[1]["epoch"] == "epoch-1"
+    assert client.info.resumes == 1
+    assert client.info.duplicates == 0
+    assert events[:2] == ["connect", "disconnect:closed with code 1001 (deploy)"]
+    assert events[2:4] == ["connect", "reconnected"]
+
+
+async def test_new_epoch_gives_a_full_snapshot(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        await server.publish(MessageType.METRICS_UPDATE, metrics(1))
+        await wait_until(lambda: client.info.last_sequence == 1)
+        server.new_epoch()
+        server.record(MessageType.METRICS_UPDATE, metrics(99))
+        await server.close_all(1001)
+        inits = []
+        async for message in stream:
+            if message.type is MessageType.INIT:
+                inits.append(message)
+                if len(inits) == 2:
+                    break
+    assert inits[1].metadata == {"epoch": "epoch-2", "resumed": False}
+    assert inits[1].data.metrics == metrics(99)
+    assert client.info.epoch == "epoch-2"
+    assert client.info.last_sequence == 1
+    assert client.info.resumes == 0
+
+
+async def test_slow_consumer_close_reconnects_at_once(server: StreamServer) -> None:
+    delays: list[float] = []
+    config = fast_config(server.url, reconnect_interval=5.0, max_reconnect_interval=5.0)
+    async with MetricStreamClient(config, on_reconnecting=lambda _, d: delays.append(d)) as client:
+        await client.wait_connected()
+        await server.close_all(4008, "slow consumer")
+        await wait_until(lambda: client.info.connections == 2)
+    assert delays == [0.0]
+
+
+async def test_server_1000_is_retried_with_backoff(server: StreamServer) -> None:
+    delays: list[float] = []
+    async with MetricStreamClient(
+        fast_config(server.url), on_reconnecting=lambda _, d: delays.append(d)
+    ) as client:
+        await client.wait_connected()
+        await server.close_all(1000)
+        await wait_until(lambda: client.info.connections == 2)
+    assert len(delays) == 1
+    assert 0 < delays[0] <= 0.02
+
+
+@pytest.mark.parametrize("code", [4001, 1008])
+async def test_rejection_close_is_fatal(server: StreamServer, code: int) -> None:
+    errors: list[BaseException] = []
+    client = MetricStreamClient(fast_config(server.url), on_error=errors.append)
+    async with client:
+        await client.wait_connected()
+        await server.close_all(code, "go away")
+        with pytest.raises(ConnectionRejectedError) as caught:
+            await client.run()
+    assert caught.value.code == code
+    assert client.state is ConnectionState.CLOSED
+    assert errors == [caught.value]
+    assert len(server.handshakes) == 1
+
+
+async def test_missing_token_is_fatal_and_token_is_sent() -> None:
+    async with StreamServer(token="s3cret") as srv:
+        bad = MetricStreamClient(fast_config(srv.url))
+        with pytest.raises(ConnectionRejectedError) as caught:
+            await bad.run()
+        assert caught.value.code == 4001
+        assert bad.state is ConnectionState.ERROR
+        header = MetricStreamClient(fast_config(srv.url, token="s3cret"))
+        query = MetricStreamClient(fast_config(srv.url, token="s3cret", token_in_query=True))
+        async with header, query:
+            await header.wait_connected()
+            await query.wait_connected()
+    assert [h.get("token") for h in srv.handshakes] == [None, None, "s3cret"]
+
+
+@pytest.mark.parametrize(("status", "fatal"), [(401, True), (403, True), (503, False)])
+async def test_rejected_handshake(server: StreamServer, status: int, fatal: bool) -> None:
+    server.reject_status = status
+    config = fast_config(server.url, max_reconnect_attempts=2)
+    client = MetricStreamClient(config)
+    with pytest.raises(ConnectionRejectedError if fatal else ConnectionError) as caught:
+        await client.run()
+    assert client.state is ConnectionState.ERROR
+    assert f"HTTP {status}" in str(caught.value)
+
+
+async def test_gives_up_after_max_attempts() -> None:
+    calls: list[str] = []
+    config = fast_config(f"ws://127.0.0.1:{free_port()}/metrics/stream", max_reconnect_attempts=3)
+    client = MetricStreamClient(
+        config,
+        on_reconnecting=lambda attempt, _: calls.append(f"retry {attempt}"),
+        on_max_reconnect_attempts_reached=lambda: calls.append("gave up"),
+    )
+    with pytest.raises(ConnectionError, match="gave up after 3 reconnect attempts"):
+        await client.run()
+    assert calls == ["retry 1", "retry 2", "retry 3", "gave up"]
+    assert client.state is ConnectionState.ERROR
+    with pytest.raises(ConnectionError):
+        await client.wait_connected()
+
+
+async def test_duplicates_and_stale_messages_are_dropped(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        first = await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+        await server.publish(MessageType.REQUEST_UPDATE, request("two"))
+        await server.send_raw(encode(first))  # a duplicate
+        await server.publish(MessageType.REQUEST_UPDATE, request("three"))
+        got = [await anext(stream) for _ in range(4)]
+    assert [m.data.id for m in got[1:]] == ["one", "two", "three"]
+    assert client.info.duplicates == 1
+
+
+async def test_gap_on_unfiltered_stream_triggers_resume(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+        server.record(MessageType.REQUEST_UPDATE, request("lost"))  # never sent live
+        await server.publish(MessageType.REQUEST_UPDATE, request("three"))
+        got: list[WebSocketMessage[Any]] = []
+        while len([m for m in got if m.type is MessageType.REQUEST_UPDATE]) < 3:
+            got.append(await anext(stream))
+    ids = [m.data.id for m in got if m.type is MessageType.REQUEST_UPDATE]
+    assert ids == ["one", "lost", "three"]
+    assert server.handshakes[1]["since"] == "1"
+    assert client.info.gaps == 0
+
+
+async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        await server.send_raw("not json at all")
+        await server.send_raw('{"type":"metrics_update","timestamp":1,"sequence":1,"data":{}}')
+        await server.send_raw('{"type":"from_the_future","timestamp":1,"data":{"x":1}}')
+        await server.send_raw("[1, 2")
+        await server.publish(MessageType.REQUEST_UPDATE, request("fine"))
+        got = [await anext(stream) for _ in range(2)]
+        assert client.connected
+    assert got[1].data.id == "fine"
+    assert client.info.invalid_frames == 3
+    assert client.info.unknown_messages == 1
+    assert client.info.connections == 1
+
+
+async def test_batch_frames_and_a_bad_member_loses_only_itself(server: StreamServer) -> None:
+    config = fast_config(server.url, batch=True)
+    async with MetricStreamClient(config) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        one = server.record(MessageType.REQUEST_UPDATE, request("one"))
+        two = server.record(MessageType.REQUEST_UPDATE, request("two"))
+        await server.send_batch([one, two])
+        bad = b'{"type":"request_update","timestamp":1,"sequence":3,"data":{"id":5}}'
+        three = server.record(MessageType.REQUEST_UPDATE, request("three"))
+        await server.send_raw(b"[" + bad + b"," + encode(three) + b"]")
+        got = [await anext(stream) for _ in range(4)]
+    assert server.handshakes[0]["batch"] == "1"
+    assert [m.data.id for m in got[1:]] == ["one", "two", "three"]
+    assert client.info.invalid_frames == 1
+
+
+async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        ack = await client.subscribe(types=["model_update"], models=["a"])
+        assert ack is not None
+        assert ack.types == ["model_update"]
+        await server.publish(MessageType.MODEL_UPDATE, model("b"))
+        await server.publish(MessageType.REQUEST_UPDATE, request("x", "a"))
+        await server.publish(MessageType.MODEL_UPDATE, model("a"))
+        got = [await anext(stream) for _ in range(3)]
+        await server.close_all(1001)
+        await wait_until(lambda: client.info.connections == 2)
+        assert client.filter.models == ["a"]
+        cleared = await client.unsubscribe()
+        assert cleared is not None
+        assert cleared.types is None
+    assert [m.type for m in got] == [
+        MessageType.INIT,
+        MessageType.SUBSCRIBED,
+        MessageType.MODEL_UPDATE,
+    ]
+    assert got[2].data.model == "a"
+    assert server.handshakes[1]["types"] == "model_update"
+    assert server.handshakes[1]["models"] == "a"
+    assert any(m["type"] == "unsubscribe" for m in server.received)
+
+
+async def test_offline_queue_is_flushed_after_connecting(server: StreamServer) -> None:
+    client = MetricStreamClient(fast_config(server.url, offline_queue_size=2))
+    for i in range(3):
+        sent = await client.send(make_message("custom", {"n": i}))
+        assert sent is False
+    assert client.info.dropped_sends == 1
+    async with client:
+        await client.wait_connected()
+        await wait_until(lambda: any(m.get("type") == "custom" for m in server.received))
+        assert await client.send(make_message("custom", {"n": 3}))
+        await wait_until(lambda: len([m for m in server.received if m["type"] == "custom"]) == 3)
+    assert [m["data"]["n"] for m in server.received if m["type"] == "custom"] == [1, 2, 3]
+
+
+async def test_offline_queue_raise_policy() -> None:
+    config = fast_config("ws://127.0.0.1:9/metrics/stream", offline_queue_size=1, overflow="raise")
+    client = MetricStreamClient(config)
+    await client.send(make_message("custom", {}))
+    with pytest.raises(QueueFullError):
+        await client.send(make_message("custom", {}))
+    assert client.info.dropped_sends == 0
+
+
+async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServer) -> None:
+    reasons: list[str] = []
+    async with TcpProxy(server.port) as proxy:
+        config = fast_config(proxy.url(), heartbeat_interval=0.2, heartbeat_timeout=scaled(0.6))
+        async with MetricStreamClient(config, on_disconnect=reasons.append) as client:
+            stream = client.messages()
+            await client.wait_connected()
+            await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+            await wait_until(lambda: client.info.last_sequence == 1)
+            proxy.freeze()
+            started = time.monotonic()
+            await wait_until(lambda: not client.connected)
+            noticed = time.monotonic() - started
+            await server.publish(MessageType.REQUEST_UPDATE, request("two"))
+            await wait_until(lambda: client.connected)
+            ids = []
+            async for message in stream:
+                if message.type is MessageType.REQUEST_UPDATE:
+                    ids.append(message.data.id)
+                    if len(ids) == 2:
+                        break
+    assert ids == ["one", "two"]
+    assert "after a heartbeat" in reasons[0]
+    assert noticed < scaled(0.2 + 0.6) + scaled(2)
+    assert proxy.connections >= 2
+    assert any(h.get("since") == "1" for h in server.handshakes[1:])
+
+
+async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> None:
+    server.send_init = False
+    config = fast_config(server.url, heartbeat_timeout=scaled(0.3), max_reconnect_attempts=1)
+    client = MetricStreamClient(config)
+    with pytest.raises(ConnectionError, match="no first frame"):
+        await client.run()
+    assert client.info.connections == 0
+    assert len(server.handshakes) == 2
+
+
+async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> None:
+    async with MetricStreamClient(fast_config(server.url, max_frame_size=4096)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 10_000 + '"}')
+        await wait_until(lambda: client.info.connections == 2)
+        await server.publish(MessageType.REQUEST_UPDATE, request("after"))
+        async for message in stream:
+            if message.type is MessageType.REQUEST_UPDATE:
+                break
+    assert message.data.id == "after"
+    assert "1009" in (client.info.last_error or "")
+
+
+async def test_close_ends_iteration_and_stops_reconnecting(server: StreamServer) -> None:
+    states: list[ConnectionState] = []
+    client = MetricStreamClient(fast_config(server.url), on_state_change=states.append)
+    await client.start()
+    stream = client.messages()
+    await client.wait_connected()
+    await client.close()
+    rest = [m async for m in stream]
+    assert [m.type for m in rest] == [MessageType.INIT]
+    assert states == [ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.CLOSED]
+    await client.run()  # returns at once: closed on purpose
+    assert len(server.handshakes) == 1

@@ -1,0 +1,75 @@
+"""Liveness under a stalled event loop, on asyncio's own loop and on uvloop.
+
+A frame that arrived while the loop was blocked is in the socket, merely
+unread; the silence timer must not count it as silence on either loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from metricstream.client import MetricStreamClient
+from metricstream.protocol import MessageType, WebSocketMessage
+
+from .conftest import fast_config
+from .peers import StreamServer, request, wait_until
+
+uvloop = pytest.importorskip("uvloop")
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    return uvloop.new_event_loop if name == "uvloop" else asyncio.new_event_loop
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_blocked_event_loop_is_not_taken_for_a_dead_peer(loop: str) -> None:
+    with asyncio.Runner(loop_factory=_loop_factory(loop)) as runner:
+        runner.run(_blocked_event_loop())
+
+
+async def _blocked_event_loop() -> None:
+    timeout = 0.4
+    server = StreamServer()
+    # The server blocks the whole event loop (its own and the client's: they
+    # share it) right after the client's heartbeat went out and before the
+    # pong: exactly what a stalled process or a suspended laptop looks like to
+    # the client's timers. The pong is then in the socket, merely unread.
+    server.stall_on_heartbeat = timeout * 3
+    pongs: list[WebSocketMessage[Any]] = []
+    async with server:
+        config = fast_config(server.url, heartbeat_interval=0.1, heartbeat_timeout=timeout)
+        client = MetricStreamClient(config)
+        client.on(MessageType.PONG, pongs.append)
+        async with client:
+            await client.wait_connected()
+            await wait_until(lambda: server.stall_on_heartbeat == 0 and len(pongs) >= 3)
+            assert client.info.connections == 1
+
+
+async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: StreamServer) -> None:
+    timeout = 0.3
+    config = fast_config(server.url, heartbeat_interval=0.1, heartbeat_timeout=timeout)
+    release = asyncio.Event()
+
+    async def slow_consumer(message: WebSocketMessage[Any]) -> None:
+        await release.wait()
+
+    def heartbeats() -> int:
+        return sum(1 for m in server.received if m["type"] == "heartbeat")
+
+    async with MetricStreamClient(config) as client:
+        client.on(MessageType.REQUEST_UPDATE, slow_consumer)
+        await client.wait_connected()
+        await server.publish(MessageType.REQUEST_UPDATE, request("held"))
+        before = heartbeats()
+        # Heartbeats keep going out for many timeouts while the reader waits
+        # for the handler; pongs pile up unread, and that is not silence.
+        await wait_until(lambda: heartbeats() >= before + 3 * round(timeout / 0.1))
+        release.set()
+        await wait_until(lambda: client.info.message_count >= 2)
+        assert client.info.connections == 1
+        assert client.connected
