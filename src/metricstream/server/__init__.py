@@ -1,0 +1,36 @@
+"""The stream server: hub, replay log, ASGI endpoint, uvicorn runner.
+
+- :class:`MetricsHub` numbers, logs and fans out stream messages and keeps
+  the snapshot every connection starts from.
+- :class:`ReplayLog` / :class:`MemoryReplayLog` keep the recent stream so a
+  reconnecting client resumes without loss.
+- :func:`create_router` (include in any FastAPI app) and :func:`create_app`
+  serve ``/metrics/stream``, ``/healthz`` and ``/metrics``.
+- :class:`StreamServer` and :func:`uvicorn_config` run it on uvicorn;
+  ``metricstream serve`` does all of that from the command line.
+"""
+
+from ._app import HubCollector, create_app, create_router
+from ._endpoint import StreamEndpoint
+from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub, Subscriber
+from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
+from ._settings import ServerSettings
+from ._uvicorn import StreamServer, uvicorn_config
+
+__all__ = [
+    "DEFAULT_MAX_BUFFER_BYTES",
+    "HubCollector",
+    "HubStats",
+    "LogEntry",
+    "MemoryReplayLog",
+    "MetricsHub",
+    "ReplayLog",
+    "ServerSettings",
+    "StreamEndpoint",
+    "StreamServer",
+    "Subscriber",
+    "create_app",
+    "create_router",
+    "new_epoch",
+    "uvicorn_config",
+]

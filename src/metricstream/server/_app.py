@@ -1,0 +1,183 @@
+"""FastAPI integration: a router to include in any app, and a standalone app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.routing import WebSocketRoute
+
+from ._endpoint import StreamEndpoint
+from ._hub import GOING_AWAY, MetricsHub
+from ._settings import ServerSettings
+
+__all__ = ["HubCollector", "create_app", "create_router"]
+
+# Buckets of the per-client buffer histogram, in bytes.
+_BUFFER_BUCKETS = (0, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+
+
+class HubCollector(Collector):
+    """Prometheus collector reading a hub's figures at scrape time.
+
+    The hub keeps plain integer counters; turning them into metrics only when
+    scraped keeps the per-delivery path free of metric-library calls.
+    """
+
+    def __init__(self, hub: MetricsHub, endpoint: StreamEndpoint | None = None) -> None:
+        self._hub = hub
+        self._endpoint = endpoint
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the current figures."""
+        hub = self._hub
+        stats = hub.stats
+        yield GaugeMetricFamily(
+            "metricstream_connections", "WebSocket connections attached now", hub.connection_count
+        )
+        yield CounterMetricFamily(
+            "metricstream_connections_opened",
+            "Connections attached since start",
+            stats.connections_opened,
+        )
+        rejected = CounterMetricFamily(
+            "metricstream_connections_rejected",
+            "Connections refused or closed by a limit, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.rejections.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "metricstream_messages_published", "Stream messages published", stats.published
+        )
+        yield CounterMetricFamily(
+            "metricstream_messages_sent",
+            "Messages delivered to clients (stream and connection-local)",
+            stats.messages_sent,
+        )
+        yield CounterMetricFamily(
+            "metricstream_frames_sent", "WebSocket frames written", stats.frames_sent
+        )
+        yield CounterMetricFamily(
+            "metricstream_bytes_sent", "Payload bytes of the frames written", stats.bytes_sent
+        )
+        yield CounterMetricFamily(
+            "metricstream_evictions",
+            "Slow consumers closed with 4008 (buffer bound exceeded)",
+            stats.evictions,
+        )
+        yield CounterMetricFamily(
+            "metricstream_replay_hits", "Resumes served from the replay log", stats.replay_hits
+        )
+        yield CounterMetricFamily(
+            "metricstream_replay_misses",
+            "Resumes refused (wrong epoch, beyond the log): full snapshot sent",
+            stats.replay_misses,
+        )
+        yield GaugeMetricFamily(
+            "metricstream_sequence", "Sequence of the newest published message", hub.sequence
+        )
+        yield GaugeMetricFamily(
+            "metricstream_replay_log_entries", "Messages held by the replay log", len(hub.log)
+        )
+        sizes = sorted(sub.buffered_bytes for sub in hub.subscribers)
+        buckets: list[tuple[str, float]] = []
+        index = 0
+        for bound in _BUFFER_BUCKETS:
+            while index < len(sizes) and sizes[index] <= bound:
+                index += 1
+            buckets.append((str(float(bound)), index))
+        buckets.append(("+Inf", len(sizes)))
+        yield HistogramMetricFamily(
+            "metricstream_client_buffer_bytes",
+            "Bytes waiting per client (outbox and transport buffer), sampled at scrape",
+            buckets=buckets,
+            sum_value=sum(sizes),
+        )
+        yield GaugeMetricFamily(
+            "metricstream_client_buffer_bytes_max",
+            "Largest per-client buffer now",
+            sizes[-1] if sizes else 0,
+        )
+
+
+def create_router(
+    hub: MetricsHub,
+    settings: ServerSettings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+) -> APIRouter:
+    """A FastAPI router serving ``hub``: the WebSocket stream, ``/healthz``, ``/metrics``.
+
+    Include it in your own app with ``app.include_router(create_router(hub))``.
+    ``registry`` receives the hub's Prometheus collector; by default the
+    router gets a registry of its own, served at ``/metrics``.
+    """
+    settings = settings if settings is not None else ServerSettings()
+    registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+    endpoint = StreamEndpoint(hub, settings)
+    registry.register(HubCollector(hub, endpoint))
+    router = APIRouter()
+    router.routes.append(WebSocketRoute(settings.path, endpoint, name="metrics_stream"))
+
+    @router.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        status = "shutting_down" if hub.closing else "ok"
+        return JSONResponse(
+            {
+                "status": status,
+                "connections": hub.connection_count,
+                "sequence": hub.sequence,
+                "epoch": hub.epoch,
+            },
+            status_code=503 if hub.closing else 200,
+        )
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def create_app(
+    hub: MetricsHub | None = None,
+    settings: ServerSettings | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    """A standalone FastAPI app around :func:`create_router`.
+
+    On lifespan shutdown the hub's clients are closed with 1001 (when the
+    ASGI server has not closed them already). ``app.state.hub`` is the hub.
+    """
+    hub = hub if hub is not None else MetricsHub()
+    settings = settings if settings is not None else ServerSettings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await hub.close_all(GOING_AWAY, grace=settings.close_timeout)
+
+    app = FastAPI(
+        title="metricstream",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        **fastapi_kwargs,
+    )
+    app.state.hub = hub
+    app.include_router(create_router(hub, settings))
+    return app

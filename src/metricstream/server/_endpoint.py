@@ -1,0 +1,355 @@
+"""The ``/metrics/stream`` WebSocket endpoint, as a plain ASGI application.
+
+It speaks raw ASGI rather than going through Starlette's ``WebSocket`` class:
+frames leave through the hub's outbox as pre-encoded text, and the handshake
+decisions (origin, token, capacity) need nothing more than the scope.
+
+Each connection runs two coroutines: the ASGI call itself, which waits for the
+connection's close code, and a reader task, which answers control messages and
+enforces the inbound limits. Writing is the hub's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from starlette.types import Message, Receive, Scope, Send
+
+from ..exceptions import ProtocolError
+from ..protocol import (
+    ErrorPayload,
+    MessageType,
+    PongPayload,
+    SubscribePayload,
+    WebSocketMessage,
+    decode,
+    encode,
+    make_message,
+    now_ms,
+)
+from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
+from ._settings import ServerSettings
+
+__all__ = [
+    "CLOSE_BAD_TOKEN",
+    "CLOSE_TOO_MANY",
+    "StreamEndpoint",
+]
+
+logger = logging.getLogger("metricstream.server")
+
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_BAD_TOKEN: Final = 4001
+CLOSE_TOO_MANY: Final = 4029
+
+# Types a client may send; every other known type gets ``unsupported_type``.
+_CLIENT_TYPES: Final = frozenset(
+    {
+        MessageType.HEARTBEAT,
+        MessageType.PING,
+        MessageType.SUBSCRIBE,
+        MessageType.UNSUBSCRIBE,
+    }
+)
+
+
+def _error_frame(code: str, message: str) -> str:
+    payload = ErrorPayload(code=code, message=message)
+    return encode(make_message(MessageType.ERROR, payload)).decode()
+
+
+def _split(values: list[str] | None) -> frozenset[str] | None:
+    """``types=a,b&types=c`` → {a, b, c}; absent → None (no filter)."""
+    if values is None:
+        return None
+    return frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+
+
+def _find_transport(receive: Receive) -> _Transport | None:
+    """The asyncio transport behind ``receive``, when the server exposes it.
+
+    uvicorn hands the application the bound ``receive`` method of its
+    per-connection protocol object, which holds the transport. The endpoint
+    uses it for two read-mostly things only: to include the transport's write
+    buffer in the per-client buffer figure, and to abort a peer that will not
+    even take its close frame. Anything else (another server, a middleware
+    wrapping ``receive``) simply yields ``None`` and both refinements are off.
+    """
+    owner = getattr(receive, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if all(
+        callable(getattr(transport, name, None))
+        for name in ("get_write_buffer_size", "is_closing", "abort")
+    ):
+        return transport
+    return None
+
+
+class _TokenBucket:
+    """Inbound rate limit of one connection."""
+
+    __slots__ = ("_burst", "_last", "_rate", "_tokens", "drops")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        # Messages dropped in a row.
+        self.drops = 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self.drops = 0
+            return True
+        self.drops += 1
+        return False
+
+
+class StreamEndpoint:
+    """ASGI application serving the stream of ``hub`` over WebSocket.
+
+    Mount it at a WebSocket route (``create_router`` does); it accepts
+    ``websocket`` scopes only.
+    """
+
+    def __init__(self, hub: MetricsHub, settings: ServerSettings | None = None) -> None:
+        self.hub = hub
+        self.settings = settings if settings is not None else ServerSettings()
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        """Connections past the handshake and not yet finished."""
+        return self._active
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":  # pragma: no cover - routed as a WebSocket route
+            raise RuntimeError("StreamEndpoint serves WebSocket connections only")
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        settings = self.settings
+        stats = self.hub.stats
+        headers = _headers(scope)
+        if not settings.origin_allowed(headers.get("origin")):
+            stats.reject("origin")
+            logger.info("refused a handshake from origin %r", headers.get("origin"))
+            # Before accept, uvicorn turns this into an HTTP 403 response.
+            await send({"type": "websocket.close", "code": CLOSE_POLICY})
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if settings.token is not None and not _token_ok(settings.token, headers, query):
+            stats.reject("token")
+            await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token")
+            return
+        if self.hub.closing:
+            stats.reject("shutdown")
+            await _accept_and_close(send, GOING_AWAY, "server shutting down")
+            return
+        if self._active >= settings.max_connections:
+            stats.reject("capacity")
+            await _accept_and_close(send, CLOSE_TOO_MANY, "too many connections")
+            return
+        self._active += 1
+        try:
+            await send({"type": "websocket.accept"})
+            await self._serve(scope, receive, send, query)
+        finally:
+            self._active -= 1
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, query: dict[str, list[str]]
+    ) -> None:
+        since = _int_param(query, "since")
+        epoch = query.get("epoch", [None])[-1]
+        batch = query.get("batch", ["0"])[-1] in ("1", "true")
+
+        def send_text(frame: str) -> Any:
+            return send({"type": "websocket.send", "text": frame})
+
+        transport = _find_transport(receive)
+        sub = self.hub.attach(
+            send_text,
+            since=since,
+            epoch=epoch,
+            types=_split(query.get("types")),
+            models=_split(query.get("models")),
+            batch=batch,
+            transport=transport,
+        )
+        if "since" in query and since is None:
+            sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))
+        reader = asyncio.get_running_loop().create_task(self._read(receive, sub))
+        try:
+            try:
+                code = await sub.closed
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            if code is not None:
+                await self._close(send, sub, code, transport)
+        finally:
+            self.hub.detach(sub)
+
+    async def _close(
+        self, send: Send, sub: Subscriber, code: int, transport: _Transport | None
+    ) -> None:
+        timeout = self.settings.close_timeout
+        if code == GOING_AWAY:
+            # A graceful close lets what is already queued go out first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sub.wait_idle(), timeout)
+        # The subscriber stays attached (but closed to new frames) until the
+        # close frame is out: ``close_all`` waits for exactly that.
+        message: Message = {"type": "websocket.close", "code": code}
+        try:
+            await asyncio.wait_for(send(message), timeout)
+        except TimeoutError:
+            # The peer does not read at all: the close frame cannot even be
+            # queued. Cut the connection instead of holding its buffers.
+            if transport is not None:
+                transport.abort()
+            return
+        except Exception:  # the peer is already gone
+            return
+        if transport is not None:
+            # The close frame is queued; a peer that never reads it would keep
+            # the socket (and its buffered bytes) forever.
+            loop = asyncio.get_running_loop()
+            loop.call_later(timeout, _abort_if_stuck, transport)
+
+    async def _read(self, receive: Receive, sub: Subscriber) -> None:
+        settings = self.settings
+        limit = settings.max_message_size
+        bucket = _TokenBucket(settings.inbound_rate, settings.inbound_burst)
+        while True:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                sub.request_close(None)
+                return
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            payload: str | bytes = text if text is not None else message.get("bytes") or b""
+            size = (
+                len(payload)
+                if isinstance(payload, bytes) or payload.isascii()
+                else (len(payload.encode()))
+            )
+            if size > limit:
+                self.hub.stats.reject("message_too_big")
+                sub.request_close(CLOSE_TOO_BIG)
+                return
+            if not bucket.take():
+                if bucket.drops >= settings.inbound_burst:
+                    self.hub.stats.reject("inbound_rate")
+                    sub.request_close(CLOSE_TOO_MANY)
+                    return
+                if bucket.drops == 1:
+                    sub.send_local(
+                        _error_frame(
+                            "rate_limited",
+                            f"more than {settings.inbound_rate:g} messages per second; "
+                            "messages are being dropped",
+                        )
+                    )
+                continue
+            self._handle(sub, payload)
+
+    def _handle(self, sub: Subscriber, payload: str | bytes) -> None:
+        try:
+            message = decode(payload)
+        except ProtocolError as exc:
+            sub.send_local(_error_frame("invalid_message", str(exc)))
+            return
+        mtype = message.type
+        if not message.is_known:
+            sub.send_local(_error_frame("unknown_type", f"unknown message type {mtype!r}"))
+            return
+        if mtype not in _CLIENT_TYPES:
+            sub.send_local(
+                _error_frame("unsupported_type", f"clients may not send {mtype!r} messages")
+            )
+            return
+        if mtype is MessageType.HEARTBEAT or mtype is MessageType.PING:
+            sub.send_local(_pong(message))
+        elif mtype is MessageType.SUBSCRIBE:
+            data: SubscribePayload = message.data
+            types = None if data.types is None else frozenset(data.types)
+            models = None if data.models is None else frozenset(data.models)
+            sub.set_filter(types, models)
+            sub.send_local(_subscribed(types, models))
+        else:  # unsubscribe
+            sub.set_filter(None, None)
+            sub.send_local(_subscribed(None, None))
+
+
+def _pong(message: WebSocketMessage[Any]) -> str:
+    client_time = getattr(message.data, "client_time", None)
+    if client_time is None and message.timestamp > 0:
+        client_time = message.timestamp
+    now = now_ms()
+    pong = make_message(
+        MessageType.PONG, PongPayload(client_time=client_time, server_time=now), timestamp=now
+    )
+    return encode(pong).decode()
+
+
+def _subscribed(types: Iterable[str] | None, models: Iterable[str] | None) -> str:
+    payload = SubscribePayload(
+        types=None if types is None else sorted(types),
+        models=None if models is None else sorted(models),
+    )
+    return encode(make_message(MessageType.SUBSCRIBED, payload)).decode()
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _token_ok(token: str, headers: dict[str, str], query: dict[str, list[str]]) -> bool:
+    expected = token.encode()
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
+        return True
+    given = query.get("token")
+    return given is not None and hmac.compare_digest(given[-1].encode(), expected)
+
+
+def _int_param(query: dict[str, list[str]], name: str) -> int | None:
+    values = query.get(name)
+    if not values:
+        return None
+    try:
+        value = int(values[-1])
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+async def _accept_and_close(send: Send, code: int, reason: str) -> None:
+    # Accept first so that a browser sees the close code (a refused handshake
+    # only shows up as 1006 there).
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def _abort_if_stuck(transport: _Transport) -> None:
+    if not transport.is_closing() or transport.get_write_buffer_size() > 0:
+        transport.abort()

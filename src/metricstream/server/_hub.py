@@ -1,0 +1,750 @@
+"""The hub: one stream, its snapshot, its replay log, and the fan-out to clients.
+
+Everything here runs on the event loop thread and nothing in the publish path
+awaits: :meth:`MetricsHub.publish` numbers a message, encodes it once, logs it,
+folds it into the snapshot and appends the same encoded text to the outbox of
+every subscriber that wants it. A ``call_soon`` callback then flushes every
+outbox touched in that loop iteration, so messages published together leave
+together (one JSON array per flush for ``batch=1`` subscribers).
+
+Writing without a task per client
+---------------------------------
+Writing a frame through ASGI is a coroutine (``await send(...)``) that, on
+uvicorn, only suspends when that connection's transport is paused (its write
+buffer is over the high-water mark); otherwise it writes and returns without
+ever yielding. The flush therefore *steps* each send coroutine once by hand
+(``coro.send(None)``): a healthy client's frame is written there and then, at
+the cost of a plain function call, and no task is created. Only a send that
+really suspends is handed to a task, which finishes it and keeps draining that
+client's outbox with ordinary awaits until it is empty. A slow client costs a
+task while it is slow; a stalled one stops at its byte bound and is closed with
+4008. ``MetricsHub(eager_send=False)`` turns the stepping off (every flush then
+goes through a writer task), for ASGI servers whose ``send`` must run inside a
+task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from .. import __version__
+from ..exceptions import ConfigError
+from ..protocol import (
+    PAYLOAD_TYPES,
+    STREAM_TYPES,
+    CostUpdatePayload,
+    ErrorUpdatePayload,
+    HeartbeatPayload,
+    InitPayload,
+    KVCacheUpdatePayload,
+    MessageType,
+    MetricsUpdatePayload,
+    ModelUpdatePayload,
+    RateLimitUpdatePayload,
+    RequestUpdatePayload,
+    SystemUpdatePayload,
+    WebSocketMessage,
+    encode,
+    make_message,
+)
+from ._replay import LogEntry, MemoryReplayLog, ReplayLog
+
+__all__ = ["DEFAULT_MAX_BUFFER_BYTES", "HubStats", "MetricsHub", "Subscriber"]
+
+logger = logging.getLogger("metricstream.server")
+
+#: Default bound of one subscriber's outbox, in bytes of pending frames.
+DEFAULT_MAX_BUFFER_BYTES: Final = 512 * 1024
+
+#: Close code of a subscriber whose outbox overflowed (protocol.md).
+SLOW_CONSUMER: Final = 4008
+#: Close code of a server going away.
+GOING_AWAY: Final = 1001
+
+# Message types whose payload names a model: the ``models`` filter applies.
+_MODEL_SCOPED: Final = frozenset(
+    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
+)
+
+#: Sends one text frame; returns the (not yet started) send coroutine.
+SendText = Callable[[str], Coroutine[Any, Any, None]]
+
+
+class _Transport(Protocol):
+    """The part of an asyncio transport the hub may use, when it has one."""
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def is_closing(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(slots=True)
+class HubStats:
+    """Running totals of a hub, read by the Prometheus collector.
+
+    Plain integers updated in place: the fan-out path pays no lock and no
+    metric-library call per delivery.
+    """
+
+    published: int = 0
+    messages_sent: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    evictions: int = 0
+    replay_hits: int = 0
+    replay_misses: int = 0
+    connections_opened: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        """Count a connection refused for ``reason``."""
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+
+class Subscriber:
+    """One connection's view of the hub: its filter and its bounded outbox.
+
+    Created by :meth:`MetricsHub.attach`. ``closed`` resolves with the close
+    code the connection should be closed with (4008 slow consumer, 1001 server
+    going away, or whatever :meth:`request_close` was given), or ``None`` when
+    the peer went away by itself.
+    """
+
+    __slots__ = (
+        "_credit",
+        "_hub",
+        "_idle",
+        "_inflight",
+        "_pending",
+        "_pending_bytes",
+        "_send",
+        "_task",
+        "batch",
+        "closed",
+        "dirty",
+        "models",
+        "open",
+        "transport",
+        "types",
+    )
+
+    def __init__(
+        self,
+        hub: MetricsHub,
+        send: SendText,
+        *,
+        types: frozenset[str] | None,
+        models: frozenset[str] | None,
+        batch: bool,
+        transport: _Transport | None,
+    ) -> None:
+        self._hub = hub
+        self._send = send
+        self.types = types
+        self.models = models
+        self.batch = batch
+        self.transport = transport
+        self._pending: deque[tuple[str, int]] = deque()
+        self._pending_bytes = 0
+        # Bytes of the frame a suspended send holds.
+        self._inflight = 0
+        # Extra allowance for the initial snapshot or replay (see MetricsHub.attach).
+        self._credit = 0
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.dirty = False
+        self.open = True
+        self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes waiting for this client: the outbox, a suspended frame, and
+        (when the transport is known) the transport's write buffer."""
+        size = self._pending_bytes + self._inflight
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            size += transport.get_write_buffer_size()
+        return size
+
+    def set_filter(self, types: frozenset[str] | None, models: frozenset[str] | None) -> None:
+        """Replace the filter; applies to messages published from now on."""
+        self.types = types
+        self.models = models
+
+    def send_local(self, frame: str) -> None:
+        """Queue a connection-local frame (pong, error, subscribed, ...)."""
+        if self.open:
+            self._hub._enqueue(self, frame, len(frame.encode()))
+
+    def request_close(self, code: int | None) -> None:
+        """Ask the connection's owner to close with ``code`` (``None``: peer gone)."""
+        self.open = False
+        if not self.closed.done():
+            self.closed.set_result(code)
+
+    async def wait_idle(self) -> None:
+        """Wait until everything queued so far has been handed to the transport."""
+        await self._idle.wait()
+
+    def _discard(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._credit = 0
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        self._idle.set()
+
+    def _take(self) -> tuple[str, int, int]:
+        """The next frame to write: (text, bytes, messages in it)."""
+        pending = self._pending
+        if not self.batch:
+            frame, size = pending.popleft()
+            self._pending_bytes -= size
+            return frame, size, 1
+        count = len(pending)
+        frames = [f for f, _ in pending]
+        size = self._pending_bytes + count + 1
+        pending.clear()
+        self._pending_bytes = 0
+        return "[" + ",".join(frames) + "]", size, count
+
+
+class MetricsHub:
+    """The stream: numbering, snapshot, replay log and fan-out.
+
+    ``publish()`` is synchronous and must be called on the event loop thread
+    (the hub is the stream's single writer). Usable in-process from any asyncio
+    code; the ASGI endpoint (:func:`create_router`) attaches one
+    :class:`Subscriber` per WebSocket connection.
+
+    ``recent_requests``/``recent_errors`` size the event history carried in
+    ``init``; ``max_buffer_bytes`` bounds each subscriber's outbox;
+    ``heartbeat_interval`` (seconds, ``None`` to disable) paces the server
+    ``heartbeat`` sent to every subscriber.
+    """
+
+    def __init__(
+        self,
+        *,
+        log: ReplayLog | None = None,
+        recent_requests: int = 50,
+        recent_errors: int = 20,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        heartbeat_interval: float | None = 15.0,
+        eager_send: bool = True,
+        server_version: str = __version__,
+    ) -> None:
+        if recent_requests < 0 or recent_errors < 0:
+            raise ConfigError("recent_requests and recent_errors must not be negative")
+        if max_buffer_bytes < 1024:
+            raise ConfigError(f"max_buffer_bytes must be at least 1024, got {max_buffer_bytes}")
+        if heartbeat_interval is not None and not heartbeat_interval > 0:
+            raise ConfigError(f"heartbeat_interval must be positive, got {heartbeat_interval}")
+        self._log: ReplayLog = log if log is not None else MemoryReplayLog()
+        self._sequence = 0
+        self._max_buffer = max_buffer_bytes
+        self._heartbeat_interval = heartbeat_interval
+        self._eager = eager_send
+        self._server_version = server_version
+        self._started = time.monotonic()
+        self.stats = HubStats()
+        # Snapshot state, derived from the published stream itself.
+        self._metrics: MetricsUpdatePayload | None = None
+        self._models: dict[str, ModelUpdatePayload] = {}
+        self._rate_limits: dict[str, RateLimitUpdatePayload] = {}
+        self._costs: CostUpdatePayload | None = None
+        self._kv_cache: KVCacheUpdatePayload | None = None
+        self._system: SystemUpdatePayload | None = None
+        self._recent_requests: deque[RequestUpdatePayload] = deque(maxlen=recent_requests)
+        self._recent_errors: deque[ErrorUpdatePayload] = deque(maxlen=recent_errors)
+        # Encoded unfiltered snapshot, reused until the next publish.
+        self._snapshot_cache: tuple[int, str] | None = None
+        self._subscribers: set[Subscriber] = set()
+        self._dirty: list[Subscriber] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closing = False
+        # Set whenever no subscriber is attached (close_all waits on it).
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    # -- properties ---------------------------------------------------------
+
+    @property
+    def epoch(self) -> str:
+        """The epoch of the stream (the replay log's)."""
+        return self._log.epoch
+
+    @property
+    def sequence(self) -> int:
+        """The sequence of the newest published message (0: none yet)."""
+        return self._sequence
+
+    @property
+    def log(self) -> ReplayLog:
+        """The replay log."""
+        return self._log
+
+    @property
+    def connection_count(self) -> int:
+        """How many subscribers are attached now."""
+        return len(self._subscribers)
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """The per-subscriber outbox bound, in bytes."""
+        return self._max_buffer
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close_all` has been called."""
+        return self._closing
+
+    @property
+    def subscribers(self) -> frozenset[Subscriber]:
+        """The attached subscribers (a copy)."""
+        return frozenset(self._subscribers)
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the hub was created."""
+        return time.monotonic() - self._started
+
+    # -- publishing ---------------------------------------------------------
+
+    def publish(self, message: WebSocketMessage[Any]) -> WebSocketMessage[Any]:
+        """Publish one stream message; returns it with its ``sequence`` set.
+
+        Raises ``ValueError`` for a type that is not a stream type (state or
+        event) or a payload that does not fit its type; a dict payload is
+        converted to the type's Struct. Never awaits any client.
+        """
+        try:
+            mtype = MessageType(message.type)
+        except ValueError:
+            raise ValueError(f"cannot publish unknown message type {message.type!r}") from None
+        if mtype not in STREAM_TYPES:
+            raise ValueError(f"cannot publish {mtype.value!r}: not a stream message type")
+        data = message.data
+        payload_type = PAYLOAD_TYPES[mtype]
+        assert payload_type is not None
+        if not isinstance(data, payload_type):
+            try:
+                data = msgspec.convert(data, payload_type, from_attributes=True)
+            except msgspec.ValidationError as exc:
+                raise ValueError(f"invalid {mtype.value} payload: {exc}") from exc
+        self._sequence += 1
+        seq = self._sequence
+        message = WebSocketMessage(
+            type=mtype,
+            timestamp=message.timestamp,
+            data=data,
+            sequence=seq,
+            metadata=message.metadata,
+        )
+        raw = encode(message)
+        frame = raw.decode()
+        size = len(raw)
+        self._log.append(LogEntry(seq, message, frame, size))
+        self._fold(mtype, data)
+        self._snapshot_cache = None
+        self.stats.published += 1
+        if self._subscribers:
+            self._fan_out(mtype, data, frame, size)
+        return message
+
+    def _fold(self, mtype: MessageType, data: Any) -> None:
+        """Fold one message into the snapshot: state newest-wins, events kept as recent."""
+        if mtype is MessageType.METRICS_UPDATE:
+            self._metrics = data
+        elif mtype is MessageType.MODEL_UPDATE:
+            self._models[data.model] = data
+        elif mtype is MessageType.REQUEST_UPDATE:
+            self._recent_requests.append(data)
+        elif mtype is MessageType.ERROR_UPDATE:
+            self._recent_errors.append(data)
+        elif mtype is MessageType.SYSTEM_UPDATE:
+            self._system = data
+        elif mtype is MessageType.RATE_LIMIT_UPDATE:
+            self._rate_limits[data.endpoint] = data
+        elif mtype is MessageType.COST_UPDATE:
+            self._costs = data
+        elif mtype is MessageType.KV_CACHE_UPDATE:
+            self._kv_cache = data
+
+    def _fan_out(self, mtype: MessageType, data: Any, frame: str, size: int) -> None:
+        model = data.model if mtype in _MODEL_SCOPED else None
+        limit = self._max_buffer
+        dirty = self._dirty
+        evicted: list[Subscriber] = []
+        for sub in self._subscribers:
+            if not sub.open:
+                continue
+            types = sub.types
+            if types is not None and mtype not in types:
+                continue
+            models = sub.models
+            if models is not None and model is not None and model not in models:
+                continue
+            sub._pending.append((frame, size))
+            sub._pending_bytes += size
+            if sub._pending_bytes + sub._inflight > limit + sub._credit:
+                evicted.append(sub)
+            elif not sub.dirty:
+                sub.dirty = True
+                dirty.append(sub)
+        for sub in evicted:
+            self._evict(sub)
+        if dirty and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _evict(self, sub: Subscriber) -> None:
+        logger.info(
+            "closing a slow consumer: %d bytes pending (bound %d)",
+            sub._pending_bytes + sub._inflight,
+            self._max_buffer,
+        )
+        self.stats.evictions += 1
+        sub._discard()
+        sub.request_close(SLOW_CONSUMER)
+
+    def heartbeat(self) -> None:
+        """Send one server ``heartbeat`` to every subscriber (encoded once)."""
+        message = make_message(
+            MessageType.HEARTBEAT,
+            HeartbeatPayload(server_time=int(time.time() * 1000), uptime_seconds=self.uptime),
+        )
+        raw = encode(message)
+        frame = raw.decode()
+        for sub in list(self._subscribers):
+            if sub.open:
+                self._enqueue(sub, frame, len(raw))
+
+    # -- snapshot -----------------------------------------------------------
+
+    def snapshot(
+        self, *, types: Iterable[str] | None = None, models: Iterable[str] | None = None
+    ) -> InitPayload:
+        """The current state as an ``init`` payload, optionally filtered.
+
+        State sections hold the newest value per key; ``recent_requests`` and
+        ``recent_errors`` hold the latest events, oldest first. A ``types``
+        filter empties the sections of types not listed; a ``models`` filter
+        keeps model-scoped entries of the listed models only.
+        """
+        tset = None if types is None else frozenset(types)
+        mset = None if models is None else frozenset(models)
+
+        def want(t: MessageType) -> bool:
+            return tset is None or t in tset
+
+        def model_ok(model: str | None) -> bool:
+            return mset is None or model is None or model in mset
+
+        return InitPayload(
+            metrics=self._metrics if want(MessageType.METRICS_UPDATE) else None,
+            models={k: v for k, v in self._models.items() if model_ok(k)}
+            if want(MessageType.MODEL_UPDATE)
+            else {},
+            rate_limits=dict(self._rate_limits) if want(MessageType.RATE_LIMIT_UPDATE) else {},
+            costs=self._costs if want(MessageType.COST_UPDATE) else None,
+            kv_cache=self._kv_cache if want(MessageType.KV_CACHE_UPDATE) else None,
+            system=self._system if want(MessageType.SYSTEM_UPDATE) else None,
+            recent_requests=[r for r in self._recent_requests if model_ok(r.model)]
+            if want(MessageType.REQUEST_UPDATE)
+            else [],
+            recent_errors=[e for e in self._recent_errors if model_ok(e.model)]
+            if want(MessageType.ERROR_UPDATE)
+            else [],
+        )
+
+    def _init_frame(
+        self,
+        *,
+        resumed: bool,
+        types: frozenset[str] | None,
+        models: frozenset[str] | None,
+    ) -> str:
+        unfiltered = types is None and models is None
+        if not resumed and unfiltered:
+            cached = self._snapshot_cache
+            if cached is not None and cached[0] == self._sequence:
+                return cached[1]
+        payload = InitPayload() if resumed else self.snapshot(types=types, models=models)
+        # Every section is written out, empty ones included (the payload
+        # Struct would omit defaults): clients in other languages can read
+        # ``data.recent_requests`` without checking that it exists.
+        data = {name: getattr(payload, name) for name in payload.__struct_fields__}
+        message = make_message(
+            MessageType.INIT,
+            data,
+            sequence=self._sequence,
+            metadata={
+                "epoch": self.epoch,
+                "resumed": resumed,
+                "server_version": self._server_version,
+            },
+        )
+        frame = encode(message).decode()
+        if not resumed and unfiltered:
+            self._snapshot_cache = (self._sequence, frame)
+        return frame
+
+    # -- subscribers --------------------------------------------------------
+
+    def attach(
+        self,
+        send: SendText,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        types: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+        batch: bool = False,
+        transport: _Transport | None = None,
+    ) -> Subscriber:
+        """Attach a subscriber; its outbox starts with ``init`` (and a replay).
+
+        ``send(text)`` returns a coroutine that writes one text frame. With
+        ``since`` and a matching ``epoch`` the subscriber resumes: an empty
+        ``init`` with ``resumed: true`` and then every stream message after
+        ``since``, in order. The resume happens only when the log still holds
+        all of them and they fit in the subscriber's byte bound; otherwise the
+        ``init`` carries a full snapshot. Must be called on the event loop.
+        """
+        tset = None if types is None else frozenset(types)
+        mset = None if models is None else frozenset(models)
+        sub = Subscriber(self, send, types=tset, models=mset, batch=batch, transport=transport)
+        replay: list[LogEntry] | None = None
+        if since is not None:
+            if epoch == self.epoch:
+                replay = self._log.entries_after(since)
+                if replay is not None and sum(e.size for e in replay) > self._max_buffer:
+                    replay = None
+            if replay is None:
+                self.stats.replay_misses += 1
+            else:
+                self.stats.replay_hits += 1
+        # Everything below is synchronous: no message can be published between
+        # the snapshot (or replay) and the subscriber joining the fan-out.
+        init = self._init_frame(resumed=replay is not None, types=tset, models=mset)
+        self._enqueue(sub, init, len(init.encode()), bounded=False)
+        for entry in replay or ():
+            if self._accepts(sub, entry.message):
+                self._enqueue(sub, entry.frame, entry.size, bounded=False)
+        # The snapshot and the replay may exceed the live bound once; they are
+        # allowed for until the outbox first drains below the bound.
+        sub._credit = sub._pending_bytes
+        self._subscribers.add(sub)
+        self._empty.clear()
+        self.stats.connections_opened += 1
+        self._ensure_heartbeat()
+        return sub
+
+    def detach(self, sub: Subscriber) -> None:
+        """Remove a subscriber and drop whatever it had pending."""
+        self._subscribers.discard(sub)
+        if not self._subscribers:
+            self._empty.set()
+        sub.open = False
+        sub._discard()
+        if not sub.closed.done():
+            sub.closed.set_result(None)
+
+    @staticmethod
+    def _accepts(sub: Subscriber, message: WebSocketMessage[Any]) -> bool:
+        types = sub.types
+        if types is not None and message.type not in types:
+            return False
+        models = sub.models
+        if models is not None and message.type in _MODEL_SCOPED:
+            model = message.data.model
+            return model is None or model in models
+        return True
+
+    async def close_all(self, code: int = GOING_AWAY, *, grace: float = 5.0) -> None:
+        """Ask every subscriber's connection to close with ``code`` and wait
+        (up to ``grace`` seconds) until all are detached.
+
+        The hub still accepts new subscribers afterwards, but the ASGI
+        endpoint turns them away with 1001 once this has been called.
+        """
+        self._closing = True
+        for sub in list(self._subscribers):
+            sub.request_close(code)
+        if self._subscribers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._empty.wait()
+        task = self._heartbeat_task
+        if task is not None:
+            task.cancel()
+            self._heartbeat_task = None
+
+    # -- outbox flushing ----------------------------------------------------
+
+    def _enqueue(self, sub: Subscriber, frame: str, size: int, *, bounded: bool = True) -> None:
+        sub._pending.append((frame, size))
+        sub._pending_bytes += size
+        if bounded and sub._pending_bytes + sub._inflight > self._max_buffer + sub._credit:
+            self._evict(sub)
+            return
+        if not sub.dirty:
+            sub.dirty = True
+            self._dirty.append(sub)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty = self._dirty
+        self._dirty = []
+        for sub in dirty:
+            sub.dirty = False
+            if sub.open and sub._task is None:
+                self._pump(sub)
+
+    def _pump(self, sub: Subscriber) -> None:
+        """Write what ``sub`` has pending, stepping each send by hand until one
+        suspends; the rest is then left to a task (see the module docstring)."""
+        stats = self.stats
+        while sub._pending and sub.open:
+            frame, size, count = sub._take()
+            coro = sub._send(frame)
+            if not self._eager:
+                self._start_writer(sub, coro, None, size, count)
+                return
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                stats.messages_sent += count
+                stats.frames_sent += 1
+                stats.bytes_sent += size
+                continue
+            except Exception as exc:
+                self._send_failed(sub, exc)
+                return
+            self._start_writer(sub, coro, yielded, size, count)
+            return
+        if sub._pending_bytes <= self._max_buffer:
+            sub._credit = 0
+
+    def _start_writer(
+        self,
+        sub: Subscriber,
+        coro: Coroutine[Any, Any, None],
+        yielded: Any,
+        size: int,
+        count: int,
+    ) -> None:
+        sub._inflight = size
+        sub._idle.clear()
+        sub._task = asyncio.get_running_loop().create_task(
+            self._writer(sub, coro, yielded, size, count)
+        )
+
+    async def _writer(
+        self,
+        sub: Subscriber,
+        coro: Coroutine[Any, Any, None],
+        yielded: Any,
+        size: int,
+        count: int,
+    ) -> None:
+        """Finish a suspended send, then drain the outbox with plain awaits."""
+        stats = self.stats
+        try:
+            try:
+                if yielded is None and not self._eager:
+                    await coro
+                else:
+                    await _finish_stepped(coro, yielded)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._send_failed(sub, exc)
+                return
+            stats.messages_sent += count
+            stats.frames_sent += 1
+            stats.bytes_sent += size
+            sub._inflight = 0
+            while sub._pending and sub.open:
+                frame, size, count = sub._take()
+                sub._inflight = size
+                try:
+                    await sub._send(frame)
+                except Exception as exc:
+                    self._send_failed(sub, exc)
+                    return
+                sub._inflight = 0
+                stats.messages_sent += count
+                stats.frames_sent += 1
+                stats.bytes_sent += size
+            if sub._pending_bytes <= self._max_buffer:
+                sub._credit = 0
+        finally:
+            sub._inflight = 0
+            sub._task = None
+            sub._idle.set()
+
+    def _send_failed(self, sub: Subscriber, exc: BaseException) -> None:
+        # The connection is gone (the ASGI server raises on a closed socket):
+        # stop writing; the endpoint sees the disconnect and detaches.
+        logger.debug("send failed, dropping subscriber: %r", exc)
+        sub._discard()
+        sub.request_close(None)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat_interval is None:
+            return
+        task = self._heartbeat_task
+        if task is None or task.done():
+            self._heartbeat_task = asyncio.get_running_loop().create_task(
+                self._heartbeat_loop(self._heartbeat_interval)
+            )
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        # Runs while anyone listens; the next attach restarts it.
+        while self._subscribers:
+            await asyncio.sleep(interval)
+            self.heartbeat()
+        self._heartbeat_task = None
+
+
+async def _finish_stepped(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Drive a coroutine that was stepped by hand and suspended, to its end.
+
+    Does what an ``asyncio.Task`` does with a coroutine: wait for the future
+    it yielded (or one loop iteration for a bare ``yield``), then resume it.
+    Cancellation closes the coroutine, which runs its ``finally`` blocks.
+    """
+    try:
+        while True:
+            if yielded is None:
+                await asyncio.sleep(0)
+            elif asyncio.isfuture(yielded):
+                # Task clears this flag on every future it accepts.
+                yielded._asyncio_future_blocking = False
+                await asyncio.wait((yielded,))
+            else:
+                raise RuntimeError(f"send coroutine yielded {yielded!r}, not a future")
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                return
+    except BaseException:
+        coro.close()
+        raise

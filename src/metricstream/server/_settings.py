@@ -1,0 +1,100 @@
+"""Settings of the stream endpoint: security and per-connection limits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..exceptions import ConfigError
+
+__all__ = ["ServerSettings"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerSettings:
+    """How the ``/metrics/stream`` endpoint guards itself. Validated on construction.
+
+    - ``token``: when set, every connection must present it, as
+      ``Authorization: Bearer <token>`` or as the ``token`` query parameter
+      (browsers cannot set headers). A missing or wrong token: the connection
+      is accepted and closed at once with 4001, nothing else sent.
+    - ``allowed_origins``: when set, a handshake whose ``Origin`` header is
+      not listed (exact ``scheme://host[:port]`` match, or ``"*"``) is
+      refused with HTTP 403 before any WebSocket exists: this is what stops
+      cross-site WebSocket hijacking from a page on another site. Handshakes
+      without ``Origin`` (non-browser clients) pass unless
+      ``allow_missing_origin`` is false.
+    - ``max_connections``: connections beyond this are closed with 4029.
+    - ``max_message_size``: a client message larger than this many bytes
+      closes the connection with 1009.
+    - ``inbound_rate`` / ``inbound_burst``: a token bucket per connection
+      (messages per second, bucket size). A message that finds the bucket
+      empty is dropped and answered with an ``error`` (code
+      ``rate_limited``, once per run of drops); ``inbound_burst`` drops in a
+      row close the connection with 4029.
+    - ``close_timeout``: seconds a closing handshake may take; a peer that
+      does not even take the close frame by then is cut off.
+    - ``path``: where the WebSocket endpoint is mounted.
+    """
+
+    token: str | None = None
+    allowed_origins: Sequence[str] | None = None
+    allow_missing_origin: bool = True
+    max_connections: int = 10_000
+    max_message_size: int = 64 * 1024
+    inbound_rate: float = 20.0
+    inbound_burst: int = 40
+    close_timeout: float = 5.0
+    path: str = "/metrics/stream"
+    # Normalised origins, for the per-handshake lookup.
+    _origins: frozenset[str] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("token must not be empty (use None to disable it)")
+        if self.max_connections < 1:
+            raise ConfigError(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.max_message_size < 64:
+            raise ConfigError(
+                f"max_message_size must be at least 64 bytes, got {self.max_message_size}"
+            )
+        if not (math.isfinite(self.inbound_rate) and self.inbound_rate > 0):
+            raise ConfigError(f"inbound_rate must be positive, got {self.inbound_rate}")
+        if self.inbound_burst < 1:
+            raise ConfigError(f"inbound_burst must be at least 1, got {self.inbound_burst}")
+        if not (math.isfinite(self.close_timeout) and self.close_timeout > 0):
+            raise ConfigError(f"close_timeout must be positive, got {self.close_timeout}")
+        if not self.path.startswith("/"):
+            raise ConfigError(f"path must start with '/', got {self.path!r}")
+        if self.allowed_origins is not None:
+            if isinstance(self.allowed_origins, str):
+                raise ConfigError("allowed_origins must be a sequence of origins, not one string")
+            origins = tuple(self.allowed_origins)
+            for origin in origins:
+                if origin != "*" and "://" not in origin:
+                    raise ConfigError(
+                        f"allowed origin {origin!r} must look like 'https://host[:port]' or be '*'"
+                    )
+            object.__setattr__(self, "allowed_origins", origins)
+            object.__setattr__(self, "_origins", frozenset(o.rstrip("/").lower() for o in origins))
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Whether a handshake with this ``Origin`` header may proceed."""
+        allowed = self._origins
+        if allowed is None:
+            return True
+        if origin is None:
+            return self.allow_missing_origin
+        return "*" in allowed or origin.rstrip("/").lower() in allowed
+
+    def __repr__(self) -> str:
+        # Never print the token itself.
+        token = None if self.token is None else "***"
+        return (
+            f"ServerSettings(token={token!r}, allowed_origins={self.allowed_origins!r}, "
+            f"allow_missing_origin={self.allow_missing_origin}, "
+            f"max_connections={self.max_connections}, max_message_size={self.max_message_size}, "
+            f"inbound_rate={self.inbound_rate}, inbound_burst={self.inbound_burst}, "
+            f"close_timeout={self.close_timeout}, path={self.path!r})"
+        )

@@ -1,0 +1,184 @@
+"""The stream over a real uvicorn and real websockets clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from metricstream.protocol import decode_frame
+from metricstream.server import MetricsHub
+from tests.server.conftest import (
+    metrics,
+    model_update,
+    open_client,
+    recv,
+    recv_type,
+    request,
+    running,
+)
+from tests.support import scaled
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["stepped-send", "writer-task"])
+async def test_init_first_then_contiguous_sequences_shared_by_all(eager: bool) -> None:
+    hub = MetricsHub(heartbeat_interval=None, eager_send=eager)
+    async with running(hub) as server:
+        hub.publish(metrics(total=7))
+        hub.publish(model_update("m1"))
+        async with open_client(server.url()) as a, open_client(server.url()) as b:
+            inits = [await recv(a), await recv(b)]
+            for init in inits:
+                assert init["type"] == "init"
+                assert init["sequence"] == 2
+                assert init["metadata"]["resumed"] is False
+                assert init["metadata"]["epoch"] == hub.epoch
+                assert init["data"]["metrics"]["total_requests"] == 7
+                assert list(init["data"]["models"]) == ["m1"]
+            for i in range(50):
+                hub.publish(request(str(i)))
+            got_a = [await recv(a) for _ in range(50)]
+            got_b = [await recv(b) for _ in range(50)]
+        assert [m["sequence"] for m in got_a] == list(range(3, 53))
+        assert got_a == got_b
+        assert [m["data"]["id"] for m in got_a] == [str(i) for i in range(50)]
+
+
+async def test_plain_client_gets_one_object_per_frame_and_batch_client_arrays() -> None:
+    async with running() as server:
+        hub = server.hub
+        async with open_client(server.url()) as plain, open_client(server.url("batch=1")) as batch:
+            assert (await recv(plain))["type"] == "init"
+            first = await recv(batch)
+            assert isinstance(first, list)
+            assert first[0]["type"] == "init"
+            for i in range(10):
+                hub.publish(request(str(i)))
+            frame = await asyncio.wait_for(batch.recv(), scaled(5))
+            assert isinstance(frame, str)
+            messages = decode_frame(frame)
+            assert [m.sequence for m in messages] == list(range(1, 11)), "one frame per flush"
+            singles = [await recv(plain) for _ in range(10)]
+            assert all(isinstance(m, dict) for m in singles)
+
+
+async def test_heartbeat_and_ping_are_answered_with_pong() -> None:
+    async with running() as server, open_client(server.url()) as ws:
+        await recv(ws)
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "heartbeat",
+                    "timestamp": 1732780800000,
+                    "data": {"client_time": 1732780800000},
+                }
+            )
+        )
+        pong = await recv(ws)
+        assert pong["type"] == "pong"
+        assert pong["data"]["client_time"] == 1732780800000
+        assert pong["data"]["server_time"] >= 1732780800000
+        assert "sequence" not in pong
+        await ws.send('{"type":"ping"}')
+        pong = await recv(ws)
+        assert pong["type"] == "pong"
+        assert "server_time" in pong["data"]
+
+
+async def test_server_sends_heartbeats_on_its_interval() -> None:
+    hub = MetricsHub(heartbeat_interval=0.05)
+    async with running(hub) as server, open_client(server.url()) as ws:
+        await recv(ws)
+        beats = [await recv_type(ws, "heartbeat") for _ in range(2)]
+        for beat in beats:
+            assert set(beat["data"]) == {"server_time", "uptime_seconds"}
+            assert "sequence" not in beat
+        assert beats[1]["data"]["uptime_seconds"] > beats[0]["data"]["uptime_seconds"]
+
+
+async def test_query_filters_select_types_and_models() -> None:
+    async with running() as server:
+        hub = server.hub
+        url = server.url("types=request_update,model_update&models=a")
+        async with open_client(url) as ws:
+            init = await recv(ws)
+            assert init["data"]["metrics"] is None
+            hub.publish(metrics())
+            hub.publish(request("for-b", model="b"))
+            hub.publish(model_update("b"))
+            hub.publish(request("for-a", model="a"))
+            hub.publish(model_update("a"))
+            got = [await recv(ws), await recv(ws)]
+        assert [(m["type"], m["sequence"]) for m in got] == [
+            ("request_update", 4),
+            ("model_update", 5),
+        ]
+
+
+async def test_subscribe_replaces_the_filter_and_unsubscribe_clears_it() -> None:
+    async with running() as server, open_client(server.url()) as ws:
+        hub = server.hub
+        await recv(ws)
+        await ws.send(json.dumps({"type": "subscribe", "data": {"types": ["metrics_update"]}}))
+        answer = await recv(ws)
+        assert answer == {
+            "type": "subscribed",
+            "timestamp": answer["timestamp"],
+            "data": {"types": ["metrics_update"]},
+        }
+        hub.publish(request("skipped"))
+        hub.publish(metrics())
+        assert (await recv(ws))["type"] == "metrics_update"
+        await ws.send('{"type":"unsubscribe"}')
+        answer = await recv(ws)
+        assert answer["type"] == "subscribed"
+        assert answer["data"] == {}
+        hub.publish(request("seen"))
+        assert (await recv(ws))["data"]["id"] == "seen"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_message"),
+        ("[1, 2]", "invalid_message"),
+        ('{"type": "heartbeat", "data": {"client_time": "soon"}}', "invalid_message"),
+        ('{"type": "subscribe", "data": {"types": "metrics_update"}}', "invalid_message"),
+        ('{"type": "no_such_type"}', "unknown_type"),
+        (
+            '{"type": "metrics_update", "data": {"total_requests": 1}}',
+            "invalid_message",
+        ),
+        ('{"type": "pong"}', "unsupported_type"),
+    ],
+)
+async def test_bad_client_messages_get_an_error_and_the_connection_stays(
+    frame: str, code: str
+) -> None:
+    async with running() as server, open_client(server.url()) as ws:
+        await recv(ws)
+        await ws.send(frame)
+        error = await recv(ws)
+        assert error["type"] == "error"
+        assert error["data"]["code"] == code
+        assert "Traceback" not in error["data"]["message"]
+        assert "sequence" not in error
+        await ws.send('{"type":"ping"}')
+        assert (await recv(ws))["type"] == "pong"
+
+
+async def test_binary_frames_are_read_as_json_too() -> None:
+    async with running() as server, open_client(server.url()) as ws:
+        await recv(ws)
+        await ws.send(b'{"type":"ping"}')
+        assert (await recv(ws))["type"] == "pong"
+
+
+async def test_invalid_since_is_reported_after_a_full_snapshot() -> None:
+    async with running() as server, open_client(server.url("since=abc&epoch=x")) as ws:
+        init = await recv(ws)
+        assert init["metadata"]["resumed"] is False
+        error: dict[str, Any] = await recv(ws)
+        assert error["data"]["code"] == "invalid_query"
