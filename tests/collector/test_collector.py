@@ -12,6 +12,7 @@ import pytest
 
 from metricstream.collector import (
     DEFAULT_PRICES,
+    OTHER,
     InvalidMetricError,
     MetricsCollector,
     ModelPrice,
@@ -499,3 +500,18 @@ async def test_recording_after_the_loop_is_gone_keeps_the_aggregates() -> None:
     collector.record_request("a", 1, 2, 3.0)
     assert collector.snapshot().metrics.total_requests == 1
     assert publisher.messages == []
+
+
+def test_model_and_service_names_are_capped(
+    publisher: RecordingPublisher, clock: ManualClock, wall: ManualClock
+) -> None:
+    collector = _collector(publisher, clock, wall, max_models=2, max_services=1)
+    for i in range(5):
+        collector.record_request(f"model-{i}", 1, 1, 1.0, service=f"/path/{i}", cost=1.0)
+    snap = collector.snapshot()
+    assert set(snap.models) == {"model-0", "model-1", OTHER}
+    assert snap.models[OTHER].request_count == 3
+    assert snap.costs.breakdown_by_model == {"model-0": 1.0, "model-1": 1.0, OTHER: 3.0}
+    assert snap.costs.breakdown_by_service == {"/path/0": 1.0, OTHER: 4.0}
+    # The events still name the real model.
+    assert publisher.of_type(MessageType.REQUEST_UPDATE)[-1].data.model == "model-4"

@@ -95,6 +95,10 @@ def build_app(collector: MetricsCollector, gate: Gate) -> FastAPI:
     async def health() -> dict[str, bool]:
         return {"ok": True}
 
+    @app.get("/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"id": item_id}
+
     @app.get("/boom")
     async def boom() -> None:
         raise RuntimeError("secret internal detail")
@@ -203,11 +207,13 @@ async def test_plain_requests_errors_and_exceptions_are_recorded(
     async with httpx.AsyncClient(base_url=url) as client:
         assert (await client.get("/health")).status_code == 200
         assert (await client.get("/missing")).status_code == 404
+        assert (await client.get("/items/1")).status_code == 200
+        assert (await client.get("/items/2")).status_code == 200
         limited = await client.post("/v1/chat/completions", json={"model": "overloaded"})
         assert limited.status_code == 429
         assert (await client.get("/boom")).status_code == 500
 
-    health, missing, overloaded, boom = _requests(publisher)
+    health, missing, _, _, overloaded, boom = _requests(publisher)
     assert (health.model, health.status, health.total_tokens) == ("http", "success", 0)
     assert (missing.status, missing.error_message) == ("error", "HTTP 404")
     # A failed completion is still attributed to the model that was asked for.
@@ -226,8 +232,16 @@ async def test_plain_requests_errors_and_exceptions_are_recorded(
     assert errors[1].stack_trace is None
 
     snap = collector.snapshot()
-    assert snap.metrics.total_requests == 4
-    assert snap.metrics.error_rate == 75.0
+    assert snap.metrics.total_requests == 6
+    assert snap.metrics.error_rate == 50.0
+    # Services are route templates; unmatched paths share one service.
+    assert set(snap.costs.breakdown_by_service) == {
+        "/health",
+        "(unmatched)",
+        "/items/{item_id}",
+        "/v1/chat/completions",
+        "/boom",
+    }
     assert collector.in_flight == 0
     for message in publisher.messages:
         assert decode(encode(message)).data == message.data

@@ -7,10 +7,17 @@
 - :class:`DemoTraffic` and :func:`run_demo` generate a plausible workload.
 """
 
-from ._collector import DEFAULT_SERVICE, CollectorSnapshot, CostPeriod, MetricsCollector, Publisher
+from ._collector import (
+    DEFAULT_SERVICE,
+    OTHER,
+    CollectorSnapshot,
+    CostPeriod,
+    MetricsCollector,
+    Publisher,
+)
 from ._demo import DEFAULT_PROFILES, DemoTraffic, ModelProfile, run_demo
 from ._errors import InvalidMetricError
-from ._middleware import MetricsMiddleware
+from ._middleware import UNMATCHED, MetricsMiddleware
 from ._prices import DEFAULT_PRICES, ModelPrice
 from ._system import SystemSample, SystemSampler
 from ._window import LatencyStats
@@ -19,6 +26,8 @@ __all__ = [
     "DEFAULT_PRICES",
     "DEFAULT_PROFILES",
     "DEFAULT_SERVICE",
+    "OTHER",
+    "UNMATCHED",
     "CollectorSnapshot",
     "CostPeriod",
     "DemoTraffic",

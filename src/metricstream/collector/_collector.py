@@ -37,6 +37,7 @@ from ._window import CostWindow, LatencyStats, RollingSamples, RollingWindow
 
 __all__ = [
     "DEFAULT_SERVICE",
+    "OTHER",
     "CollectorSnapshot",
     "CostPeriod",
     "MetricsCollector",
@@ -49,6 +50,9 @@ CostPeriod: TypeAlias = Literal["hour", "day", "week", "month"]
 
 #: Service name of requests recorded without one (``breakdown_by_service``).
 DEFAULT_SERVICE: Final = "inference"
+#: The aggregate that models (services) past ``max_models`` (``max_services``)
+#: are counted under, so that a flood of distinct names cannot grow memory.
+OTHER: Final = "(other)"
 
 _PERIOD_SECONDS: Final[dict[str, float]] = {
     "hour": 3600.0,
@@ -226,6 +230,8 @@ class MetricsCollector:
         system_stats: bool = True,
         cost_period: CostPeriod = "hour",
         max_samples: int = 10_000,
+        max_models: int = 256,
+        max_services: int = 256,
         disk_path: str = "/",
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -238,6 +244,9 @@ class MetricsCollector:
                 or value <= 0
             ):
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+        for name, value in (("max_models", max_models), ("max_services", max_services)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
         if cost_period not in _PERIOD_SECONDS:
             raise ConfigError(
                 f"cost_period must be one of {sorted(_PERIOD_SECONDS)}, got {cost_period!r}"
@@ -264,6 +273,9 @@ class MetricsCollector:
         period = _PERIOD_SECONDS[cost_period]
         self._costs = CostWindow(period, period / 60)
         self._models: dict[str, _ModelStats] = {}
+        self._max_models = max_models
+        self._services: set[str] = set()
+        self._max_services = max_services
         self._rate_limits: dict[str, RateLimitUpdatePayload] = {}
         self._kv_cache: KVCacheUpdatePayload | None = None
         self._system_sample: SystemSample | None = None
@@ -503,12 +515,22 @@ class MetricsCollector:
                 self._latency.add(now, latency)
                 if ttft is not None:
                     self._ttft.add(now, ttft)
-                self._costs.add(now, payload.model, service, cost)
-                stats = self._models.get(payload.model)
+                if service not in self._services:
+                    if len(self._services) < self._max_services:
+                        self._services.add(service)
+                    else:
+                        service = OTHER
+                model = payload.model
+                stats = self._models.get(model)
                 if stats is None:
-                    stats = self._models[payload.model] = _ModelStats(
-                        self._window_seconds, self._resolution
-                    )
+                    if len(self._models) >= self._max_models:
+                        model = OTHER
+                        stats = self._models.get(model)
+                    if stats is None:
+                        stats = self._models[model] = _ModelStats(
+                            self._window_seconds, self._resolution
+                        )
+                self._costs.add(now, model, service, cost)
                 stats.requests += 1
                 stats.errors += error
                 stats.prompt_tokens += payload.prompt_tokens

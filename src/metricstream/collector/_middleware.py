@@ -12,7 +12,7 @@ import msgspec
 
 from ._collector import MetricsCollector
 
-__all__ = ["MetricsMiddleware"]
+__all__ = ["UNMATCHED", "MetricsMiddleware"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _json: Final = msgspec.json.Decoder()
 _MAX_SSE_LINE: Final = 1 << 20
+# Names taken from request or response bodies are cut to this length: they
+# end up in every client's stream.
+_MAX_NAME: Final = 200
+#: Service of a request that matched no route (a 404 scan must not create
+#: one service per probed path).
+UNMATCHED: Final = "(unmatched)"
 
 
 def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
@@ -52,8 +58,8 @@ class _Exchange:
     """What one request/response pair revealed, gathered as its bytes pass."""
 
     __slots__ = (
-        "completion_tokens",
         "complete",
+        "completion_tokens",
         "content_events",
         "disconnected",
         "error_message",
@@ -277,12 +283,21 @@ class MetricsMiddleware:
         if model is None:
             requested = request.get("model")
             model = requested if isinstance(requested, str) and requested else self.default_model
+        model = model[:_MAX_NAME]
         streaming = exchange.response_kind == "sse"
         completion_tokens = exchange.completion_tokens
         if streaming and not exchange.usage_seen:
             completion_tokens = exchange.content_events
-        path = str(scope.get("path") or "/")
-        request_id = exchange.request_id or _header(headers, b"x-request-id") or None
+        # The route's template ("/items/{id}") rather than the raw path keeps
+        # the service breakdown small; Starlette's router leaves it in scope.
+        route_path = getattr(scope.get("route"), "path", None)
+        if isinstance(route_path, str) and route_path:
+            service = route_path
+        elif status == 404:
+            service = UNMATCHED
+        else:
+            service = str(scope.get("path") or "/")
+        request_id = (exchange.request_id or _header(headers, b"x-request-id") or "")[:_MAX_NAME]
         user = request.get("user")
         organization = _header(headers, b"openai-organization") or None
 
@@ -313,11 +328,11 @@ class MetricsMiddleware:
             streaming=streaming,
             status="error" if failed else "success",
             error_message=error_message,
-            user_id=user if isinstance(user, str) and user else None,
-            organization_id=organization,
+            user_id=user[:_MAX_NAME] if isinstance(user, str) and user else None,
+            organization_id=organization[:_MAX_NAME] if organization else None,
             ttft_ms=None if ttft_ms is None else max(0.0, ttft_ms),
-            request_id=request_id,
-            service=path,
+            request_id=request_id or None,
+            service=service,
         )
         if gone:
             self.collector.record_error(
