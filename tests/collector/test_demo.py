@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from metricstream.collector import DemoTraffic, MetricsCollector, run_demo
+from metricstream.collector import DemoTraffic, MetricsCollector, ModelProfile, run_demo
 from metricstream.exceptions import ConfigError
 from metricstream.protocol import STREAM_TYPES, MessageType, decode, encode
 from tests.collector.conftest import ManualClock, RecordingPublisher
@@ -134,3 +134,20 @@ def test_demo_rejects_bad_configuration(publisher: RecordingPublisher) -> None:
         DemoTraffic(collector, rate=0)
     with pytest.raises(ConfigError, match="profiles"):
         DemoTraffic(collector, profiles=())
+    with pytest.raises(ConfigError, match="streaming_share"):
+        ModelProfile("m", 1.0, "/v1/x", 10, 10, 1.0, 1.0, 1.5, 0.0)
+    with pytest.raises(ConfigError, match="weight"):
+        ModelProfile("m", 0.0, "/v1/x", 10, 10, 1.0, 1.0, 0.5, 0.0)
+
+
+def test_custom_profiles_drive_the_traffic(wall: ManualClock) -> None:
+    publisher = RecordingPublisher()
+    only = ModelProfile("tiny", 1.0, "/v1/tiny", 10, 5, 1.0, 1.0, 1.0, 0.0)
+    collector, traffic = _demo(publisher, 1, wall, profiles=[only], rate=20.0)
+    for _ in range(20):
+        traffic.step()
+    snap = collector.snapshot()
+    assert set(snap.models) == {"tiny"}
+    assert set(snap.rate_limits) == {"/v1/tiny"}
+    requests = [m.data for m in publisher.of_type(MessageType.REQUEST_UPDATE)]
+    assert all(r.streaming for r in requests)

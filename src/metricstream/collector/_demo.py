@@ -46,6 +46,23 @@ class ModelProfile:
     streaming_share: float
     error_rate: float
 
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("ModelProfile.name must not be empty")
+        for field_name in ("weight", "ttft_ms", "ms_per_token"):
+            value = getattr(self, field_name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"ModelProfile.{field_name} must be >= 0, got {value!r}")
+        if not self.weight > 0:
+            raise ConfigError(f"ModelProfile.weight must be > 0, got {self.weight!r}")
+        for field_name in ("prompt_tokens", "completion_tokens"):
+            if getattr(self, field_name) < 0:
+                raise ConfigError(f"ModelProfile.{field_name} must be >= 0")
+        for field_name in ("streaming_share", "error_rate"):
+            value = getattr(self, field_name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"ModelProfile.{field_name} must be in [0, 1], got {value!r}")
+
 
 #: The demo's models: a large and a small chat model, a fast completion model,
 #: a slow reasoning model with long answers, and an embedding model.
