@@ -25,7 +25,9 @@ def test_defaults() -> None:
 
 
 def test_strings_are_coerced_and_sequences_frozen() -> None:
-    config = ClientConfig(url="wss://h/s", dialect="fakeai", overflow="raise", types=["a", "b"])
+    # What an untyped caller (a command line, a settings file) passes.
+    loose: dict[str, Any] = {"dialect": "fakeai", "overflow": "raise", "types": ["a", "b"]}
+    config = ClientConfig(url="wss://h/s", **loose)
     assert config.dialect is Dialect.FAKEAI
     assert config.overflow is OverflowPolicy.RAISE
     assert config.types == ("a", "b")
