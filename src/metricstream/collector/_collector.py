@@ -93,6 +93,8 @@ def _check_optional_str(name: str, value: object) -> str | None:
 
 
 def _check_count(name: str, value: object) -> int:
+    if type(value) is int and value >= 0:  # the common case, checked first
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidMetricError(f"{name} must be an integer, got {value!r}")
     if value < 0:
@@ -101,6 +103,9 @@ def _check_count(name: str, value: object) -> int:
 
 
 def _check_amount(name: str, value: object) -> float:
+    # The common case first; NaN fails both comparisons, infinity the second.
+    if type(value) is float and 0.0 <= value < math.inf:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidMetricError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
