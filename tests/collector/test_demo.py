@@ -17,9 +17,10 @@ from tests.collector.conftest import ManualClock, RecordingPublisher
 async def test_run_demo_publishes_every_stream_type_with_valid_payloads(
     publisher: RecordingPublisher,
 ) -> None:
-    task = asyncio.create_task(run_demo(publisher, interval=0.2, seed=3, connections=lambda: 2))
+    # The default 1 s interval: every type must show within a few seconds.
+    task = asyncio.create_task(run_demo(publisher, interval=1.0, seed=3, connections=lambda: 2))
     try:
-        await publisher.wait_for(lambda: publisher.types() >= STREAM_TYPES, within=15.0)
+        await publisher.wait_for(lambda: publisher.types() >= STREAM_TYPES, within=5.0)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
