@@ -1,0 +1,55 @@
+"""``metricstream watch`` as a real subprocess against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from metricstream.protocol import MessageType
+
+from ..support import scaled
+from .peers import StreamServer, request, wait_until
+
+
+async def _watch(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "metricstream",
+        "watch",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_prints_messages_as_json_lines(server: StreamServer) -> None:
+    process = await _watch(server.url, "--count", "3", "--dialect", "native")
+    await wait_until(lambda: bool(server.peers), within=30)
+    await server.publish(MessageType.REQUEST_UPDATE, request("a"))
+    await server.publish(MessageType.REQUEST_UPDATE, request("b"))
+    async with asyncio.timeout(scaled(30)):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert [line["type"] for line in lines] == ["init", "request_update", "request_update"]
+    assert [line["sequence"] for line in lines[1:]] == [1, 2]
+    assert b"connected to" in err
+
+
+async def test_rejection_exits_3() -> None:
+    async with StreamServer(token="right") as srv:
+        process = await _watch(srv.url, "--token", "wrong")
+        async with asyncio.timeout(scaled(30)):
+            _, err = await process.communicate()
+    assert process.returncode == 3
+    assert b"4001" in err
+
+
+async def test_invalid_option_exits_2() -> None:
+    process = await _watch("http://not-a-websocket", "--count", "1")
+    async with asyncio.timeout(scaled(30)):
+        _, err = await process.communicate()
+    assert process.returncode == 2
+    assert b"ws:// or wss://" in err
