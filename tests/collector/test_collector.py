@@ -515,3 +515,30 @@ def test_model_and_service_names_are_capped(
     assert snap.costs.breakdown_by_service == {"/path/0": 1.0, OTHER: 4.0}
     # The events still name the real model.
     assert publisher.of_type(MessageType.REQUEST_UPDATE)[-1].data.model == "model-4"
+
+
+def test_an_unbound_collector_counts_exactly_under_concurrent_threads(
+    publisher: RecordingPublisher,
+) -> None:
+    # Created outside any loop and never started: calls apply in the calling
+    # threads, and the lock keeps the aggregates exact.
+    collector = MetricsCollector(publisher, system_stats=False)
+    threads, per_thread = 4, 1000
+    start = threading.Barrier(threads)
+
+    def worker() -> None:
+        start.wait()
+        for i in range(per_thread):
+            collector.record_request("m", 1, i % 3, 2.0)
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(scaled(30))
+    snap = collector.snapshot()
+    assert snap.metrics.total_requests == threads * per_thread
+    assert snap.models["m"].total_completion_tokens == threads * sum(
+        i % 3 for i in range(per_thread)
+    )
+    assert len(publisher.of_type(MessageType.REQUEST_UPDATE)) == threads * per_thread

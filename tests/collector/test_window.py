@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from metricstream.collector._window import CostWindow, RollingSamples, RollingWindow
 from metricstream.exceptions import ConfigError
@@ -84,3 +86,26 @@ def test_cost_window_breaks_down_by_model_and_service() -> None:
     # The first minute's bucket leaves after 3660 s, the second after 3720 s.
     assert costs.breakdown(3660.0) == ({"a": 4.0}, {"/embed": 4.0})
     assert costs.breakdown(3720.0) == ({}, {})
+
+
+@given(
+    gaps=st.lists(st.floats(min_value=0, max_value=3, allow_nan=False), max_size=60),
+    tokens=st.lists(st.integers(min_value=0, max_value=1000), min_size=60, max_size=60),
+    later=st.floats(min_value=0, max_value=20, allow_nan=False),
+)
+def test_window_matches_a_brute_force_count(
+    gaps: list[float], tokens: list[int], later: float
+) -> None:
+    window = RollingWindow(10.0, 0.5)
+    now = 1000.0
+    events: list[tuple[float, int]] = []
+    for gap, count in zip(gaps, tokens, strict=False):
+        now += gap
+        _add(window, now, tokens=count)
+        events.append((now, count))
+    query = now + later
+    # An event counts while its bucket [i*r, (i+1)*r) ends after query - window.
+    expected = [c for t, c in events if (math.floor(t / 0.5) + 1) * 0.5 > query - 10.0]
+    totals = window.totals(query)
+    assert totals.requests == len(expected)
+    assert totals.prompt_tokens == sum(expected)
