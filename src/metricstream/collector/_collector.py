@@ -218,8 +218,19 @@ class MetricsCollector:
     yet started) recording applies and publishes in the caller's thread.
 
     Use it as ``async with MetricsCollector(hub) as collector: ...``, or call
-    :meth:`start` and :meth:`aclose`. ``clock`` (monotonic seconds) and
-    ``wall_clock`` (Unix seconds) are injectable for tests.
+    :meth:`start` and :meth:`aclose`.
+
+    Options: ``interval`` (seconds between publications), ``window`` (seconds
+    of the rolling window) cut into buckets of ``resolution`` seconds
+    (``window / 60`` by default); ``prices`` (model -> :class:`ModelPrice`,
+    :data:`DEFAULT_PRICES` by default) and ``default_price`` for models not in
+    it; ``connections`` (a callback giving ``active_connections``);
+    ``system_stats`` (host statistics with psutil, of the disk holding
+    ``disk_path``); ``cost_period`` of ``cost_update``; ``max_samples`` kept
+    for percentiles; ``max_models`` and ``max_services`` aggregated by name
+    before the rest go under :data:`OTHER`. ``clock`` (monotonic seconds) and
+    ``wall_clock`` (Unix seconds) are injectable for tests. Invalid options
+    raise :class:`~metricstream.exceptions.ConfigError`.
     """
 
     def __init__(
@@ -308,6 +319,13 @@ class MetricsCollector:
         self._task: asyncio.Task[None] | None = None
         with contextlib.suppress(RuntimeError):
             self._bind(asyncio.get_running_loop())
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"MetricsCollector(interval={self._interval}, window={self._window_seconds}, "
+            f"cost_period={self._cost_period!r}, {state})"
+        )
 
     # --- configuration views ---------------------------------------------
 
