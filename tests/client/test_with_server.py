@@ -1,0 +1,96 @@
+"""The client against metricstream's own server, run as `metricstream serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from metricstream.client import MetricStreamClient
+from metricstream.exceptions import ConnectionRejectedError
+from metricstream.protocol import MessageType, WebSocketMessage
+
+from ..support import free_port, scaled
+from .conftest import fast_config
+from .peers import TcpProxy, wait_until
+
+TOKEN = "integration-token"
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[int]:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "metricstream",
+        "serve",
+        "--port",
+        str(port),
+        "--demo",
+        "--seed",
+        "7",
+        "--interval",
+        "0.1",
+        "--token",
+        TOKEN,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient() as http, asyncio.timeout(scaled(30)):
+            while True:
+                assert process.returncode is None, "metricstream serve exited at startup"
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).is_success:
+                        break
+                except httpx.TransportError:
+                    pass
+                # Polling: the server announces readiness only by answering.
+                await asyncio.sleep(0.05)
+        yield port
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+        await process.wait()
+
+
+async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
+    async with TcpProxy(serve) as proxy:
+        config = fast_config(proxy.url(), token=TOKEN)
+        received: list[WebSocketMessage[Any]] = []
+        async with MetricStreamClient(config) as client:
+            client.on_message(received.append)
+            await client.wait_connected()
+            await wait_until(lambda: len(received) > 10)
+            proxy.cut()
+            await wait_until(lambda: client.info.connections == 2)
+            cut_at = len(received)
+            await wait_until(lambda: len(received) > cut_at + 10)
+    inits = [m for m in received if m.type is MessageType.INIT]
+    assert len(inits) == 2
+    assert inits[0].metadata is not None
+    assert inits[1].metadata is not None
+    assert inits[1].metadata["epoch"] == inits[0].metadata["epoch"]
+    assert inits[1].metadata["resumed"] is True
+    sequences = [m.sequence for m in received if m.is_stream and m.sequence is not None]
+    first = inits[0].sequence
+    assert first is not None
+    assert sequences == list(range(first + 1, first + 1 + len(sequences)))
+    assert client.info.duplicates == 0
+    assert client.info.gaps == 0
+    assert client.info.invalid_frames == 0
+    assert client.info.resumes == 1
+    assert client.latency is not None
+
+
+async def test_wrong_token_is_rejected_for_good(serve: int) -> None:
+    client = MetricStreamClient(fast_config(f"ws://127.0.0.1:{serve}/metrics/stream", token="no"))
+    with pytest.raises(ConnectionRejectedError) as caught:
+        await client.run()
+    assert caught.value.code in (401, 4001)
