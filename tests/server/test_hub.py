@@ -233,6 +233,15 @@ async def test_stalled_subscriber_is_evicted_at_its_bound_and_others_continue() 
     assert healthy.sequences() == list(range(1, published + 1))
 
 
+async def test_publish_off_the_loop_thread_fails_before_changing_anything() -> None:
+    hub = MetricsHub(heartbeat_interval=None)
+    hub.attach(Sink().send)
+    with pytest.raises(RuntimeError):
+        await asyncio.to_thread(hub.publish, metrics())
+    assert hub.sequence == 0
+    assert len(hub.log) == 0
+
+
 async def test_failing_send_detaches_quietly() -> None:
     hub = MetricsHub(heartbeat_interval=None)
     sink = Sink()

@@ -120,6 +120,30 @@ async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008() -> None
             code = await asyncio.to_thread(read_close_code, stalled_sock)
             assert code == 4008
             assert hub.stats.evictions == 1
+            assert hub.stats.send_suspensions >= 1, "the stalled client's sends were parked"
             await wait_for(lambda: hub.connection_count == 0, 10, "the stalled client detached")
         finally:
             stalled_sock.close()
+
+
+async def test_a_peer_that_never_reads_is_cut_off_after_the_close_timeout() -> None:
+    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=BOUND)
+    settings = ServerSettings(close_timeout=0.2)
+    async with running(hub, settings) as server:
+        sock = await asyncio.to_thread(raw_handshake, server.port)
+        try:
+            await wait_for(lambda: hub.connection_count == 1, what="the raw client attached")
+            (stalled,) = hub.subscribers
+            while hub.stats.evictions == 0:
+                for _ in range(20):
+                    hub.publish(request(str(hub.sequence), note="x" * 2000))
+                await asyncio.sleep(0)
+                assert hub.sequence < 20_000, "the stalled client was never evicted"
+            # Not even the close frame can be written: the server lets go of
+            # the connection (and everything buffered for it) by itself.
+            await wait_for(lambda: hub.connection_count == 0, 10, "the stalled client dropped")
+            transport = stalled.transport
+            assert transport is not None
+            await wait_for(transport.is_closing, 10, "the transport closed")
+        finally:
+            sock.close()

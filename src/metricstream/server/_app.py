@@ -79,6 +79,11 @@ class HubCollector(Collector):
             stats.evictions,
         )
         yield CounterMetricFamily(
+            "metricstream_send_suspensions",
+            "Sends that found the client's transport paused and went to a writer task",
+            stats.send_suspensions,
+        )
+        yield CounterMetricFamily(
             "metricstream_replay_hits", "Resumes served from the replay log", stats.replay_hits
         )
         yield CounterMetricFamily(

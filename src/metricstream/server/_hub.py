@@ -102,6 +102,9 @@ class HubStats:
     frames_sent: int = 0
     bytes_sent: int = 0
     evictions: int = 0
+    #: Sends that could not complete at once (transport paused) and were
+    #: handed to a writer task; zero while every client keeps up.
+    send_suspensions: int = 0
     replay_hits: int = 0
     replay_misses: int = 0
     connections_opened: int = 0
@@ -330,7 +333,10 @@ class MetricsHub:
 
         Raises ``ValueError`` for a type that is not a stream type (state or
         event) or a payload that does not fit its type; a dict payload is
-        converted to the type's Struct. Never awaits any client.
+        converted to the type's Struct; ``RuntimeError`` when called off the
+        event loop thread while clients are attached (from another thread,
+        use ``loop.call_soon_threadsafe(hub.publish, message)``). Nothing
+        changes when it raises. Never awaits any client.
         """
         try:
             mtype = MessageType(message.type)
@@ -346,6 +352,9 @@ class MetricsHub:
                 data = msgspec.convert(data, payload_type, from_attributes=True)
             except msgspec.ValidationError as exc:
                 raise ValueError(f"invalid {mtype.value} payload: {exc}") from exc
+        # Fails (RuntimeError) before anything changes when called off the
+        # event loop thread while clients are attached.
+        loop = asyncio.get_running_loop() if self._subscribers else None
         self._sequence += 1
         seq = self._sequence
         message = WebSocketMessage(
@@ -362,8 +371,8 @@ class MetricsHub:
         self._fold(mtype, data)
         self._snapshot_cache = None
         self.stats.published += 1
-        if self._subscribers:
-            self._fan_out(mtype, data, frame, size)
+        if loop is not None:
+            self._fan_out(loop, mtype, data, frame, size)
         return message
 
     def _fold(self, mtype: MessageType, data: Any) -> None:
@@ -385,7 +394,9 @@ class MetricsHub:
         elif mtype is MessageType.KV_CACHE_UPDATE:
             self._kv_cache = data
 
-    def _fan_out(self, mtype: MessageType, data: Any, frame: str, size: int) -> None:
+    def _fan_out(
+        self, loop: asyncio.AbstractEventLoop, mtype: MessageType, data: Any, frame: str, size: int
+    ) -> None:
         model = data.model if mtype in _MODEL_SCOPED else None
         limit = self._max_buffer
         dirty = self._dirty
@@ -409,7 +420,7 @@ class MetricsHub:
         for sub in evicted:
             self._evict(sub)
         if dirty and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = loop.call_soon(self._flush)
 
     def _evict(self, sub: Subscriber) -> None:
         logger.info(
@@ -650,6 +661,7 @@ class MetricsHub:
         size: int,
         count: int,
     ) -> None:
+        self.stats.send_suspensions += 1
         sub._inflight = size
         sub._idle.clear()
         sub._task = asyncio.get_running_loop().create_task(
