@@ -26,7 +26,7 @@ from metricstream.protocol import (
     decode,
     encode,
 )
-from tests.collector.conftest import ManualClock, RecordingPublisher
+from tests.collector.helpers import ManualClock, RecordingPublisher
 from tests.support import scaled
 
 PRICES = {"a": ModelPrice(1.0, 2.0), "b": ModelPrice(10.0, 20.0)}

@@ -11,7 +11,7 @@ import pytest
 from metricstream.collector import DemoTraffic, MetricsCollector, ModelProfile, run_demo
 from metricstream.exceptions import ConfigError
 from metricstream.protocol import STREAM_TYPES, MessageType, decode, encode
-from tests.collector.conftest import ManualClock, RecordingPublisher
+from tests.collector.helpers import ManualClock, RecordingPublisher
 
 
 async def test_run_demo_publishes_every_stream_type_with_valid_payloads(

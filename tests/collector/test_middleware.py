@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from metricstream.collector import MetricsCollector, MetricsMiddleware, ModelPrice
 from metricstream.protocol import MessageType, decode, encode
-from tests.collector.conftest import RecordingPublisher
+from tests.collector.helpers import RecordingPublisher
 from tests.support import scaled
 
 MODEL = "openai/gpt-oss-120b"
