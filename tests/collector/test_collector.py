@@ -542,3 +542,10 @@ def test_an_unbound_collector_counts_exactly_under_concurrent_threads(
         i % 3 for i in range(per_thread)
     )
     assert len(publisher.of_type(MessageType.REQUEST_UPDATE)) == threads * per_thread
+
+
+async def test_flush_refuses_to_run_off_the_loop_thread(publisher: RecordingPublisher) -> None:
+    collector = MetricsCollector(publisher, system_stats=False)
+    with pytest.raises(RuntimeError, match="event loop thread"):
+        await asyncio.to_thread(collector.flush)
+    assert [m.type for m in collector.flush()] == ["metrics_update", "cost_update"]

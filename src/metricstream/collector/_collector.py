@@ -820,7 +820,11 @@ class MetricsCollector:
     def flush(self) -> list[WebSocketMessage[Any]]:
         """Publish every state message whose value changed since it was last
         published, and return them. Call it on the loop thread (the periodic
-        task does, every ``interval``)."""
+        task does, every ``interval``). Raises :class:`RuntimeError` from another
+        thread while the loop is open, rather than call the publisher off it."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and threading.get_ident() != self._loop_thread:
+            raise RuntimeError("MetricsCollector.flush() must be called on its event loop thread")
         snap = self._build()
         timestamp = self._timestamp_ms()
         candidates: list[tuple[MessageType, str, Any, dict[str, Any] | None]] = [
