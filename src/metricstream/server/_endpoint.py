@@ -209,10 +209,11 @@ class StreamEndpoint:
         self, send: Send, sub: Subscriber, code: int, transport: _Transport | None
     ) -> None:
         timeout = self.settings.close_timeout
-        if code == GOING_AWAY:
-            # A graceful close lets what is already queued go out first.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sub.wait_idle(), timeout)
+        # What is already queued (the last messages, an ``error`` explaining
+        # the close) goes out ahead of the close frame; a slow consumer's
+        # outbox has been dropped, so this returns at once for 4008.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sub.drain(), timeout)
         # The subscriber stays attached (but closed to new frames) until the
         # close frame is out: ``close_all`` waits for exactly that.
         message: Message = {"type": "websocket.close", "code": code}

@@ -127,7 +127,6 @@ class Subscriber:
     __slots__ = (
         "_credit",
         "_hub",
-        "_idle",
         "_inflight",
         "_pending",
         "_pending_bytes",
@@ -165,8 +164,6 @@ class Subscriber:
         # Extra allowance for the initial snapshot or replay (see MetricsHub.attach).
         self._credit = 0
         self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.dirty = False
         self.open = True
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
@@ -197,9 +194,22 @@ class Subscriber:
         if not self.closed.done():
             self.closed.set_result(code)
 
-    async def wait_idle(self) -> None:
-        """Wait until everything queued so far has been handed to the transport."""
-        await self._idle.wait()
+    async def drain(self) -> None:
+        """Wait until everything queued so far has been handed to the transport.
+
+        Works after :meth:`request_close` too: a closing subscriber takes no
+        new frames but still writes what it had, so that an ``error`` or the
+        last messages before a shutdown go out ahead of the close frame.
+        """
+        while self._pending or self._task is not None:
+            task = self._task
+            if task is not None:
+                # Waits for the task to end without taking on its outcome.
+                await asyncio.wait((task,))
+            else:
+                # The flush scheduled for these frames runs on the next
+                # iteration of the loop.
+                await asyncio.sleep(0)
 
     def _discard(self) -> None:
         self._pending.clear()
@@ -208,7 +218,6 @@ class Subscriber:
         task = self._task
         if task is not None and not task.done():
             task.cancel()
-        self._idle.set()
 
     def _take(self) -> tuple[str, int, int]:
         """The next frame to write: (text, bytes, messages in it)."""
@@ -625,14 +634,16 @@ class MetricsHub:
         self._dirty = []
         for sub in dirty:
             sub.dirty = False
-            if sub.open and sub._task is None:
+            if sub._task is None:
                 self._pump(sub)
 
     def _pump(self, sub: Subscriber) -> None:
         """Write what ``sub`` has pending, stepping each send by hand until one
         suspends; the rest is then left to a task (see the module docstring)."""
         stats = self.stats
-        while sub._pending and sub.open:
+        # Not ``sub.open``: a closing subscriber still writes what it had
+        # (an evicted or failed one has had its outbox cleared).
+        while sub._pending:
             frame, size, count = sub._take()
             coro = sub._send(frame)
             if not self._eager:
@@ -663,7 +674,6 @@ class MetricsHub:
     ) -> None:
         self.stats.send_suspensions += 1
         sub._inflight = size
-        sub._idle.clear()
         sub._task = asyncio.get_running_loop().create_task(
             self._writer(sub, coro, yielded, size, count)
         )
@@ -693,7 +703,7 @@ class MetricsHub:
             stats.frames_sent += 1
             stats.bytes_sent += size
             sub._inflight = 0
-            while sub._pending and sub.open:
+            while sub._pending:
                 frame, size, count = sub._take()
                 sub._inflight = size
                 try:
@@ -710,7 +720,6 @@ class MetricsHub:
         finally:
             sub._inflight = 0
             sub._task = None
-            sub._idle.set()
 
     def _send_failed(self, sub: Subscriber, exc: BaseException) -> None:
         # The connection is gone (the ASGI server raises on a closed socket):
