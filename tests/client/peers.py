@@ -135,6 +135,8 @@ class StreamServer:
         self.send_init = True
         self.answer_heartbeats = True
         self.reject_status: int | None = None
+        #: Claim ``resumed: true`` on the next init, whatever the client asked (once).
+        self.claim_resume = False
         #: Block the event loop this long on the next heartbeat (once).
         self.stall_on_heartbeat = 0.0
         self.peers: set[_Peer] = set()
@@ -187,6 +189,10 @@ class StreamServer:
         self.log.append(message)
         del self.log[: -self.replay_limit]
         return message
+
+    def skip(self) -> None:
+        """Burn one sequence number without logging a message (a server bug)."""
+        self.sequence += 1
 
     async def publish(self, mtype: MessageType, data: Any) -> WebSocketMessage[Any]:
         """Publish one stream message to every connected peer that wants it."""
@@ -245,9 +251,12 @@ class StreamServer:
         since = int(query["since"]) if query.get("since", "").isdigit() else None
         first = self.log[0].sequence if self.log else self.sequence + 1
         assert first is not None
+        claimed, self.claim_resume = self.claim_resume, False
+        if claimed:
+            since = self.sequence if since is None else since
         resumable = (
             since is not None
-            and query.get("epoch") == self.epoch
+            and (claimed or query.get("epoch") == self.epoch)
             and first - 1 <= since <= self.sequence
         )
         if resumable:

@@ -246,6 +246,44 @@ async def test_gap_on_unfiltered_stream_triggers_resume(server: StreamServer) ->
     assert client.info.gaps == 0
 
 
+async def test_a_gap_the_server_cannot_fill_is_accepted_after_one_resync(
+    server: StreamServer,
+) -> None:
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        await client.wait_connected()
+        await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+        server.skip()
+        await server.publish(MessageType.REQUEST_UPDATE, request("three"))
+        await server.publish(MessageType.REQUEST_UPDATE, request("four"))
+        ids: list[str] = []
+        async for message in stream:
+            if message.type is MessageType.REQUEST_UPDATE:
+                ids.append(message.data.id)
+                if len(ids) == 3:
+                    break
+    assert ids == ["one", "three", "four"]
+    assert len(server.handshakes) == 2
+    assert client.info.gaps == 1
+    assert client.info.missed == 1
+
+
+async def test_a_resume_the_client_never_asked_for_is_replaced_by_a_snapshot(
+    server: StreamServer,
+) -> None:
+    server.claim_resume = True
+    await server.publish(MessageType.METRICS_UPDATE, metrics(5))
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        stream = client.messages()
+        init = await anext(stream)
+    # The bogus resume was not passed on: the first init seen is the snapshot.
+    assert init.metadata == {"epoch": "epoch-1", "resumed": False}
+    assert init.data.metrics == metrics(5)
+    assert len(server.handshakes) == 2
+    assert "since" not in server.handshakes[1]
+    assert client.info.resumes == 0
+
+
 async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> None:
     async with MetricStreamClient(fast_config(server.url)) as client:
         stream = client.messages()

@@ -239,6 +239,7 @@ class MetricStreamClient:
             duplicates=tracker.duplicates,
             out_of_order=tracker.out_of_order,
             gaps=tracker.gaps,
+            missed=tracker.missed,
             invalid_frames=self._invalid_frames,
             unknown_messages=self._unknown_messages,
             dropped_sends=self._dropped_sends,
@@ -554,7 +555,11 @@ class MetricStreamClient:
         return retry
 
     async def _read(self, conn: _Connection) -> None:
-        """Read and handle frames until the connection ends (ConnectionClosed)."""
+        """Read and handle frames until the connection ends.
+
+        Returns after a resync was requested; otherwise ends by raising
+        ``ConnectionClosed``.
+        """
         ws = conn.ws
         # The first frame (init) must come within the heartbeat timeout; after
         # it the keepalive task watches the silence.
@@ -572,8 +577,10 @@ class MetricStreamClient:
                     self._connect(conn)
                 await self._handle(conn, message)
                 if conn.resync:
+                    # Stop here: frames still buffered on this connection
+                    # would be judged against the position being abandoned.
                     await ws.close(1000, "resync")
-                    break
+                    return
             frame = await ws.recv(decode=False)
 
     # ------------------------------------------------------------- decoding
@@ -663,7 +670,9 @@ class MetricStreamClient:
         elif mtype is MessageType.ERROR:
             logger.warning("the server reported an error: %s", message.data.message)
         await self._dispatch(conn, message)
-        if mtype is MessageType.INIT:
+        if self._outbox:
+            # Queued sends go out once the connection proved itself with a
+            # first message (normally the init), before anything newer.
             await self._flush_outbox(conn)
 
     def _start_epoch(self, conn: _Connection, message: WebSocketMessage[Any]) -> bool:

@@ -53,6 +53,8 @@ class ConnectionInfo:
     duplicates: int
     out_of_order: int
     gaps: int
+    missed: int
+    """Sequence numbers skipped by accepted gaps (each one a message never seen)."""
     invalid_frames: int
     """Frames that were not valid messages (logged and skipped)."""
     unknown_messages: int
