@@ -33,7 +33,7 @@ async def test_receives_init_then_stream_in_order(server: StreamServer) -> None:
     assert got[0].data.metrics == metrics(7)
     assert [m.data.id for m in got[1:]] == ["r0", "r1", "r2"]
     assert _sequences(got) == [2, 3, 4]
-    info = client.info
+    info = client.connection_info()
     assert info.state is ConnectionState.CLOSED
     assert info.epoch == "epoch-1"
     assert info.last_sequence == 4
@@ -51,24 +51,24 @@ async def test_heartbeat_is_answered_and_latency_measured(server: StreamServer) 
     assert isinstance(heartbeats[0]["data"]["client_time"], int)
     assert client.latency is not None
     assert 0 <= client.latency < scaled(5)
-    assert client.info.bytes_sent > 0
+    assert client.connection_info().bytes_sent > 0
 
 
-async def test_handlers_run_in_order_and_a_failing_one_is_isolated(server: StreamServer) -> None:
+async def test_callbacks_run_in_order_and_a_failing_one_is_isolated(server: StreamServer) -> None:
     seen: list[str] = []
     async_seen: list[str] = []
 
-    def broken(message: WebSocketMessage[Any]) -> None:
-        raise RuntimeError("handler bug")
+    def broken(data: Any, message: WebSocketMessage[Any]) -> None:
+        raise RuntimeError("callback bug")
 
-    async def slow(message: WebSocketMessage[Any]) -> None:
+    async def slow(data: Any, message: WebSocketMessage[Any]) -> None:
         await asyncio.sleep(0)
-        async_seen.append(message.data.id)
+        async_seen.append(data.id)
 
     async with MetricStreamClient(fast_config(server.url)) as client:
-        client.on(MessageType.REQUEST_UPDATE, broken)
-        sub = client.on(MessageType.REQUEST_UPDATE, lambda m: seen.append(m.data.id))
-        client.on(MessageType.REQUEST_UPDATE, slow)
+        client.subscribe(MessageType.REQUEST_UPDATE, broken)
+        sub = client.subscribe(MessageType.REQUEST_UPDATE, lambda data, _: seen.append(data.id))
+        client.subscribe(MessageType.REQUEST_UPDATE, slow)
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("a"))
         await server.publish(MessageType.REQUEST_UPDATE, request("b"))
@@ -94,12 +94,12 @@ async def test_resumes_after_going_away_without_loss_or_duplicates(server: Strea
         stream = client.messages()
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("before"))
-        await wait_until(lambda: client.info.last_sequence == 1)
+        await wait_until(lambda: client.connection_info().last_sequence == 1)
         await server.close_all(1001, "deploy")
         # Published while the client is away: the replay must deliver them.
         server.record(MessageType.REQUEST_UPDATE, request("away-1"))
         server.record(MessageType.REQUEST_UPDATE, request("away-2"))
-        await wait_until(lambda: client.info.connections == 2)
+        await wait_until(lambda: client.connection_info().connections == 2)
         await server.publish(MessageType.REQUEST_UPDATE, request("after"))
         got = [await anext(stream) for _ in range(6)]
     ids = [m.data.id for m in got if m.type is MessageType.REQUEST_UPDATE]
@@ -110,8 +110,8 @@ async def test_resumes_after_going_away_without_loss_or_duplicates(server: Strea
     ]
     assert server.handshakes[1]["since"] == "1"
     assert server.handshakes[1]["epoch"] == "epoch-1"
-    assert client.info.resumes == 1
-    assert client.info.duplicates == 0
+    assert client.connection_info().resumes == 1
+    assert client.connection_info().duplicates == 0
     assert events[:2] == ["connect", "disconnect:closed with code 1001 (deploy)"]
     assert events[2:4] == ["connect", "reconnected"]
 
@@ -121,7 +121,7 @@ async def test_new_epoch_gives_a_full_snapshot(server: StreamServer) -> None:
         stream = client.messages()
         await client.wait_connected()
         await server.publish(MessageType.METRICS_UPDATE, metrics(1))
-        await wait_until(lambda: client.info.last_sequence == 1)
+        await wait_until(lambda: client.connection_info().last_sequence == 1)
         server.new_epoch()
         server.record(MessageType.METRICS_UPDATE, metrics(99))
         await server.close_all(1001)
@@ -133,9 +133,9 @@ async def test_new_epoch_gives_a_full_snapshot(server: StreamServer) -> None:
                     break
     assert inits[1].metadata == {"epoch": "epoch-2", "resumed": False}
     assert inits[1].data.metrics == metrics(99)
-    assert client.info.epoch == "epoch-2"
-    assert client.info.last_sequence == 1
-    assert client.info.resumes == 0
+    assert client.connection_info().epoch == "epoch-2"
+    assert client.connection_info().last_sequence == 1
+    assert client.connection_info().resumes == 0
 
 
 async def test_slow_consumer_close_reconnects_at_once(server: StreamServer) -> None:
@@ -144,7 +144,7 @@ async def test_slow_consumer_close_reconnects_at_once(server: StreamServer) -> N
     async with MetricStreamClient(config, on_reconnecting=lambda _, d: delays.append(d)) as client:
         await client.wait_connected()
         await server.close_all(4008, "slow consumer")
-        await wait_until(lambda: client.info.connections == 2)
+        await wait_until(lambda: client.connection_info().connections == 2)
     assert delays == [0.0]
 
 
@@ -155,7 +155,7 @@ async def test_server_1000_is_retried_with_backoff(server: StreamServer) -> None
     ) as client:
         await client.wait_connected()
         await server.close_all(1000)
-        await wait_until(lambda: client.info.connections == 2)
+        await wait_until(lambda: client.connection_info().connections == 2)
     assert len(delays) == 1
     assert 0 < delays[0] <= 0.02
 
@@ -227,7 +227,7 @@ async def test_duplicates_and_stale_messages_are_dropped(server: StreamServer) -
         await server.publish(MessageType.REQUEST_UPDATE, request("three"))
         got = [await anext(stream) for _ in range(4)]
     assert [m.data.id for m in got[1:]] == ["one", "two", "three"]
-    assert client.info.duplicates == 1
+    assert client.connection_info().duplicates == 1
 
 
 async def test_gap_on_unfiltered_stream_triggers_resume(server: StreamServer) -> None:
@@ -243,7 +243,7 @@ async def test_gap_on_unfiltered_stream_triggers_resume(server: StreamServer) ->
     ids = [m.data.id for m in got if m.type is MessageType.REQUEST_UPDATE]
     assert ids == ["one", "lost", "three"]
     assert server.handshakes[1]["since"] == "1"
-    assert client.info.gaps == 0
+    assert client.connection_info().gaps == 0
 
 
 async def test_a_gap_the_server_cannot_fill_is_accepted_after_one_resync(
@@ -264,8 +264,8 @@ async def test_a_gap_the_server_cannot_fill_is_accepted_after_one_resync(
                     break
     assert ids == ["one", "three", "four"]
     assert len(server.handshakes) == 2
-    assert client.info.gaps == 1
-    assert client.info.missed == 1
+    assert client.connection_info().gaps == 1
+    assert client.connection_info().missed == 1
 
 
 async def test_a_resume_the_client_never_asked_for_is_replaced_by_a_snapshot(
@@ -281,7 +281,7 @@ async def test_a_resume_the_client_never_asked_for_is_replaced_by_a_snapshot(
     assert init.data.metrics == metrics(5)
     assert len(server.handshakes) == 2
     assert "since" not in server.handshakes[1]
-    assert client.info.resumes == 0
+    assert client.connection_info().resumes == 0
 
 
 async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> None:
@@ -296,9 +296,9 @@ async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> N
         got = [await anext(stream) for _ in range(2)]
         assert client.connected
     assert got[1].data.id == "fine"
-    assert client.info.invalid_frames == 3
-    assert client.info.unknown_messages == 1
-    assert client.info.connections == 1
+    assert client.connection_info().invalid_frames == 3
+    assert client.connection_info().unknown_messages == 1
+    assert client.connection_info().connections == 1
 
 
 async def test_batch_frames_and_a_bad_member_loses_only_itself(server: StreamServer) -> None:
@@ -315,14 +315,14 @@ async def test_batch_frames_and_a_bad_member_loses_only_itself(server: StreamSer
         got = [await anext(stream) for _ in range(4)]
     assert server.handshakes[0]["batch"] == "1"
     assert [m.data.id for m in got[1:]] == ["one", "two", "three"]
-    assert client.info.invalid_frames == 1
+    assert client.connection_info().invalid_frames == 1
 
 
 async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) -> None:
     async with MetricStreamClient(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
-        ack = await client.subscribe(types=["model_update"], models=["a"])
+        ack = await client.set_filter(types=["model_update"], models=["a"])
         assert ack is not None
         assert ack.types == ["model_update"]
         await server.publish(MessageType.MODEL_UPDATE, model("b"))
@@ -330,9 +330,9 @@ async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) ->
         await server.publish(MessageType.MODEL_UPDATE, model("a"))
         got = [await anext(stream) for _ in range(3)]
         await server.close_all(1001)
-        await wait_until(lambda: client.info.connections == 2)
+        await wait_until(lambda: client.connection_info().connections == 2)
         assert client.filter.models == ["a"]
-        cleared = await client.unsubscribe()
+        cleared = await client.clear_filter()
         assert cleared is not None
         assert cleared.types is None
     assert [m.type for m in got] == [
@@ -351,7 +351,7 @@ async def test_offline_queue_is_flushed_after_connecting(server: StreamServer) -
     for i in range(3):
         sent = await client.send(make_message("custom", {"n": i}))
         assert sent is False
-    assert client.info.dropped_sends == 1
+    assert client.connection_info().dropped_sends == 1
     async with client:
         await client.wait_connected()
         await wait_until(lambda: any(m.get("type") == "custom" for m in server.received))
@@ -366,7 +366,7 @@ async def test_offline_queue_raise_policy() -> None:
     await client.send(make_message("custom", {}))
     with pytest.raises(QueueFullError):
         await client.send(make_message("custom", {}))
-    assert client.info.dropped_sends == 0
+    assert client.connection_info().dropped_sends == 0
 
 
 async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServer) -> None:
@@ -377,7 +377,7 @@ async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServe
             stream = client.messages()
             await client.wait_connected()
             await server.publish(MessageType.REQUEST_UPDATE, request("one"))
-            await wait_until(lambda: client.info.last_sequence == 1)
+            await wait_until(lambda: client.connection_info().last_sequence == 1)
             proxy.freeze()
             started = time.monotonic()
             await wait_until(lambda: not client.connected)
@@ -403,7 +403,7 @@ async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> N
     client = MetricStreamClient(config)
     with pytest.raises(ConnectionError, match="no first frame"):
         await client.run()
-    assert client.info.connections == 0
+    assert client.connection_info().connections == 0
     assert len(server.handshakes) == 2
 
 
@@ -412,18 +412,19 @@ async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> No
         stream = client.messages()
         await client.wait_connected()
         await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 10_000 + '"}')
-        await wait_until(lambda: client.info.connections == 2)
+        await wait_until(lambda: client.connection_info().connections == 2)
         await server.publish(MessageType.REQUEST_UPDATE, request("after"))
         async for message in stream:
             if message.type is MessageType.REQUEST_UPDATE:
                 break
     assert message.data.id == "after"
-    assert "1009" in (client.info.last_error or "")
+    assert "1009" in (client.connection_info().last_error or "")
 
 
 async def test_close_ends_iteration_and_stops_reconnecting(server: StreamServer) -> None:
     states: list[ConnectionState] = []
-    client = MetricStreamClient(fast_config(server.url), on_state_change=states.append)
+    client = MetricStreamClient(fast_config(server.url))
+    client.watch_state(lambda old, new: states.append(new))
     await client.start()
     stream = client.messages()
     await client.wait_connected()
@@ -433,3 +434,40 @@ async def test_close_ends_iteration_and_stops_reconnecting(server: StreamServer)
     assert states == [ConnectionState.CONNECTING, ConnectionState.CONNECTED, ConnectionState.CLOSED]
     await client.run()  # returns at once: closed on purpose
     assert len(server.handshakes) == 1
+
+
+async def test_reconnect_cuts_the_backoff_short_and_drops_a_live_connection(
+    server: StreamServer,
+) -> None:
+    config = fast_config(server.url, reconnect_interval=3600.0, max_reconnect_interval=3600.0)
+    async with MetricStreamClient(config) as client:
+        await client.wait_connected()
+        await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+        await wait_until(lambda: client.connection_info().last_sequence == 1)
+        await server.close_all(1011, "internal error")
+        await wait_until(lambda: client.state is ConnectionState.RECONNECTING)
+        await client.reconnect()  # instead of waiting an hour
+        await wait_until(lambda: client.connection_info().connections == 2)
+        await client.reconnect()  # a live connection: dropped and resumed
+        await wait_until(lambda: client.connection_info().connections == 3)
+    assert [h.get("since") for h in server.handshakes] == [None, "1", "1"]
+    assert client.connection_info().resumes == 2
+
+
+async def test_feeds_the_store(server: StreamServer) -> None:
+    from metricstream.store import MetricsStore
+
+    await server.publish(MessageType.METRICS_UPDATE, metrics(3))
+    async with MetricStreamClient(fast_config(server.url)) as client:
+        store = MetricsStore(client)
+        await client.wait_connected()
+        await server.publish(MessageType.MODEL_UPDATE, model("m", request_count=4))
+        await server.publish(MessageType.REQUEST_UPDATE, request("r1", "m"))
+        await wait_until(lambda: len(store.state.recent_requests) == 1)
+        status = store.connection_status()
+        state = store.state
+        store.close()
+    assert status.is_connected
+    assert state.metrics == metrics(3)
+    assert state.models["m"].request_count == 4
+    assert state.recent_requests[0].id == "r1"

@@ -76,7 +76,7 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
     config = fast_config(url, dialect="auto", heartbeat_interval=0.2, heartbeat_timeout=scaled(5))
     errors: list[WebSocketMessage[Any]] = []
     async with MetricStreamClient(config) as client:
-        client.on(MessageType.ERROR, errors.append)
+        client.subscribe(MessageType.ERROR, lambda _, message: errors.append(message))
         stream = client.messages()
         await client.wait_connected()
         first = await anext(stream)
@@ -91,14 +91,14 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
         # The seed client's heartbeat is answered with an error by FakeAI;
         # ours is a ping, answered with a pong that measures the latency.
         await wait_until(lambda: client.latency is not None, within=10)
-        await client.subscribe(models=["openai/gpt-oss-120b"])
-        await wait_until(lambda: client.info.message_count > 6, within=10)
+        await client.set_filter(models=["openai/gpt-oss-120b"])
+        await wait_until(lambda: client.connection_info().message_count > 6, within=10)
     assert first.type is MessageType.INIT
     assert first.data.metrics is not None
     assert message.metadata is not None
     assert "throughput" in message.metadata["fakeai"]
     assert message.data.tokens_per_second > 0
-    assert client.info.dialect == Dialect.FAKEAI
-    assert client.info.connections == 1
-    assert client.info.invalid_frames == 0
+    assert client.connection_info().dialect == Dialect.FAKEAI
+    assert client.connection_info().connections == 1
+    assert client.connection_info().invalid_frames == 0
     assert errors == []

@@ -43,11 +43,11 @@ async def _blocked_event_loop() -> None:
     async with server:
         config = fast_config(server.url, heartbeat_interval=0.1, heartbeat_timeout=timeout)
         client = MetricStreamClient(config)
-        client.on(MessageType.PONG, pongs.append)
+        client.subscribe(MessageType.PONG, lambda _, message: pongs.append(message))
         async with client:
             await client.wait_connected()
             await wait_until(lambda: server.stall_on_heartbeat == 0 and len(pongs) >= 3)
-            assert client.info.connections == 1
+            assert client.connection_info().connections == 1
 
 
 async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: StreamServer) -> None:
@@ -55,14 +55,14 @@ async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: Strea
     config = fast_config(server.url, heartbeat_interval=0.1, heartbeat_timeout=timeout)
     release = asyncio.Event()
 
-    async def slow_consumer(message: WebSocketMessage[Any]) -> None:
+    async def slow_consumer(data: Any, message: WebSocketMessage[Any]) -> None:
         await release.wait()
 
     def heartbeats() -> int:
         return sum(1 for m in server.received if m["type"] == "heartbeat")
 
     async with MetricStreamClient(config) as client:
-        client.on(MessageType.REQUEST_UPDATE, slow_consumer)
+        client.subscribe(MessageType.REQUEST_UPDATE, slow_consumer)
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("held"))
         before = heartbeats()
@@ -70,6 +70,6 @@ async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: Strea
         # for the handler; pongs pile up unread, and that is not silence.
         await wait_until(lambda: heartbeats() >= before + 3 * round(timeout / 0.1))
         release.set()
-        await wait_until(lambda: client.info.message_count >= 2)
-        assert client.info.connections == 1
+        await wait_until(lambda: client.connection_info().message_count >= 2)
+        assert client.connection_info().connections == 1
         assert client.connected

@@ -65,11 +65,11 @@ async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
         config = fast_config(proxy.url(), token=TOKEN)
         received: list[WebSocketMessage[Any]] = []
         async with MetricStreamClient(config) as client:
-            client.on_message(received.append)
+            client.subscribe("*", lambda _, message: received.append(message))
             await client.wait_connected()
             await wait_until(lambda: len(received) > 10)
             proxy.cut()
-            await wait_until(lambda: client.info.connections == 2)
+            await wait_until(lambda: client.connection_info().connections == 2)
             cut_at = len(received)
             await wait_until(lambda: len(received) > cut_at + 10)
     inits = [m for m in received if m.type is MessageType.INIT]
@@ -82,10 +82,10 @@ async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
     first = inits[0].sequence
     assert first is not None
     assert sequences == list(range(first + 1, first + 1 + len(sequences)))
-    assert client.info.duplicates == 0
-    assert client.info.gaps == 0
-    assert client.info.invalid_frames == 0
-    assert client.info.resumes == 1
+    assert client.connection_info().duplicates == 0
+    assert client.connection_info().gaps == 0
+    assert client.connection_info().invalid_frames == 0
+    assert client.connection_info().resumes == 1
     assert client.latency is not None
 
 

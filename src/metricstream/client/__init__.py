@@ -4,10 +4,10 @@
 core (:mod:`metricstream.protocol`): it connects, reconnects with jittered
 backoff, resumes from its last sequence, drops duplicates, detects dead peers
 by heartbeat, speaks both the native and the FakeAI dialect, and hands every
-message to handlers and bounded async iterators. See ``docs/client.md``.
+message to callbacks and bounded async iterators. See ``docs/client.md``.
 """
 
-from ._client import Handler, MetricStreamClient, Subscription
+from ._client import ALL_TYPES, Callback, MetricStreamClient, Subscription
 from ._config import ClientConfig, Dialect, OverflowPolicy
 from ._fakeai import FakeAIAdapter
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
@@ -15,12 +15,13 @@ from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
 __all__ = [
+    "ALL_TYPES",
+    "Callback",
     "ClientConfig",
     "ConnectionInfo",
     "ConnectionState",
     "Dialect",
     "FakeAIAdapter",
-    "Handler",
     "MessageStream",
     "MetricStreamClient",
     "OverflowPolicy",

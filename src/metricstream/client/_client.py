@@ -17,7 +17,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Self
 
 import msgspec
@@ -45,13 +45,17 @@ from ._policy import Retry, build_url, retry_for_close, retry_for_status
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
-__all__ = ["Handler", "MetricStreamClient", "Subscription"]
+__all__ = ["ALL_TYPES", "Callback", "MetricStreamClient", "Subscription"]
 
 logger = logging.getLogger("metricstream.client")
 
-#: A message handler: a plain function, or a coroutine function that the
-#: reader awaits before it reads on (so it sees messages strictly in order).
-Handler = Callable[[WebSocketMessage[Any]], Awaitable[None] | None]
+#: A message callback, called as ``callback(data, message)`` (the seed's
+#: signature): a plain function, or a coroutine function that the reader awaits
+#: before it reads on, so every callback sees messages strictly in order.
+Callback = Callable[[Any, WebSocketMessage[Any]], object]
+
+#: The message type that :meth:`MetricStreamClient.subscribe` takes for "every type".
+ALL_TYPES: Final = "*"
 
 # Model-scoped message types: the ``models`` filter applies to them.
 _MODEL_SCOPED: Final = frozenset(
@@ -61,18 +65,18 @@ _raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class Subscription:
-    """A registered handler; :meth:`unsubscribe` (or leaving a ``with``) removes it."""
+    """A registered callback; :meth:`unsubscribe` (or leaving a ``with``) removes it."""
 
-    __slots__ = ("_handler", "_handlers")
+    __slots__ = ("_callback", "_callbacks")
 
-    def __init__(self, handlers: list[Handler], handler: Handler) -> None:
-        self._handlers = handlers
-        self._handler = handler
+    def __init__(self, callbacks: list[Any], callback: object) -> None:
+        self._callbacks = callbacks
+        self._callback = callback
 
     def unsubscribe(self) -> None:
-        """Stop calling the handler; calling this twice is harmless."""
+        """Stop calling the callback; calling this twice is harmless."""
         with contextlib.suppress(ValueError):
-            self._handlers.remove(self._handler)
+            self._callbacks.remove(self._callback)
 
     def __enter__(self) -> Self:
         return self
@@ -115,18 +119,19 @@ class MetricStreamClient:
 
     Connects, reconnects with jittered backoff, resumes from the last applied
     sequence, drops duplicates and stale messages, detects dead peers by
-    heartbeat, and dispatches every message to handlers and iterators::
+    heartbeat, and hands every message to callbacks and iterators::
 
         async with MetricStreamClient("ws://127.0.0.1:8765/metrics/stream") as client:
-            client.on(MessageType.METRICS_UPDATE, lambda m: print(m.data.requests_per_second))
+            client.subscribe(MessageType.METRICS_UPDATE, lambda data, msg: print(data))
             async for message in client.messages():
                 ...
 
-    Lifecycle callbacks (all optional, plain functions; an exception in one is
-    logged and ignored): ``on_connect()``, ``on_disconnect(reason)``,
+    The seed's lifecycle handlers (all optional, plain functions; an exception
+    in one is logged and ignored): ``on_connect()``, ``on_disconnect(reason)``,
     ``on_error(exc)``, ``on_reconnecting(attempt, delay)``,
-    ``on_reconnected()``, ``on_max_reconnect_attempts_reached()``,
-    ``on_state_change(state)``.
+    ``on_reconnected()``, ``on_max_reconnect_attempts_reached()``.
+
+    A client belongs to the event loop it was started on; it is not thread-safe.
     """
 
     def __init__(
@@ -139,7 +144,6 @@ class MetricStreamClient:
         on_reconnecting: Callable[[int, float], None] | None = None,
         on_reconnected: Callable[[], None] | None = None,
         on_max_reconnect_attempts_reached: Callable[[], None] | None = None,
-        on_state_change: Callable[[ConnectionState], None] | None = None,
     ) -> None:
         self._config = config if isinstance(config, ClientConfig) else ClientConfig(url=config)
         self._on_connect = on_connect
@@ -148,15 +152,14 @@ class MetricStreamClient:
         self._on_reconnecting = on_reconnecting
         self._on_reconnected = on_reconnected
         self._on_max_attempts = on_max_reconnect_attempts_reached
-        self._on_state_change = on_state_change
+        self._state_watchers: list[Callable[[ConnectionState, ConnectionState], object]] = []
 
         self._types = self._config.types
         self._models = self._config.models
         self._backoff = self._config.make_backoff()
         self._tracker = SequenceTracker()
         self._adapter = FakeAIAdapter()
-        self._handlers: dict[str, list[Handler]] = {}
-        self._any_handlers: list[Handler] = []
+        self._callbacks: dict[str, list[Callback]] = {}
         self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
         self._outbox: deque[bytes] = deque()
         self._ack_waiters: list[asyncio.Future[SubscribePayload | None]] = []
@@ -172,6 +175,8 @@ class MetricStreamClient:
         # place right after a resync means the server cannot fill it.
         self._gap_resync_from: int | None = None
         self._slow_retry_used = False
+        # Set by reconnect(): cut the current backoff wait short.
+        self._wake = asyncio.Event()
 
         self._connected_at: float | None = None
         self._disconnected_at: float | None = None
@@ -217,9 +222,8 @@ class MetricStreamClient:
             models=list(self._models) if self._models is not None else None,
         )
 
-    @property
-    def info(self) -> ConnectionInfo:
-        """A snapshot of the connection statistics."""
+    def connection_info(self) -> ConnectionInfo:
+        """A snapshot of the connection statistics (the seed's ``getConnectionInfo``)."""
         tracker = self._tracker
         return ConnectionInfo(
             state=self._state,
@@ -245,16 +249,24 @@ class MetricStreamClient:
             dropped_sends=self._dropped_sends,
         )
 
-    def on(self, message_type: MessageType | str, handler: Handler) -> Subscription:
-        """Call ``handler`` with every message of ``message_type``, in stream order."""
-        handlers = self._handlers.setdefault(str(message_type), [])
-        handlers.append(handler)
-        return Subscription(handlers, handler)
+    def subscribe(self, message_type: MessageType | str, callback: Callback) -> Subscription:
+        """Call ``callback(data, message)`` for each message of ``message_type``.
 
-    def on_message(self, handler: Handler) -> Subscription:
-        """Call ``handler`` with every message of a known type but ``pong``, in order."""
-        self._any_handlers.append(handler)
-        return Subscription(self._any_handlers, handler)
+        ``"*"`` (:data:`ALL_TYPES`) means every message of a known type but
+        ``pong``, which only a callback asking for it by type receives. Calls
+        are made in stream order; an exception in a callback is logged and
+        does not stop the others.
+        """
+        callbacks = self._callbacks.setdefault(str(message_type), [])
+        callbacks.append(callback)
+        return Subscription(callbacks, callback)
+
+    def watch_state(
+        self, callback: Callable[[ConnectionState, ConnectionState], object]
+    ) -> Subscription:
+        """Call ``callback(old, new)`` on every connection state change."""
+        self._state_watchers.append(callback)
+        return Subscription(self._state_watchers, callback)
 
     def messages(self, maxsize: int | None = None) -> MessageStream:
         """A new iterator over every message of a known type but ``pong``, from now on.
@@ -333,6 +345,15 @@ class MetricStreamClient:
                 await task
         self._finish(ConnectionState.CLOSED)
 
+    async def reconnect(self) -> None:
+        """Reconnect now: cut a backoff wait short, or drop the connection and resume."""
+        self._wake.set()
+        conn = self._conn
+        if conn is not None and conn.end_reason is None:
+            conn.end_reason = "reconnect requested"
+            with contextlib.suppress(Exception):
+                await conn.ws.close(1000, "reconnecting")
+
     async def __aenter__(self) -> Self:
         await self.start()
         return self
@@ -360,12 +381,12 @@ class MetricStreamClient:
         self._enqueue(frame)
         return False
 
-    async def subscribe(
+    async def set_filter(
         self,
         types: Iterable[str] | None = None,
         models: Iterable[str] | None = None,
     ) -> SubscribePayload | None:
-        """Replace the subscription filter (``None``: everything).
+        """Replace the server-side filter (``None``: everything); the wire ``subscribe``.
 
         The filter holds across reconnects (it travels in the URL) and is also
         applied by the client itself. When connected to a native server, this
@@ -405,9 +426,9 @@ class MetricStreamClient:
             with contextlib.suppress(ValueError):
                 self._ack_waiters.remove(waiter)
 
-    async def unsubscribe(self) -> SubscribePayload | None:
-        """Remove the filter: everything from now on (see :meth:`subscribe`)."""
-        return await self.subscribe(None, None)
+    async def clear_filter(self) -> SubscribePayload | None:
+        """Remove the filter, everything from now on; the wire ``unsubscribe``."""
+        return await self.set_filter(None, None)
 
     # ------------------------------------------------------- connection loop
 
@@ -441,7 +462,11 @@ class MetricStreamClient:
                     return
                 self._set_state(ConnectionState.RECONNECTING)
                 self._call(self._on_reconnecting, self._backoff.attempt, delay)
-                await asyncio.sleep(delay)
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+                self._wake.clear()
         finally:
             self._release_waiters()
 
@@ -728,16 +753,16 @@ class MetricStreamClient:
 
     async def _dispatch(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
         self._message_count += 1
-        # Pongs are the client's own business (latency): only a handler that
+        # Pongs are the client's own business (latency): only a callback that
         # asked for them by type sees them, so iterators carry data, not noise.
         broadcast = message.type is not MessageType.PONG
-        handlers = [
-            *self._handlers.get(message.type, ()),
-            *(self._any_handlers if broadcast else ()),
+        callbacks = [
+            *self._callbacks.get(message.type, ()),
+            *(self._callbacks.get(ALL_TYPES, ()) if broadcast else ()),
         ]
-        for handler in handlers:
+        for callback in callbacks:
             try:
-                result = handler(message)
+                result = callback(message.data, message)
                 if inspect.isawaitable(result):
                     conn.busy = True
                     try:
@@ -745,7 +770,7 @@ class MetricStreamClient:
                     finally:
                         conn.busy = False
             except Exception:
-                logger.exception("a %s handler failed", message.type)
+                logger.exception("a %s callback failed", message.type)
         for stream in list(self._streams) if broadcast else ():
             if not stream.offer(message):
                 conn.busy = True
@@ -830,10 +855,12 @@ class MetricStreamClient:
         return self._closing
 
     def _set_state(self, state: ConnectionState) -> None:
-        if state is self._state:
+        old = self._state
+        if state is old:
             return
         self._state = state
-        self._call(self._on_state_change, state)
+        for watcher in list(self._state_watchers):
+            self._call(watcher, old, state)
 
     def _finish(self, state: ConnectionState) -> None:
         self._stopped = True
@@ -861,7 +888,7 @@ class MetricStreamClient:
             raise self._fatal
         raise ConnectionError(f"client stopped: {self._last_error or self._state.value}")
 
-    def _call(self, callback: Callable[..., None] | None, *args: Any) -> None:
+    def _call(self, callback: Callable[..., object] | None, *args: Any) -> None:
         if callback is None:
             return
         try:
