@@ -6,7 +6,7 @@ import pytest
 
 from metricstream.exceptions import ConfigError
 from metricstream.protocol import encode
-from metricstream.server import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
+from metricstream.server import EncodedFrame, LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from tests.server.conftest import request
 
 
@@ -22,8 +22,7 @@ class Clock:
 
 def entry(seq: int) -> LogEntry:
     message = request(str(seq))
-    raw = encode(message)
-    return LogEntry(seq, message, raw.decode(), len(raw))
+    return LogEntry(seq, message, EncodedFrame(encode(message)))
 
 
 def fill(log: MemoryReplayLog, first: int, last: int) -> None:

@@ -13,6 +13,8 @@ import os
 import socket
 import struct
 
+import pytest
+
 from metricstream.server import MetricsHub, ServerSettings
 from tests.server.conftest import open_client, recv, request, running, wait_for
 from tests.support import scaled
@@ -79,15 +81,17 @@ def read_close_code(sock: socket.socket) -> int:
             return code
 
 
-async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008() -> None:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-write", "asgi"])
+async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008(direct: bool) -> None:
     hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=BOUND)
-    settings = ServerSettings(close_timeout=scaled(30))
+    settings = ServerSettings(close_timeout=scaled(30), direct_write=direct)
     async with running(hub, settings) as server:
         stalled_sock = await asyncio.to_thread(raw_handshake, server.port)
         try:
             await wait_for(lambda: hub.connection_count == 1, what="the raw client attached")
             (stalled,) = hub.subscribers
             assert stalled.transport is not None, "uvicorn's transport was found"
+            assert (stalled.direct is not None) == direct
             async with open_client(server.url()) as healthy:
                 assert (await recv(healthy))["type"] == "init"
                 received: list[int] = []

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from metricstream.protocol import decode_frame
-from metricstream.server import MetricsHub
+from metricstream.server import MetricsHub, ServerSettings
 from tests.server.conftest import (
     metrics,
     model_update,
@@ -22,14 +22,22 @@ from tests.server.conftest import (
 from tests.support import scaled
 
 
-@pytest.mark.parametrize("eager", [True, False], ids=["stepped-send", "writer-task"])
-async def test_init_first_then_contiguous_sequences_shared_by_all(eager: bool) -> None:
+@pytest.mark.parametrize(
+    ("direct", "eager"),
+    [(True, True), (False, True), (False, False)],
+    ids=["direct-write", "stepped-send", "writer-task"],
+)
+async def test_init_first_then_contiguous_sequences_shared_by_all(
+    direct: bool, eager: bool
+) -> None:
     hub = MetricsHub(heartbeat_interval=None, eager_send=eager)
-    async with running(hub) as server:
+    settings = ServerSettings(direct_write=direct)
+    async with running(hub, settings) as server:
         hub.publish(metrics(total=7))
         hub.publish(model_update("m1"))
         async with open_client(server.url()) as a, open_client(server.url()) as b:
             inits = [await recv(a), await recv(b)]
+            assert all((sub.direct is not None) == direct for sub in hub.subscribers)
             for init in inits:
                 assert init["type"] == "init"
                 assert init["sequence"] == 2
@@ -50,8 +58,11 @@ async def test_init_first_then_contiguous_sequences_shared_by_all(eager: bool) -
         assert [m["data"]["id"] for m in got_a] == [str(i) for i in range(50)]
 
 
-async def test_plain_client_gets_one_object_per_frame_and_batch_client_arrays() -> None:
-    async with running() as server:
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-write", "asgi"])
+async def test_plain_client_gets_one_object_per_frame_and_batch_client_arrays(
+    direct: bool,
+) -> None:
+    async with running(settings=ServerSettings(direct_write=direct)) as server:
         hub = server.hub
         async with open_client(server.url()) as plain, open_client(server.url("batch=1")) as batch:
             assert (await recv(plain))["type"] == "init"
@@ -186,3 +197,17 @@ async def test_invalid_since_is_reported_after_a_full_snapshot() -> None:
         assert init["metadata"]["resumed"] is False
         error: dict[str, Any] = await recv(ws)
         assert error["data"]["code"] == "invalid_query"
+
+
+async def test_compressed_connections_fall_back_to_asgi_writes() -> None:
+    # With permessage-deflate negotiated, frames must be compressed per
+    # connection: the shared pre-framed bytes are not used.
+    async with running(ws_per_message_deflate=True) as server:
+        hub = server.hub
+        async with open_client(server.url(), compression="deflate") as ws:
+            assert (await recv(ws))["type"] == "init"
+            (sub,) = hub.subscribers
+            assert sub.direct is None
+            for i in range(3):
+                hub.publish(request(str(i)))
+            assert [(await recv(ws))["sequence"] for _ in range(3)] == [1, 2, 3]

@@ -16,9 +16,12 @@ from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub, Subscriber
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from ._settings import ServerSettings
 from ._uvicorn import StreamServer, uvicorn_config
+from ._wire import DirectWriter, EncodedFrame, text_frame
 
 __all__ = [
     "DEFAULT_MAX_BUFFER_BYTES",
+    "DirectWriter",
+    "EncodedFrame",
     "HubCollector",
     "HubStats",
     "LogEntry",
@@ -32,5 +35,6 @@ __all__ = [
     "create_app",
     "create_router",
     "new_epoch",
+    "text_frame",
     "uvicorn_config",
 ]

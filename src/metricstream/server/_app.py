@@ -160,12 +160,15 @@ def create_router(
 def create_app(
     hub: MetricsHub | None = None,
     settings: ServerSettings | None = None,
+    *,
+    dashboard: bool = True,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A standalone FastAPI app around :func:`create_router`.
 
     On lifespan shutdown the hub's clients are closed with 1001 (when the
     ASGI server has not closed them already). ``app.state.hub`` is the hub.
+    With ``dashboard`` (the default) the browser dashboard is served at ``/``.
     """
     hub = hub if hub is not None else MetricsHub()
     settings = settings if settings is not None else ServerSettings()
@@ -185,4 +188,9 @@ def create_app(
     )
     app.state.hub = hub
     app.include_router(create_router(hub, settings))
+    if dashboard:
+        # Imported here: the page's router lives with the dashboards.
+        from ..dashboard.web import create_web_router
+
+        app.include_router(create_web_router())
     return app

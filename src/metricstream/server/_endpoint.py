@@ -36,6 +36,7 @@ from ..protocol import (
 )
 from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
 from ._settings import ServerSettings
+from ._wire import DirectWriter
 
 __all__ = [
     "CLOSE_BAD_TOKEN",
@@ -181,6 +182,7 @@ class StreamEndpoint:
             return send({"type": "websocket.send", "text": frame})
 
         transport = _find_transport(receive)
+        direct = DirectWriter.detect(receive) if self.settings.direct_write else None
         sub = self.hub.attach(
             send_text,
             since=since,
@@ -189,6 +191,7 @@ class StreamEndpoint:
             models=_split(query.get("models")),
             batch=batch,
             transport=transport,
+            direct=direct,
         )
         if "since" in query and since is None:
             sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))

@@ -9,18 +9,27 @@ together (one JSON array per flush for ``batch=1`` subscribers).
 
 Writing without a task per client
 ---------------------------------
-Writing a frame through ASGI is a coroutine (``await send(...)``) that, on
-uvicorn, only suspends when that connection's transport is paused (its write
-buffer is over the high-water mark); otherwise it writes and returns without
-ever yielding. The flush therefore *steps* each send coroutine once by hand
-(``coro.send(None)``): a healthy client's frame is written there and then, at
-the cost of a plain function call, and no task is created. Only a send that
-really suspends is handed to a task, which finishes it and keeps draining that
-client's outbox with ordinary awaits until it is empty. A slow client costs a
-task while it is slow; a stalled one stops at its byte bound and is closed with
-4008. ``MetricsHub(eager_send=False)`` turns the stepping off (every flush then
-goes through a writer task), for ASGI servers whose ``send`` must run inside a
-task.
+Each message is encoded once into an :class:`EncodedFrame`: JSON text, its
+bytes, and the complete WebSocket frame. A subscriber is written to in one of
+two ways, both synchronous for a client that keeps up:
+
+- **Direct** (uvicorn, sans-I/O websockets, no compression; see
+  :class:`DirectWriter`): everything pending for the client goes to its
+  transport in one ``write`` of shared, pre-framed bytes, as
+  ``websockets.broadcast()`` does. While the transport is paused (its buffer
+  over the high-water mark) a small task waits for it to resume.
+- **Through ASGI** (any other server): writing is a coroutine
+  (``await send(...)``) that, on uvicorn, suspends only when the transport
+  is paused. The flush *steps* each send coroutine once by hand
+  (``coro.send(None)``): a healthy client's frame is written there and then
+  and no task is created. Only a send that really suspends is handed to a
+  task, which finishes it and drains that client's outbox with ordinary
+  awaits. ``MetricsHub(eager_send=False)`` turns the stepping off (every
+  flush then goes through a writer task), for ASGI servers whose ``send``
+  must run inside a task.
+
+Either way a slow client costs a task only while it is slow, and a stalled
+one stops at its byte bound and is closed with 4008.
 """
 
 from __future__ import annotations
@@ -57,6 +66,7 @@ from ..protocol import (
     make_message,
 )
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog
+from ._wire import DirectWriter, EncodedFrame, text_frame
 
 __all__ = ["DEFAULT_MAX_BUFFER_BYTES", "HubStats", "MetricsHub", "Subscriber"]
 
@@ -134,6 +144,7 @@ class Subscriber:
         "_task",
         "batch",
         "closed",
+        "direct",
         "dirty",
         "models",
         "open",
@@ -150,14 +161,17 @@ class Subscriber:
         models: frozenset[str] | None,
         batch: bool,
         transport: _Transport | None,
+        direct: DirectWriter | None,
     ) -> None:
         self._hub = hub
         self._send = send
+        #: The direct writer, when frames bypass ASGI (see ``_wire``).
+        self.direct = direct
         self.types = types
         self.models = models
         self.batch = batch
         self.transport = transport
-        self._pending: deque[tuple[str, int]] = deque()
+        self._pending: deque[EncodedFrame] = deque()
         self._pending_bytes = 0
         # Bytes of the frame a suspended send holds.
         self._inflight = 0
@@ -186,7 +200,7 @@ class Subscriber:
     def send_local(self, frame: str) -> None:
         """Queue a connection-local frame (pong, error, subscribed, ...)."""
         if self.open:
-            self._hub._enqueue(self, frame, len(frame.encode()))
+            self._hub._enqueue(self, EncodedFrame.of_text(frame))
 
     def request_close(self, code: int | None) -> None:
         """Ask the connection's owner to close with ``code`` (``None``: peer gone)."""
@@ -220,18 +234,44 @@ class Subscriber:
             task.cancel()
 
     def _take(self) -> tuple[str, int, int]:
-        """The next frame to write: (text, bytes, messages in it)."""
+        """The next ASGI frame to write: (text, bytes, messages in it)."""
         pending = self._pending
         if not self.batch:
-            frame, size = pending.popleft()
+            frame = pending.popleft()
+            size = len(frame.data)
             self._pending_bytes -= size
-            return frame, size, 1
+            return frame.text, size, 1
         count = len(pending)
-        frames = [f for f, _ in pending]
+        text = "[" + ",".join([f.text for f in pending]) + "]"
         size = self._pending_bytes + count + 1
         pending.clear()
         self._pending_bytes = 0
-        return "[" + ",".join(frames) + "]", size, count
+        return text, size, count
+
+    def _take_wire(self) -> tuple[bytes, int, int, int]:
+        """Everything pending as wire bytes: (bytes, payload bytes, messages, frames).
+
+        A plain subscriber gets its frames back to back in one write (one
+        system call for the lot); a ``batch=1`` subscriber gets one array.
+        """
+        pending = self._pending
+        count = len(pending)
+        size = self._pending_bytes
+        if count == 1:
+            frame = pending[0]
+            data = frame.wire if not self.batch else text_frame(b"[" + frame.data + b"]")
+            frames = 1
+            size += 2 if self.batch else 0
+        elif self.batch:
+            data = text_frame(b"[" + b",".join([f.data for f in pending]) + b"]")
+            size += count + 1
+            frames = 1
+        else:
+            data = b"".join([f.wire for f in pending])
+            frames = count
+        pending.clear()
+        self._pending_bytes = 0
+        return data, size, count, frames
 
 
 class MetricsHub:
@@ -283,7 +323,7 @@ class MetricsHub:
         self._recent_requests: deque[RequestUpdatePayload] = deque(maxlen=recent_requests)
         self._recent_errors: deque[ErrorUpdatePayload] = deque(maxlen=recent_errors)
         # Encoded unfiltered snapshot, reused until the next publish.
-        self._snapshot_cache: tuple[int, str] | None = None
+        self._snapshot_cache: tuple[int, EncodedFrame] | None = None
         self._subscribers: set[Subscriber] = set()
         self._dirty: list[Subscriber] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -373,15 +413,13 @@ class MetricsHub:
             sequence=seq,
             metadata=message.metadata,
         )
-        raw = encode(message)
-        frame = raw.decode()
-        size = len(raw)
-        self._log.append(LogEntry(seq, message, frame, size))
+        frame = EncodedFrame(encode(message))
+        self._log.append(LogEntry(seq, message, frame))
         self._fold(mtype, data)
         self._snapshot_cache = None
         self.stats.published += 1
         if loop is not None:
-            self._fan_out(loop, mtype, data, frame, size)
+            self._fan_out(loop, mtype, data, frame)
         return message
 
     def _fold(self, mtype: MessageType, data: Any) -> None:
@@ -404,9 +442,10 @@ class MetricsHub:
             self._kv_cache = data
 
     def _fan_out(
-        self, loop: asyncio.AbstractEventLoop, mtype: MessageType, data: Any, frame: str, size: int
+        self, loop: asyncio.AbstractEventLoop, mtype: MessageType, data: Any, frame: EncodedFrame
     ) -> None:
         model = data.model if mtype in _MODEL_SCOPED else None
+        size = len(frame.data)
         limit = self._max_buffer
         dirty = self._dirty
         evicted: list[Subscriber] = []
@@ -419,7 +458,7 @@ class MetricsHub:
             models = sub.models
             if models is not None and model is not None and model not in models:
                 continue
-            sub._pending.append((frame, size))
+            sub._pending.append(frame)
             sub._pending_bytes += size
             if sub._pending_bytes + sub._inflight > limit + sub._credit:
                 evicted.append(sub)
@@ -447,11 +486,10 @@ class MetricsHub:
             MessageType.HEARTBEAT,
             HeartbeatPayload(server_time=int(time.time() * 1000), uptime_seconds=self.uptime),
         )
-        raw = encode(message)
-        frame = raw.decode()
+        frame = EncodedFrame(encode(message))
         for sub in list(self._subscribers):
             if sub.open:
-                self._enqueue(sub, frame, len(raw))
+                self._enqueue(sub, frame)
 
     # -- snapshot -----------------------------------------------------------
 
@@ -497,7 +535,7 @@ class MetricsHub:
         resumed: bool,
         types: frozenset[str] | None,
         models: frozenset[str] | None,
-    ) -> str:
+    ) -> EncodedFrame:
         unfiltered = types is None and models is None
         if not resumed and unfiltered:
             cached = self._snapshot_cache
@@ -518,7 +556,7 @@ class MetricsHub:
                 "server_version": self._server_version,
             },
         )
-        frame = encode(message).decode()
+        frame = EncodedFrame(encode(message))
         if not resumed and unfiltered:
             self._snapshot_cache = (self._sequence, frame)
         return frame
@@ -535,6 +573,7 @@ class MetricsHub:
         models: Iterable[str] | None = None,
         batch: bool = False,
         transport: _Transport | None = None,
+        direct: DirectWriter | None = None,
     ) -> Subscriber:
         """Attach a subscriber; its outbox starts with ``init`` (and a replay).
 
@@ -547,7 +586,9 @@ class MetricsHub:
         """
         tset = None if types is None else frozenset(types)
         mset = None if models is None else frozenset(models)
-        sub = Subscriber(self, send, types=tset, models=mset, batch=batch, transport=transport)
+        sub = Subscriber(
+            self, send, types=tset, models=mset, batch=batch, transport=transport, direct=direct
+        )
         replay: list[LogEntry] | None = None
         if since is not None:
             if epoch == self.epoch:
@@ -561,10 +602,10 @@ class MetricsHub:
         # Everything below is synchronous: no message can be published between
         # the snapshot (or replay) and the subscriber joining the fan-out.
         init = self._init_frame(resumed=replay is not None, types=tset, models=mset)
-        self._enqueue(sub, init, len(init.encode()), bounded=False)
+        self._enqueue(sub, init, bounded=False)
         for entry in replay or ():
             if self._accepts(sub, entry.message):
-                self._enqueue(sub, entry.frame, entry.size, bounded=False)
+                self._enqueue(sub, entry.frame, bounded=False)
         # The snapshot and the replay may exceed the live bound once; they are
         # allowed for until the outbox first drains below the bound.
         sub._credit = sub._pending_bytes
@@ -616,9 +657,9 @@ class MetricsHub:
 
     # -- outbox flushing ----------------------------------------------------
 
-    def _enqueue(self, sub: Subscriber, frame: str, size: int, *, bounded: bool = True) -> None:
-        sub._pending.append((frame, size))
-        sub._pending_bytes += size
+    def _enqueue(self, sub: Subscriber, frame: EncodedFrame, *, bounded: bool = True) -> None:
+        sub._pending.append(frame)
+        sub._pending_bytes += len(frame.data)
         if bounded and sub._pending_bytes + sub._inflight > self._max_buffer + sub._credit:
             self._evict(sub)
             return
@@ -640,6 +681,9 @@ class MetricsHub:
     def _pump(self, sub: Subscriber) -> None:
         """Write what ``sub`` has pending, stepping each send by hand until one
         suspends; the rest is then left to a task (see the module docstring)."""
+        if sub.direct is not None:
+            self._pump_direct(sub, sub.direct)
+            return
         stats = self.stats
         # Not ``sub.open``: a closing subscriber still writes what it had
         # (an evicted or failed one has had its outbox cleared).
@@ -663,6 +707,39 @@ class MetricsHub:
             return
         if sub._pending_bytes <= self._max_buffer:
             sub._credit = 0
+
+    def _pump_direct(self, sub: Subscriber, direct: DirectWriter) -> None:
+        """Write everything pending in one go, straight to the transport."""
+        if not sub._pending:
+            return
+        if not direct.usable:
+            self._send_failed(sub, None)
+            return
+        if direct.paused:
+            # The transport is over its high-water mark: wait for it to
+            # drain instead of growing its buffer; the outbox (bounded)
+            # keeps collecting meanwhile.
+            self.stats.send_suspensions += 1
+            sub._task = asyncio.get_running_loop().create_task(self._await_writable(sub, direct))
+            return
+        data, size, count, frames = sub._take_wire()
+        try:
+            direct.write(data)
+        except Exception as exc:  # pragma: no cover - transports buffer, they do not raise
+            self._send_failed(sub, exc)
+            return
+        stats = self.stats
+        stats.messages_sent += count
+        stats.frames_sent += frames
+        stats.bytes_sent += size
+        sub._credit = 0
+
+    async def _await_writable(self, sub: Subscriber, direct: DirectWriter) -> None:
+        try:
+            await direct.wait_writable()
+        finally:
+            sub._task = None
+        self._pump(sub)
 
     def _start_writer(
         self,
@@ -721,7 +798,7 @@ class MetricsHub:
             sub._inflight = 0
             sub._task = None
 
-    def _send_failed(self, sub: Subscriber, exc: BaseException) -> None:
+    def _send_failed(self, sub: Subscriber, exc: BaseException | None) -> None:
         # The connection is gone (the ASGI server raises on a closed socket):
         # stop writing; the endpoint sees the disconnect and detaches.
         logger.debug("send failed, dropping subscriber: %r", exc)

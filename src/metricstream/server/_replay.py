@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..exceptions import ConfigError
 from ..protocol import WebSocketMessage
+from ._wire import EncodedFrame
 
 __all__ = ["LogEntry", "MemoryReplayLog", "ReplayLog", "new_epoch"]
 
@@ -31,15 +32,18 @@ def new_epoch() -> str:
 class LogEntry:
     """One published stream message, as the log keeps it.
 
-    ``frame`` is the message encoded once as JSON text: every client that is
-    sent this message (live or replayed) is sent these very characters.
-    ``size`` is the frame's length in bytes (UTF-8), used for buffer bounds.
+    ``frame`` is the message encoded once: every client that is sent this
+    message (live or replayed) is sent these very bytes.
     """
 
     sequence: int
     message: WebSocketMessage[Any]
-    frame: str
-    size: int
+    frame: EncodedFrame
+
+    @property
+    def size(self) -> int:
+        """Bytes of the encoded message (what buffer bounds count)."""
+        return self.frame.size
 
 
 @runtime_checkable

@@ -36,6 +36,10 @@ class ServerSettings:
     - ``close_timeout``: seconds a closing handshake may take; a peer that
       does not even take the close frame by then is cut off.
     - ``path``: where the WebSocket endpoint is mounted.
+    - ``direct_write``: on uvicorn (sans-I/O websockets, no compression),
+      write stream frames straight to the connection's transport instead of
+      through ASGI ``send`` (see :class:`DirectWriter`); off, every frame
+      goes through ASGI.
     """
 
     token: str | None = None
@@ -47,6 +51,7 @@ class ServerSettings:
     inbound_burst: int = 40
     close_timeout: float = 5.0
     path: str = "/metrics/stream"
+    direct_write: bool = True
     # Normalised origins, for the per-handshake lookup.
     _origins: frozenset[str] | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -96,5 +101,6 @@ class ServerSettings:
             f"allow_missing_origin={self.allow_missing_origin}, "
             f"max_connections={self.max_connections}, max_message_size={self.max_message_size}, "
             f"inbound_rate={self.inbound_rate}, inbound_burst={self.inbound_burst}, "
-            f"close_timeout={self.close_timeout}, path={self.path!r})"
+            f"close_timeout={self.close_timeout}, path={self.path!r}, "
+            f"direct_write={self.direct_write})"
         )
