@@ -61,16 +61,19 @@ async def wait_for(condition: Callable[[], bool], seconds: float = 5.0, what: st
 async def running(
     hub: MetricsHub | None = None,
     settings: ServerSettings | None = None,
+    *,
+    port: int = 0,
     **config: Any,
 ) -> AsyncIterator[Running]:
-    """Serve ``hub`` on uvicorn (port 0) in this event loop until the block ends."""
+    """Serve ``hub`` on uvicorn (by default on an ephemeral port) in this
+    event loop until the block ends."""
     hub = hub if hub is not None else MetricsHub(heartbeat_interval=None)
     settings = settings if settings is not None else ServerSettings()
     app = create_app(hub, settings)
     options: dict[str, Any] = {"max_message_size": settings.max_message_size}
     options.update(config)
     server = StreamServer(
-        uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", **options),
+        uvicorn_config(app, host="127.0.0.1", port=port, log_level="warning", **options),
         hub,
         close_timeout=settings.close_timeout,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from metricstream.server import MemoryReplayLog, MetricsHub
 from tests.server.conftest import metrics, open_client, recv, request, running
+from tests.support import free_port
 
 
 async def test_resume_after_a_dropped_connection_replays_exactly_the_missed() -> None:
@@ -67,3 +68,24 @@ async def test_resume_beyond_the_log_gets_a_full_snapshot() -> None:
 async def test_a_new_hub_is_a_new_epoch() -> None:
     first, second = MetricsHub(), MetricsHub()
     assert first.epoch != second.epoch
+
+
+async def test_after_a_restart_the_old_offset_gets_a_fresh_snapshot_of_the_new_epoch() -> None:
+    port = free_port()
+    async with running(port=port) as first:
+        for i in range(5):
+            first.hub.publish(request(f"old-{i}"))
+        async with open_client(first.url()) as ws:
+            old_epoch = (await recv(ws))["metadata"]["epoch"]
+    # A new process: a new hub, a new log, the same address.
+    async with running(port=port) as second:
+        second.hub.publish(request("new-0"))
+        async with open_client(second.url(f"since=5&epoch={old_epoch}")) as ws:
+            init = await recv(ws)
+            second.hub.publish(request("new-1"))
+            live = await recv(ws)
+    assert init["metadata"]["epoch"] == second.hub.epoch != old_epoch
+    assert init["metadata"]["resumed"] is False
+    assert init["sequence"] == 1
+    assert [r["id"] for r in init["data"]["recent_requests"]] == ["new-0"]
+    assert (live["sequence"], live["data"]["id"]) == (2, "new-1")

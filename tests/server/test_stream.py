@@ -211,3 +211,11 @@ async def test_compressed_connections_fall_back_to_asgi_writes() -> None:
             for i in range(3):
                 hub.publish(request(str(i)))
             assert [(await recv(ws))["sequence"] for _ in range(3)] == [1, 2, 3]
+
+
+async def test_empty_filter_parameters_mean_no_filter() -> None:
+    async with running() as server, open_client(server.url("types=&models=")) as ws:
+        await recv(ws)
+        server.hub.publish(metrics())
+        server.hub.publish(request("r", model="any"))
+        assert [(await recv(ws))["type"] for _ in range(2)] == ["metrics_update", "request_update"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -68,10 +69,11 @@ def _error_frame(code: str, message: str) -> str:
 
 
 def _split(values: list[str] | None) -> frozenset[str] | None:
-    """``types=a,b&types=c`` → {a, b, c}; absent → None (no filter)."""
+    """``types=a,b&types=c`` → {a, b, c}; absent or empty → None (no filter)."""
     if values is None:
         return None
-    return frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    names = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
+    return names or None
 
 
 def _find_transport(receive: Receive) -> _Transport | None:
@@ -196,6 +198,7 @@ class StreamEndpoint:
         if "since" in query and since is None:
             sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))
         reader = asyncio.get_running_loop().create_task(self._read(receive, sub))
+        reader.add_done_callback(functools.partial(_reader_done, sub))
         try:
             try:
                 code = await sub.closed
@@ -273,7 +276,13 @@ class StreamEndpoint:
                         )
                     )
                 continue
-            self._handle(sub, payload)
+            try:
+                self._handle(sub, payload)
+            except Exception:
+                # A fault of ours must not end the connection or reach the
+                # client as anything but a plain error.
+                logger.exception("failed to handle a client message")
+                sub.send_local(_error_frame("internal_error", "the message could not be handled"))
 
     def _handle(self, sub: Subscriber, payload: str | bytes) -> None:
         try:
@@ -352,6 +361,16 @@ async def _accept_and_close(send: Send, code: int, reason: str) -> None:
     # only shows up as 1006 there).
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def _reader_done(sub: Subscriber, task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        # receive() itself failed: the connection cannot be read any more.
+        logger.error("reading a connection failed: %r", exc)
+        sub.request_close(1011)
 
 
 def _abort_if_stuck(transport: _Transport) -> None:
