@@ -81,10 +81,10 @@ async def running(
     await wait_for(lambda: server.started or task.done(), 10, "server start")
     if task.done():
         task.result()
-    port = server.bound_port
-    assert port is not None
+    bound = server.bound_port
+    assert bound is not None
     try:
-        yield Running(hub, server, port)
+        yield Running(hub, server, bound)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, scaled(30))

@@ -390,3 +390,36 @@ def test_origin_checks() -> None:
     assert not strict.origin_allowed(None)
     assert ServerSettings(allowed_origins=["https://a.example"]).origin_allowed(None)
     assert ServerSettings(allowed_origins=["*"]).origin_allowed("http://x")
+
+
+async def test_resume_replays_only_what_the_filter_accepts() -> None:
+    hub = MetricsHub(heartbeat_interval=None)
+    hub.publish(metrics())
+    hub.publish(request("ra", model="a"))
+    hub.publish(request("rb", model="b"))
+    hub.publish(model_update("a"))
+    sink = Sink()
+    hub.attach(
+        sink.send,
+        since=0,
+        epoch=hub.epoch,
+        types=["request_update", "metrics_update"],
+        models=["a"],
+    )
+    await wait_for(lambda: len(sink.frames) == 3)
+    assert sink.sequences() == [1, 2]
+
+
+async def test_connection_local_frames_count_against_the_bound_too() -> None:
+    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=1024)
+    sink = Sink()
+    sub = hub.attach(sink.send)
+    await wait_for(lambda: len(sink.frames) == 1)
+    sink.gate = asyncio.Event()
+    beats = 0
+    while not sub.closed.done():
+        hub.heartbeat()
+        beats += 1
+        await asyncio.sleep(0)
+        assert beats < 100, "heartbeats piled up past the bound"
+    assert sub.closed.result() == 4008

@@ -151,3 +151,64 @@ async def test_a_peer_that_never_reads_is_cut_off_after_the_close_timeout() -> N
             await wait_for(transport.is_closing, 10, "the transport closed")
         finally:
             sock.close()
+
+
+def read_stream(sock: socket.socket, last: int) -> list[dict[str, object]]:
+    """Read frames until the message with sequence ``last``; return them all."""
+    import json
+
+    buf = b""
+    out: list[dict[str, object]] = []
+
+    def need(n: int) -> None:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(1 << 16)
+            assert chunk, "connection ended early"
+            buf += chunk
+
+    while not out or out[-1].get("sequence") != last:
+        need(2)
+        opcode, length, offset = buf[0] & 0x0F, buf[1] & 0x7F, 2
+        if length == 126:
+            need(4)
+            length, offset = struct.unpack("!H", buf[2:4])[0], 4
+        elif length == 127:
+            need(10)
+            length, offset = struct.unpack("!Q", buf[2:10])[0], 10
+        need(offset + length)
+        payload, buf = buf[offset : offset + length], buf[offset + length :]
+        assert opcode == 0x1, f"unexpected opcode {opcode}"
+        out.append(json.loads(payload))
+    return out
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-write", "asgi"])
+async def test_a_reader_that_pauses_then_catches_up_loses_nothing(direct: bool) -> None:
+    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=16 * 1024 * 1024)
+    settings = ServerSettings(direct_write=direct)
+    async with running(hub, settings) as server:
+        sock = await asyncio.to_thread(raw_handshake, server.port)
+        try:
+            await wait_for(lambda: hub.connection_count == 1, what="the raw client attached")
+            (sub,) = hub.subscribers
+            while hub.stats.send_suspensions == 0:
+                for _ in range(20):
+                    hub.publish(request(str(hub.sequence), note="y" * 2000))
+                await asyncio.sleep(0)
+                assert hub.sequence < 20_000, "the transport never paused"
+            # Paused, not evicted: more keeps arriving in the outbox.
+            for _ in range(50):
+                hub.publish(request(str(hub.sequence), note="y" * 2000))
+            assert sub.open
+            messages = await asyncio.to_thread(read_stream, sock, hub.sequence)
+            assert messages[0]["type"] == "init"
+            assert [m["sequence"] for m in messages[1:]] == list(range(1, hub.sequence + 1))
+            # Drained: back to writing at once.
+            await wait_for(lambda: sub.buffered_bytes == 0, 10, "the outbox drained")
+            hub.publish(request("after"))
+            (after,) = await asyncio.to_thread(read_stream, sock, hub.sequence)
+            assert after["sequence"] == hub.sequence
+            assert hub.stats.evictions == 0
+        finally:
+            sock.close()
