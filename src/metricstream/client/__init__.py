@@ -13,6 +13,7 @@ from ._fakeai import FakeAIAdapter
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
+from ._sync import SyncClient
 
 __all__ = [
     "ALL_TYPES",
@@ -27,6 +28,7 @@ __all__ = [
     "OverflowPolicy",
     "Retry",
     "Subscription",
+    "SyncClient",
     "build_url",
     "retry_for_close",
     "retry_for_status",

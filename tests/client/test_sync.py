@@ -1,0 +1,82 @@
+"""SyncClient: the asyncio client behind a blocking facade, on its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from metricstream.client import ConnectionState, SyncClient
+from metricstream.protocol import MessageType, make_message
+
+from ..support import free_port, scaled
+from .conftest import fast_config
+from .peers import StreamServer, request
+
+
+@pytest.fixture
+def server_thread() -> Iterator[tuple[StreamServer, asyncio.AbstractEventLoop]]:
+    """A StreamServer on its own loop and thread, as a blocking program would meet one."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = StreamServer()
+    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(scaled(10))
+    try:
+        yield server, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(
+            scaled(10)
+        )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+def test_blocking_use(server_thread: tuple[StreamServer, asyncio.AbstractEventLoop]) -> None:
+    server, loop = server_thread
+
+    def publish(request_id: str) -> None:
+        coroutine = server.publish(MessageType.REQUEST_UPDATE, request(request_id))
+        asyncio.run_coroutine_threadsafe(coroutine, loop).result(scaled(10))
+
+    seen: list[Any] = []
+    with SyncClient(fast_config(server.url)) as client:
+        client.subscribe(MessageType.REQUEST_UPDATE, lambda data, _: seen.append(data.id))
+        messages = client.messages(timeout=scaled(10))
+        client.wait_connected(timeout=scaled(10))
+        assert client.connection_info().state is ConnectionState.CONNECTED
+        publish("a")
+        publish("b")
+        got = [next(messages) for _ in range(3)]
+        assert client.send(make_message("custom", {"n": 1}))
+        ack = client.set_filter(types=["request_update"])
+        assert ack is not None
+        assert ack.types == ["request_update"]
+        info = client.connection_info()
+        messages.close()
+    assert [m.type for m in got] == [
+        MessageType.INIT,
+        MessageType.REQUEST_UPDATE,
+        MessageType.REQUEST_UPDATE,
+    ]
+    assert seen == ["a", "b"]
+    assert info.last_sequence == 2
+    assert client.state is ConnectionState.CLOSED
+    client.close()  # harmless twice
+
+
+def test_timeouts_raise_and_iteration_ends_on_close() -> None:
+    client = SyncClient(fast_config(f"ws://127.0.0.1:{free_port()}/metrics/stream"))
+    try:
+        with pytest.raises(TimeoutError):
+            client.wait_connected(timeout=0.05)
+        with pytest.raises(TimeoutError):
+            next(client.messages(timeout=0.05))
+        messages = client.messages()
+    finally:
+        client.close()
+    assert list(messages) == []
