@@ -146,15 +146,15 @@ class StreamEndpoint:
             return
         settings = self.settings
         stats = self.hub.stats
-        headers = _headers(scope)
-        if not settings.origin_allowed(headers.get("origin")):
+        origin, authorization = _handshake_headers(scope)
+        if not settings.origin_allowed(origin):
             stats.reject("origin")
-            logger.info("refused a handshake from origin %r", headers.get("origin"))
+            logger.info("refused a handshake from origin %r", origin)
             # Before accept, uvicorn turns this into an HTTP 403 response.
             await send({"type": "websocket.close", "code": CLOSE_POLICY})
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        if settings.token is not None and not _token_ok(settings.token, headers, query):
+        if settings.token is not None and not _token_ok(settings.token, authorization, query):
             stats.reject("token")
             await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token")
             return
@@ -331,14 +331,26 @@ def _subscribed(types: Iterable[str] | None, models: Iterable[str] | None) -> st
     return encode(make_message(MessageType.SUBSCRIBED, payload)).decode()
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+def _handshake_headers(scope: Scope) -> tuple[str | None, str]:
+    """The ``Origin`` (None when absent) and ``Authorization`` headers.
+
+    Only these two are decoded: the connection's frame lives as long as the
+    connection, and a dict of every header would live with it.
+    """
+    origin: str | None = None
+    authorization = ""
+    for name, value in scope.get("headers", ()):
+        lowered = name.lower()
+        if lowered == b"origin":
+            origin = value.decode("latin-1")
+        elif lowered == b"authorization":
+            authorization = value.decode("latin-1")
+    return origin, authorization
 
 
-def _token_ok(token: str, headers: dict[str, str], query: dict[str, list[str]]) -> bool:
+def _token_ok(token: str, authorization: str, query: dict[str, list[str]]) -> bool:
     expected = token.encode()
-    auth = headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
+    scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
         return True
     given = query.get("token")
