@@ -36,10 +36,10 @@ export function ms(value) {
   return `${decimal(value, value >= 100 ? 0 : 1)} ms`;
 }
 
-/** Milliseconds in few characters: "840 ms", "1.51 s". */
+/** Milliseconds in few characters: "840ms", "1.5s". */
 export function msShort(value) {
   if (!finite(value)) return DASH;
-  return value >= 1000 ? `${decimal(value / 1000, 2)} s` : `${Math.round(value)} ms`;
+  return value >= 1000 ? `${decimal(value / 1000, 1)}s` : `${Math.round(value)}ms`;
 }
 
 export function percent(value, digits = 1) {

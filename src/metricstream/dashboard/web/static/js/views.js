@@ -244,10 +244,11 @@ export class ModelTable {
       () => {
         const tr = el("tr");
         for (let i = 0; i < 7; i += 1) tr.append(el("td", i === 0 ? "name" : "num"));
+        cell(tr, 0).append(el("span", "trunc"));
         return tr;
       },
       (tr, m) => {
-        setText(cell(tr, 0), fmt.text(m.model));
+        setText(cell(tr, 0).firstChild, fmt.text(m.model));
         cell(tr, 0).title = fmt.text(m.model);
         setText(cell(tr, 1), fmt.integer(m.request_count));
         setText(cell(tr, 2), fmt.rate(m.tokens_per_second));
@@ -287,12 +288,14 @@ export class RequestTable {
         );
         const pill = el("span", "pill");
         cell(tr, 2).append(pill);
+        cell(tr, 1).append(el("span", "trunc"));
+        cell(tr, 6).append(el("span", "trunc"));
         return tr;
       },
       (tr, r) => {
         const created = finite(r.created) ? r.created * 1000 : null;
         setText(cell(tr, 0), fmt.clock(created));
-        setText(cell(tr, 1), fmt.text(r.model));
+        setText(cell(tr, 1).firstChild, fmt.text(r.model));
         cell(tr, 1).title = fmt.text(r.model);
         const pill = cell(tr, 2).firstChild;
         const status = typeof r.status === "string" ? r.status : "unknown";
@@ -302,7 +305,7 @@ export class RequestTable {
         setText(cell(tr, 3), `${fmt.integer(r.total_tokens)}${r.streaming === true ? " ⇢" : ""}`);
         setText(cell(tr, 4), fmt.ms(r.latency_ms));
         setText(cell(tr, 5), fmt.usd(r.cost));
-        setText(cell(tr, 6), fmt.text(r.id));
+        setText(cell(tr, 6).firstChild, fmt.text(r.id));
         cell(tr, 6).title = fmt.text(r.id);
       },
     );
