@@ -423,7 +423,7 @@ def message(mtype: str, sequence: int | None, data: Any, **metadata: Any) -> dic
     return msg
 
 
-def request(rid: str) -> dict[str, Any]:
+def request(rid: str, **changes: Any) -> dict[str, Any]:
     return {
         "id": rid,
         "model": "openai/gpt-oss-120b",
@@ -435,6 +435,7 @@ def request(rid: str) -> dict[str, Any]:
         "streaming": True,
         "status": "success",
         "cost": 0.0001,
+        **changes,
     }
 
 
@@ -463,6 +464,9 @@ async def send(ws: WebSocket, *messages: dict[str, Any] | list[dict[str, Any]] |
         await ws.send_text(item if isinstance(item, str) else json.dumps(item))
 
 
+HOSTILE = '<img src=x onerror="window.__pwned=1">'
+
+
 def rows_are(ids: list[str]) -> str:
     """A page expression: the request rows are exactly ``ids``, in order."""
     return (
@@ -484,7 +488,8 @@ def test_duplicates_batches_queue_and_a_new_epoch(
         await send(
             ws,
             init("epoch-a", 10, resumed=False, requests=["r-old"]),
-            message("request_update", 11, request("r-1")),
+            # Hostile text and wrong field types: shown as text or "—", never run.
+            message("request_update", 11, request("r-1", model=HOSTILE, latency_ms="fast")),
             message("request_update", 11, request("dup-1")),  # the same sequence again
             message("request_update", 10, request("dup-2")),  # older than the snapshot
             [  # a batch=1 frame, with a duplicate inside
@@ -519,6 +524,11 @@ def test_duplicates_batches_queue_and_a_new_epoch(
             " last: window.metricstream.client.tracker.last})"
         )
         assert figures == {"dup": 3, "invalid": 1, "last": 14}
+        hostile = page.locator("#requests-body tr[data-id='r-1'] td").nth(1)
+        assert hostile.text_content() == HOSTILE
+        assert page.locator("#requests-body tr[data-id='r-1'] td").nth(4).text_content() == "—"
+        assert page.evaluate("() => document.querySelectorAll('main img').length") == 0
+        assert page.evaluate("() => window.__pwned") is None
         assert page.locator("[data-stat=duplicates]").text_content() == "3"
         assert server.queries[0].get("batch") == "1"
         assert "since" not in server.queries[0]
@@ -567,7 +577,13 @@ def test_silent_peer_is_abandoned_and_4008_reconnects_at_once(
         await send(ws, init("epoch-c", 6, resumed=True))
 
     async def healthy(ws: WebSocket, _: Scripted) -> None:
-        await send(ws, init("epoch-c", 6, resumed=True), message("request_update", 7, request("c")))
+        await send(
+            ws,
+            init("epoch-c", 6, resumed=True),
+            message("request_update", 7, request("c", status="in_progress")),
+            # The same request finished: its row is updated, not repeated.
+            message("request_update", 8, request("c", status="success")),
+        )
 
     with Scripted([evicted, silent, healthy]) as server:
         page, console = open_page(server.base + "/?heartbeat=0.3&heartbeat_timeout=0.8")
@@ -577,6 +593,13 @@ def test_silent_peer_is_abandoned_and_4008_reconnects_at_once(
         )
         wait_until(lambda: len(server.queries) >= 3, 15, "three connections")
         wait_in_page(page, rows_are(["c", "b", "a"]), 10, "the resumed stream")
+        wait_in_page(
+            page,
+            "document.querySelector('#requests-body tr[data-id=c] .pill').textContent"
+            " === 'success'",
+            10,
+            "the finished request",
+        )
         assert server.queries[1]["since"] == "6"
         assert server.queries[2]["since"] == "6"
         assert server.queries[2]["epoch"] == "epoch-c"
@@ -591,4 +614,47 @@ def test_silent_peer_is_abandoned_and_4008_reconnects_at_once(
         assert all(m["type"] == "heartbeat" for m in heartbeats)
         assert all(isinstance(m["data"]["client_time"], int) for m in heartbeats)
         page.close()
+    assert console.errors == []
+
+
+def test_backoff_and_close_code_table_of_the_js_client(
+    open_page: Callable[..., tuple[Page, Console]],
+) -> None:
+    with Scripted([]) as server:
+        page, console = open_page(server.base + "/")
+        table = page.evaluate(
+            """async () => {
+                const m = await import('./static/js/client.js');
+                const attempts = [1, 2, 3, 4, 9, 10, 11, 50];
+                return {
+                    high: attempts.map(n => m.backoffDelay(n, m.DEFAULTS, () => 0)),
+                    low: attempts.map(n => m.backoffDelay(n, m.DEFAULTS, () => 1)),
+                    actions: [1000, 1001, 1006, 1008, 1009, 1011, 1012, 4001, 4008, 4029]
+                        .map(code => [code, m.closeAction(code)]),
+                    seconds: m.normaliseTimestamp(1234567890),
+                    millis: m.normaliseTimestamp(1732780800123),
+                    negative: m.normaliseTimestamp(-1),
+                };
+            }"""
+        )
+        page.close()
+    # min(1 s x 1.5^(n-1), 30 s), times a factor in [1 - 0.5, 1]: jitter after the cap.
+    expected = [min(1000 * 1.5 ** (n - 1), 30000) for n in (1, 2, 3, 4, 9, 10, 11, 50)]
+    assert table["high"] == pytest.approx(expected)
+    assert table["low"] == pytest.approx([d / 2 for d in expected])
+    assert dict(table["actions"]) == {
+        1000: "backoff",
+        1001: "backoff",
+        1006: "backoff",
+        1008: "fatal",
+        1009: "backoff",
+        1011: "backoff",
+        1012: "backoff",
+        4001: "fatal",
+        4008: "now",
+        4029: "backoff",
+    }
+    assert table["seconds"] == 1234567890000
+    assert table["millis"] == 1732780800123
+    assert table["negative"] is None
     assert console.errors == []

@@ -49,6 +49,10 @@ export const SLOW_CONSUMER = 4008;
 const MAX_TRACKED_HOLES = 1024;
 const TICK_MS = 200;
 
+// Timers run on the monotonic clock: a wall-clock jump (NTP, a user changing
+// the time) must neither fake nor hide a silent connection.
+const monotonic = () => performance.now();
+
 /** The delay in ms before reconnect attempt `attempt` (1-based). */
 export function backoffDelay(attempt, config = DEFAULTS, random = Math.random) {
   const n = Math.max(1, attempt);
@@ -304,7 +308,7 @@ export class StreamClient {
       return;
     }
     ws.binaryType = "arraybuffer";
-    const now = Date.now();
+    const now = monotonic();
     const conn = {
       ws,
       established: false,
@@ -318,9 +322,9 @@ export class StreamClient {
     this._conn = conn;
     ws.onopen = () => {
       if (this._conn !== conn) return;
-      conn.nextBeat = Date.now();
+      conn.nextBeat = monotonic();
       // The first frame (init) must arrive within the heartbeat timeout.
-      conn.probeSince = Date.now();
+      conn.probeSince = monotonic();
       this._tick(conn);
     };
     ws.onmessage = (event) => this._onFrame(conn, event.data);
@@ -333,7 +337,7 @@ export class StreamClient {
 
   _tick(conn) {
     if (this._conn !== conn) return;
-    const now = Date.now();
+    const now = monotonic();
     const { heartbeatInterval, heartbeatTimeout, openTimeout } = this.config;
     if (conn.ws.readyState === WebSocket.CONNECTING) {
       if (now - conn.openedAt >= openTimeout) {
@@ -347,9 +351,11 @@ export class StreamClient {
       return;
     }
     if (now >= conn.nextBeat) {
+      // client_time is wall-clock ms, as the protocol says; the server echoes it.
+      const wall = Date.now();
       this._write(
         conn,
-        JSON.stringify({ type: "heartbeat", timestamp: now, data: { client_time: now } }),
+        JSON.stringify({ type: "heartbeat", timestamp: wall, data: { client_time: wall } }),
       );
       if (conn.probeSince === null) conn.probeSince = now;
       conn.nextBeat = now + heartbeatInterval;
@@ -467,7 +473,13 @@ export class StreamClient {
         if (!conn.established) this._established(conn);
         return;
       case "error": {
-        const text = typeof data.message === "string" ? data.message : String(message.message);
+        // The FakeAI dialect puts the text at the top level.
+        const text =
+          typeof data.message === "string"
+            ? data.message
+            : typeof message.message === "string"
+              ? message.message
+              : "unknown error";
         this.info.lastError = `server: ${text}`;
         this._emit("server_error", message);
         this._emit("state", this.info);

@@ -62,6 +62,9 @@ export class ConnectionStatus {
     this.dot = el("span", "dot");
     this.dot.setAttribute("aria-hidden", "true");
     this.label = el("span", "conn-label");
+    // Only the state is announced to screen readers, not every latency tick.
+    this.label.setAttribute("role", "status");
+    this.label.setAttribute("aria-live", "polite");
     this.detail = el("span", "conn-detail");
     root.replaceChildren(this.dot, this.label, this.detail);
   }
