@@ -124,7 +124,11 @@ async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008(direct: b
             code = await asyncio.to_thread(read_close_code, stalled_sock)
             assert code == 4008
             assert hub.stats.evictions == 1
-            assert hub.stats.send_suspensions >= 1, "the stalled client's sends were parked"
+            if not direct:
+                # Through ASGI the stalled client's send suspended and was
+                # parked; direct writes count the transport's buffer against
+                # the bound and may hit it before the transport even pauses.
+                assert hub.stats.send_suspensions >= 1
             await wait_for(lambda: hub.connection_count == 0, 10, "the stalled client detached")
         finally:
             stalled_sock.close()

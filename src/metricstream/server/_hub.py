@@ -142,6 +142,7 @@ class Subscriber:
         "_pending_bytes",
         "_send",
         "_task",
+        "_written",
         "batch",
         "closed",
         "direct",
@@ -177,6 +178,8 @@ class Subscriber:
         self._pending_bytes = 0
         # Bytes of the frame a suspended send holds.
         self._inflight = 0
+        # Direct writes: bytes left in the transport's buffer at the last look.
+        self._written = 0
         # Extra allowance for the initial snapshot or replay (see MetricsHub.attach).
         self._credit = 0
         self._task: asyncio.Task[None] | None = None
@@ -230,6 +233,7 @@ class Subscriber:
     def _discard(self) -> None:
         self._pending.clear()
         self._pending_bytes = 0
+        self._written = 0
         self._credit = 0
         task = self._task
         if task is not None and not task.done():
@@ -463,7 +467,9 @@ class MetricsHub:
                 continue
             sub._pending.append(frame)
             sub._pending_bytes += size
-            if sub._pending_bytes + sub._inflight > limit + sub._credit:
+            if sub._pending_bytes + sub._inflight + sub._written > limit + sub._credit and (
+                self._over_bound(sub)
+            ):
                 evicted.append(sub)
             elif not sub.dirty:
                 sub.dirty = True
@@ -473,10 +479,18 @@ class MetricsHub:
         if dirty and self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
 
+    def _over_bound(self, sub: Subscriber) -> bool:
+        """Whether ``sub`` holds more than its bound, after refreshing the one
+        figure that may be stale (what the transport still buffers)."""
+        limit = self._max_buffer + sub._credit
+        if sub.direct is not None and sub._written:
+            sub._written = sub.direct.buffer_size()
+        return sub._pending_bytes + sub._inflight + sub._written > limit
+
     def _evict(self, sub: Subscriber) -> None:
         logger.info(
-            "closing a slow consumer: %d bytes pending (bound %d)",
-            sub._pending_bytes + sub._inflight,
+            "closing a slow consumer: %d bytes held (bound %d)",
+            sub._pending_bytes + sub._inflight + sub._written,
             self._max_buffer,
         )
         self.stats.evictions += 1
@@ -663,7 +677,7 @@ class MetricsHub:
     def _enqueue(self, sub: Subscriber, frame: EncodedFrame, *, bounded: bool = True) -> None:
         sub._pending.append(frame)
         sub._pending_bytes += len(frame.data)
-        if bounded and sub._pending_bytes + sub._inflight > self._max_buffer + sub._credit:
+        if bounded and self._over_bound(sub):
             self._evict(sub)
             return
         if not sub.dirty:
@@ -735,7 +749,11 @@ class MetricsHub:
         stats.messages_sent += count
         stats.frames_sent += frames
         stats.bytes_sent += size
-        sub._credit = 0
+        # What the transport could not pass to the kernel yet still counts
+        # against the bound: with direct writes it is where a backlog sits.
+        sub._written = written = direct.buffer_size()
+        if written <= self._max_buffer:
+            sub._credit = 0
 
     async def _await_writable(self, sub: Subscriber, direct: DirectWriter) -> None:
         try:

@@ -134,6 +134,10 @@ class DirectWriter:
         """Whether the transport asked writers to pause (buffer over high water)."""
         return not self._writable.is_set()
 
+    def buffer_size(self) -> int:
+        """Bytes the transport holds that the kernel has not taken yet."""
+        return self._transport.get_write_buffer_size()
+
     def write(self, data: bytes) -> None:
         """Write complete frames (never blocks; the transport buffers)."""
         self._transport.write(data)
