@@ -397,11 +397,24 @@ async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServe
     assert any(h.get("since") == "1" for h in server.handshakes[1:])
 
 
+async def test_garbage_then_silence_is_abandoned_before_init(server: StreamServer) -> None:
+    server.send_init = False
+    config = fast_config(server.url, heartbeat_timeout=scaled(0.3), max_reconnect_attempts=0)
+    client = MetricStreamClient(config)
+    await client.start()
+    await wait_until(lambda: bool(server.peers))
+    await server.send_raw("garbage")
+    with pytest.raises(ConnectionError, match="no first message"):
+        await client.run()
+    assert client.connection_info().invalid_frames == 1
+    assert client.connection_info().connections == 0
+
+
 async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> None:
     server.send_init = False
     config = fast_config(server.url, heartbeat_timeout=scaled(0.3), max_reconnect_attempts=1)
     client = MetricStreamClient(config)
-    with pytest.raises(ConnectionError, match="no first frame"):
+    with pytest.raises(ConnectionError, match="no first message"):
         await client.run()
     assert client.connection_info().connections == 0
     assert len(server.handshakes) == 2

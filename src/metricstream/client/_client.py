@@ -174,7 +174,7 @@ class MetricStreamClient:
         # The sequence a gap was last seen after: a second gap at the same
         # place right after a resync means the server cannot fill it.
         self._gap_resync_from: int | None = None
-        self._slow_retry_used = False
+        self._immediate_retry_used = False
         # Set by reconnect(): cut the current backoff wait short.
         self._wake = asyncio.Event()
 
@@ -366,7 +366,7 @@ class MetricStreamClient:
 
         Returns whether it was sent now. When the queue is full, the overflow
         policy decides: drop the oldest queued message (logged, counted in
-        ``info.dropped_sends``) or raise
+        ``connection_info().dropped_sends``) or raise
         :class:`~metricstream.exceptions.QueueFullError`.
         """
         frame = encode(message)
@@ -444,10 +444,10 @@ class MetricStreamClient:
                     )
                     return
                 delay: float | None
-                if retry is Retry.NOW and not self._slow_retry_used:
+                if retry is Retry.NOW and not self._immediate_retry_used:
                     # At once, but only once in a row: a server that keeps
                     # closing us at once gets the backoff like anyone else.
-                    self._slow_retry_used = True
+                    self._immediate_retry_used = True
                     delay = 0.0
                 else:
                     delay = self._backoff.next_delay()
@@ -521,7 +521,7 @@ class MetricStreamClient:
             return Retry.FATAL
         except (OSError, TimeoutError, WebSocketException) as exc:
             self._error(
-                ConnectionError(f"cannot connect to {config.url}: {exc or type(exc).__name__}")
+                ConnectionError(f"cannot connect to {config.url}: {str(exc) or type(exc).__name__}")
             )
             return Retry.BACKOFF
         return await self._serve(ws)
@@ -586,16 +586,20 @@ class MetricStreamClient:
         ``ConnectionClosed``.
         """
         ws = conn.ws
-        # The first frame (init) must come within the heartbeat timeout; after
-        # it the keepalive task watches the silence.
-        try:
-            async with asyncio.timeout(self._config.heartbeat_timeout):
-                frame = await ws.recv(decode=False)
-        except TimeoutError:
-            conn.end_reason = "no first frame within the heartbeat timeout"
-            ws.transport.abort()
-            raise ConnectionClosed(None, None) from None
         while True:
+            if conn.connected:
+                frame = await ws.recv(decode=False)
+            else:
+                # Until a first valid message makes the connection CONNECTED
+                # (and starts the keepalive), each frame must come within the
+                # heartbeat timeout.
+                try:
+                    async with asyncio.timeout(self._config.heartbeat_timeout):
+                        frame = await ws.recv(decode=False)
+                except TimeoutError:
+                    conn.end_reason = "no first message within the heartbeat timeout"
+                    ws.transport.abort()
+                    raise ConnectionClosed(None, None) from None
             self._bytes_received += len(frame)
             for message in self._decode(conn, frame):
                 if not conn.connected:
@@ -606,7 +610,6 @@ class MetricStreamClient:
                     # would be judged against the position being abandoned.
                     await ws.close(1000, "resync")
                     return
-            frame = await ws.recv(decode=False)
 
     # ------------------------------------------------------------- decoding
 
@@ -662,7 +665,7 @@ class MetricStreamClient:
         self._connections += 1
         self._connected_at = time.time()
         self._backoff.reset()
-        self._slow_retry_used = False
+        self._immediate_retry_used = False
         self._set_state(ConnectionState.CONNECTED)
         assert self._connected_event is not None
         self._connected_event.set()
