@@ -100,3 +100,12 @@ async def test_two_apps_keep_separate_registries() -> None:
     hub = MetricsHub()
     first, second = create_router(hub), create_router(hub)
     assert first is not second
+
+
+async def test_healthz_turns_503_once_shutdown_began() -> None:
+    async with running() as server:
+        await server.hub.close_all(grace=0.1)
+        async with httpx.AsyncClient(base_url=f"http://{server.base}") as http:
+            response = await http.get("/healthz")
+        assert response.status_code == 503
+        assert response.json()["status"] == "shutting_down"

@@ -1,8 +1,10 @@
 """The ``/metrics/stream`` WebSocket endpoint, as a plain ASGI application.
 
 It speaks raw ASGI rather than going through Starlette's ``WebSocket`` class:
-frames leave through the hub's outbox as pre-encoded text, and the handshake
-decisions (origin, token, capacity) need nothing more than the scope.
+frames leave through the hub's outbox already encoded (as ASGI text, or as
+pre-framed bytes written to uvicorn's transport, see ``_wire``), and the
+handshake decisions (origin, token, capacity) need nothing more than the
+scope.
 
 Each connection runs two coroutines: the ASGI call itself, which waits for the
 connection's close code, and a reader task, which answers control messages and
