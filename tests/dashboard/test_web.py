@@ -350,11 +350,13 @@ class Scripted:
     """A uvicorn server in a thread: the web router plus a scripted stream.
 
     Connection *n* runs ``scripts[n]``; every connection's query string and
-    the texts it received are recorded.
+    the texts it received are recorded. Heartbeats are answered with a
+    ``pong``, as the real server does, except on the connections in ``mute``.
     """
 
-    def __init__(self, scripts: list[Script]) -> None:
+    def __init__(self, scripts: list[Script], *, mute: frozenset[int] = frozenset()) -> None:
         self.scripts = scripts
+        self.mute = mute
         self.queries: list[dict[str, str]] = []
         self.received: list[list[str]] = []
         self.gates: dict[str, threading.Event] = {}
@@ -403,6 +405,9 @@ class Scripted:
             while True:
                 text = await ws.receive_text()
                 self.received[index].append(text)
+                if index not in self.mute and json.loads(text).get("type") == "heartbeat":
+                    sent = json.loads(text)["data"]["client_time"]
+                    await send(ws, message("pong", None, {"client_time": sent}))
 
     def __enter__(self) -> Scripted:
         self.thread.start()
@@ -515,8 +520,10 @@ def test_duplicates_batches_queue_and_a_new_epoch(
             message("request_update", 3, request("n-2")),
         )
 
-    with Scripted([first, second, third]) as server:
-        page, console = open_page(server.base + "/")
+    # The second connection stays silent until the test lets it answer.
+    with Scripted([first, second, third], mute=frozenset({1})) as server:
+        # A long heartbeat timeout: the muted connection must not be abandoned.
+        page, console = open_page(server.base + "/?heartbeat_timeout=60")
         wait_in_page(page, rows_are(["r-3", "r-2", "r-1", "r-old"]), 10, "the first stream")
         figures = page.evaluate(
             "() => ({dup: window.metricstream.client.tracker.duplicates,"
@@ -585,8 +592,8 @@ def test_silent_peer_is_abandoned_and_4008_reconnects_at_once(
             message("request_update", 8, request("c", status="success")),
         )
 
-    with Scripted([evicted, silent, healthy]) as server:
-        page, console = open_page(server.base + "/?heartbeat=0.3&heartbeat_timeout=0.8")
+    with Scripted([evicted, silent, healthy], mute=frozenset({1})) as server:
+        page, console = open_page(server.base + "/?heartbeat=0.3&heartbeat_timeout=1.5")
         page.evaluate(
             "() => { window.__attempts = [];"
             " window.metricstream.client.on('reconnecting', a => window.__attempts.push(a)); }"
@@ -605,6 +612,13 @@ def test_silent_peer_is_abandoned_and_4008_reconnects_at_once(
         assert server.queries[2]["epoch"] == "epoch-c"
         # 4008 reconnected without a backoff attempt; only the silent peer cost one.
         assert page.evaluate("() => window.__attempts") == [1]
+        # The healthy peer answers heartbeats: the page stays on it.
+        wait_in_page(
+            page,
+            "document.querySelector('#connection-status .conn-detail').textContent.endsWith('ms')",
+            10,
+            "a latency from the healthy peer's pong",
+        )
         info = page.evaluate("() => window.metricstream.client.info")
         assert info["resumes"] == 2
         assert info["snapshots"] == 1
