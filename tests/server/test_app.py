@@ -9,7 +9,13 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from metricstream.server import MetricsHub, ServerSettings, create_router, uvicorn_config
+from metricstream.server import (
+    MetricsHub,
+    ServerSettings,
+    create_app,
+    create_router,
+    uvicorn_config,
+)
 from tests.server.conftest import metrics, open_client, recv, request, running, wait_for
 from tests.support import scaled
 
@@ -109,3 +115,12 @@ async def test_healthz_turns_503_once_shutdown_began() -> None:
             response = await http.get("/healthz")
         assert response.status_code == 503
         assert response.json()["status"] == "shutting_down"
+
+
+async def test_create_app_serves_the_dashboard_page_unless_told_not_to() -> None:
+    for dashboard, status in ((True, 200), (False, 404)):
+        app = create_app(MetricsHub(), dashboard=dashboard)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            assert (await http.get("/")).status_code == status
+            assert (await http.get("/healthz")).status_code == 200
