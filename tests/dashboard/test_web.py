@@ -672,3 +672,53 @@ def test_backoff_and_close_code_table_of_the_js_client(
     assert table["millis"] == 1732780800123
     assert table["negative"] is None
     assert console.errors == []
+
+
+def test_connecting_state_and_a_gap_answered_by_a_resume(
+    open_page: Callable[..., tuple[Page, Console]],
+) -> None:
+    async def gapped(ws: WebSocket, script: Scripted) -> None:
+        await script.wait_gate("start")
+        await send(
+            ws,
+            init("epoch-d", 1, resumed=False),
+            message("request_update", 2, request("g-2")),
+            message("request_update", 5, request("g-5")),  # 3 and 4 never came
+        )
+
+    async def replay(ws: WebSocket, _: Scripted) -> None:
+        await send(
+            ws,
+            init("epoch-d", 5, resumed=True),
+            message("request_update", 3, request("g-3")),
+            message("request_update", 4, request("g-4")),
+            message("request_update", 5, request("g-5")),
+        )
+
+    with Scripted([gapped, replay], mute=frozenset({0})) as server:
+        page, console = open_page(server.base + "/?heartbeat_timeout=60")
+        # The handshake is done but no init came yet: the seed's yellow "connecting".
+        wait_until(lambda: len(server.queries) >= 1, 10, "the first connection")
+        wait_in_page(page, "document.body.dataset.connection === 'connecting'", 10, "connecting")
+        assert page.locator("#connection-status .conn-label").text_content() == "Connecting…"
+        colour = page.evaluate(
+            "() => getComputedStyle(document.querySelector('#connection-status .dot'))"
+            ".backgroundColor"
+        )
+        assert colour == "rgb(245, 196, 0)"
+        assert page.locator("#connection-badge").get_attribute("data-state") == "connecting"
+
+        server.gate("start").set()
+        wait_until(lambda: len(server.queries) >= 2, 10, "a resume after the gap")
+        # The message after the gap was not applied; the resume starts before it.
+        assert server.queries[1]["since"] == "2"
+        assert server.queries[1]["epoch"] == "epoch-d"
+        wait_in_page(page, rows_are(["g-5", "g-4", "g-3", "g-2"]), 10, "the filled gap")
+        figures = page.evaluate(
+            "() => ({gaps: window.metricstream.client.tracker.gaps,"
+            " last: window.metricstream.client.tracker.last,"
+            " resumes: window.metricstream.client.info.resumes})"
+        )
+        assert figures == {"gaps": 0, "last": 5, "resumes": 1}
+        page.close()
+    assert console.errors == []
