@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -36,3 +38,22 @@ def fast_config(url: str, **changes: Any) -> ClientConfig:
     }
     settings.update(changes)
     return ClientConfig(**settings)
+
+
+@pytest.fixture
+def server_thread() -> Iterator[tuple[StreamServer, asyncio.AbstractEventLoop]]:
+    """A StreamServer on its own loop and thread, as a blocking program would meet one."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = StreamServer()
+    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(scaled(10))
+    try:
+        yield server, loop
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(
+            scaled(10)
+        )
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

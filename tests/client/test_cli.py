@@ -6,6 +6,9 @@ import asyncio
 import json
 import sys
 
+import pytest
+
+from metricstream.cli import main
 from metricstream.protocol import MessageType
 
 from ..support import scaled
@@ -53,3 +56,25 @@ async def test_invalid_option_exits_2() -> None:
         _, err = await process.communicate()
     assert process.returncode == 2
     assert b"ws:// or wss://" in err
+
+
+def test_in_process(
+    server_thread: tuple[StreamServer, asyncio.AbstractEventLoop],
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    server, loop = server_thread
+
+    async def publish_once_connected() -> None:
+        await wait_until(lambda: bool(server.peers), within=30)
+        await server.publish(MessageType.REQUEST_UPDATE, request("a"))
+
+    future = asyncio.run_coroutine_threadsafe(publish_once_connected(), loop)
+    status = main(["watch", server.url, "--count", "2", "--heartbeat-timeout", "30"])
+    future.result(scaled(30))
+    out = capsysbinary.readouterr()
+    assert status == 0
+    assert [json.loads(line)["type"] for line in out.out.splitlines()] == [
+        "init",
+        "request_update",
+    ]
+    assert b"connected to" in out.err

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,25 +13,6 @@ from metricstream.protocol import MessageType, WebSocketMessage, make_message
 from ..support import free_port, scaled
 from .conftest import fast_config
 from .peers import StreamServer, request
-
-
-@pytest.fixture
-def server_thread() -> Iterator[tuple[StreamServer, asyncio.AbstractEventLoop]]:
-    """A StreamServer on its own loop and thread, as a blocking program would meet one."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = StreamServer()
-    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(scaled(10))
-    try:
-        yield server, loop
-    finally:
-        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(
-            scaled(10)
-        )
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        loop.close()
 
 
 def test_blocking_use(server_thread: tuple[StreamServer, asyncio.AbstractEventLoop]) -> None:
