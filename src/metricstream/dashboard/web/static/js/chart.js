@@ -3,6 +3,7 @@
 
 const GRID = "rgba(255, 255, 255, 0.08)";
 const AXIS_TEXT = "#8a8f98";
+const PANEL = "#16181a"; // --panel in app.css
 const FONT = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
 
 function niceMax(value) {
@@ -88,8 +89,16 @@ export class LineChart {
       ctx.fillText("now", right, height - 3);
     }
     if (count === 0) {
+      const message = "waiting for data…";
+      const cx = (left + right) / 2;
+      const cy = top + plotHeight / 2;
+      const half = ctx.measureText(message).width / 2 + 8;
+      // Blank the grid behind the message so it reads cleanly.
+      ctx.fillStyle = PANEL;
+      ctx.fillRect(cx - half, cy - 9, half * 2, 18);
+      ctx.fillStyle = AXIS_TEXT;
       ctx.textAlign = "center";
-      ctx.fillText("waiting for data…", (left + right) / 2, top + plotHeight / 2);
+      ctx.fillText(message, cx, cy);
       return;
     }
     const x = (i) => (count === 1 ? right : left + ((right - left) * i) / (count - 1));
