@@ -484,3 +484,24 @@ async def test_feeds_the_store(server: StreamServer) -> None:
     assert state.metrics == metrics(3)
     assert state.models["m"].request_count == 4
     assert state.recent_requests[0].id == "r1"
+
+
+async def test_close_from_a_callback(server: StreamServer) -> None:
+    # A long close timeout: a close() that waited for its own task would sit it out.
+    client = MetricStreamClient(fast_config(server.url, close_timeout=60.0))
+    seen: list[str] = []
+
+    async def stop_after_first(data: Any, message: WebSocketMessage[Any]) -> None:
+        seen.append(data.id)
+        await client.close()
+
+    client.subscribe(MessageType.REQUEST_UPDATE, stop_after_first)
+    await client.start()
+    await client.wait_connected()
+    await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+    async with asyncio.timeout(scaled(5)):
+        await client.run()
+    await server.publish(MessageType.REQUEST_UPDATE, request("two"))
+    assert seen == ["one"]
+    assert client.state is ConnectionState.CLOSED
+    assert len(server.handshakes) == 1

@@ -336,6 +336,11 @@ class MetricStreamClient:
             with contextlib.suppress(Exception):
                 await conn.ws.close(1000, "client closing")
         task = self._task
+        if task is asyncio.current_task():
+            # Called from a callback, on the reader itself: the loop sees
+            # _closing when the callback returns and ends on its own.
+            self._finish(ConnectionState.CLOSED)
+            return
         if task is not None and not task.done():
             # Let the loop see the close and report the disconnect; a loop
             # that is sleeping or dialling is simply cancelled.
