@@ -13,6 +13,8 @@ const STATE_TYPES = new Set([
   "kv_cache_update",
 ]);
 
+const MAX_KEYS = 500;
+
 function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
@@ -179,14 +181,18 @@ export class MetricsStore {
     }
   }
 
+  // Keyed state is bounded too: a stream inventing names must not grow the
+  // page without limit. Known keys always update.
   _model(data) {
     if (!isObject(data) || str(data.model) === null) return false;
+    if (!this.models.has(data.model) && this.models.size >= MAX_KEYS) return false;
     this.models.set(data.model, data);
     return true;
   }
 
   _rateLimit(data) {
     if (!isObject(data) || str(data.endpoint) === null) return false;
+    if (!this.rateLimits.has(data.endpoint) && this.rateLimits.size >= MAX_KEYS) return false;
     this.rateLimits.set(data.endpoint, data);
     return true;
   }

@@ -465,11 +465,18 @@ export class KVCachePanel {
   }
 }
 
+const MAX_BREAKDOWN = 8;
+
 function breakdown(container, map) {
-  const entries = Object.entries(map && typeof map === "object" ? map : {})
+  let entries = Object.entries(map && typeof map === "object" ? map : {})
     .filter(([, value]) => finite(value))
     .sort((a, b) => b[1] - a[1]);
   const total = entries.reduce((sum, [, value]) => sum + value, 0);
+  if (entries.length > MAX_BREAKDOWN) {
+    // The long tail in one bar: readable, and bounded whatever the stream sends.
+    const rest = entries.slice(MAX_BREAKDOWN - 1).reduce((sum, [, value]) => sum + value, 0);
+    entries = [...entries.slice(0, MAX_BREAKDOWN - 1), [`${entries.length - MAX_BREAKDOWN + 1} others`, rest]];
+  }
   syncChildren(
     container,
     entries,
