@@ -249,6 +249,8 @@ def test_page_loads_streams_and_updates(
     ids = request_ids(page)
     assert len(ids) == len(set(ids))
 
+    # A few seconds of history make the screenshot show real curves.
+    wait_in_page(page, "window.metricstream.store.history.t.length >= 8", 10, "more samples")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-dashboard.png"))
     page.set_viewport_size({"width": 390, "height": 844})
