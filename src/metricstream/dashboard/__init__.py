@@ -1,39 +1,10 @@
-"""Dashboards: the Textual terminal UI (``metricstream dashboard``) and its widgets.
+"""Dashboards over a metrics stream.
 
-Widgets are plain views over a :class:`~metricstream.store.MetricsStore`; they
-never do networking themselves.
+- :mod:`metricstream.dashboard.tui` — the Textual terminal dashboard
+  (``metricstream dashboard``; needs the ``tui`` extra).
+- :mod:`metricstream.dashboard.web` — the browser dashboard the stream server
+  serves at ``/`` (needs the ``server`` extra).
+
+This package imports neither, so the server does not pull in Textual and the
+terminal UI does not pull in the server.
 """
-
-from ._app import MetricsDashboard
-from ._widgets import (
-    STATE_COLOURS,
-    ConnectionBadge,
-    ConnectionStats,
-    ConnectionStatus,
-    CostPanel,
-    ErrorFeed,
-    KVCachePanel,
-    MetricsOverview,
-    ModelTable,
-    RateLimitPanel,
-    RequestTable,
-    SystemHealthPanel,
-    TrendPanel,
-)
-
-__all__ = [
-    "STATE_COLOURS",
-    "ConnectionBadge",
-    "ConnectionStats",
-    "ConnectionStatus",
-    "CostPanel",
-    "ErrorFeed",
-    "KVCachePanel",
-    "MetricsDashboard",
-    "MetricsOverview",
-    "ModelTable",
-    "RateLimitPanel",
-    "RequestTable",
-    "SystemHealthPanel",
-    "TrendPanel",
-]

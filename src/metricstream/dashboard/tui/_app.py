@@ -13,7 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
-from ..store import MetricsStore, RealtimeMetricsState
+from ...store import MetricsStore, RealtimeMetricsState
 from ._widgets import (
     ConnectionBadge,
     ConnectionStats,

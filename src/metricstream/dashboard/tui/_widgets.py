@@ -16,7 +16,7 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import DataTable, Sparkline, Static
 
-from ..protocol import (
+from ...protocol import (
     CostUpdatePayload,
     ErrorUpdatePayload,
     KVCacheUpdatePayload,
@@ -26,8 +26,8 @@ from ..protocol import (
     RequestUpdatePayload,
     SystemUpdatePayload,
 )
-from ..store import ConnectionStatus as ConnectionStatusValue
-from ._format import fmt_bytes, fmt_count, fmt_latency, fmt_money, fmt_percent, fmt_rate
+from ...store import ConnectionStatus as ConnectionStatusValue
+from .._format import fmt_bytes, fmt_count, fmt_latency, fmt_money, fmt_percent, fmt_rate
 
 __all__ = [
     "STATE_COLOURS",
