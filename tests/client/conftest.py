@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import ClientConfig
+from metricstream.client import WebSocketConfig
 
 from ..support import scaled
 from .peers import StreamServer
@@ -21,7 +21,7 @@ async def server() -> AsyncIterator[StreamServer]:
         yield srv
 
 
-def fast_config(url: str, **changes: Any) -> ClientConfig:
+def fast_config(url: str, **changes: Any) -> WebSocketConfig:
     """A config with short reconnect delays and a generous heartbeat timeout.
 
     The timeout stays well above any scheduling hiccup of a loaded machine;
@@ -37,7 +37,7 @@ def fast_config(url: str, **changes: Any) -> ClientConfig:
         "close_timeout": scaled(2.0),
     }
     settings.update(changes)
-    return ClientConfig(**settings)
+    return WebSocketConfig(**settings)
 
 
 @pytest.fixture

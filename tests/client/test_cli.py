@@ -12,7 +12,7 @@ from metricstream.cli import main
 from metricstream.protocol import MessageType
 
 from ..support import scaled
-from .peers import StreamServer, request, wait_until
+from .peers import StreamServer, metrics, request, wait_until
 
 
 async def _watch(*args: str) -> asyncio.subprocess.Process:
@@ -28,16 +28,18 @@ async def _watch(*args: str) -> asyncio.subprocess.Process:
 
 
 async def test_prints_messages_as_json_lines(server: StreamServer) -> None:
-    process = await _watch(server.url, "--count", "3", "--dialect", "native")
+    process = await _watch(server.url, "--count", "3", "--type", "request_update")
     await wait_until(lambda: bool(server.peers), within=30)
     await server.publish(MessageType.REQUEST_UPDATE, request("a"))
+    await server.publish(MessageType.METRICS_UPDATE, metrics())
     await server.publish(MessageType.REQUEST_UPDATE, request("b"))
     async with asyncio.timeout(scaled(30)):
         out, err = await process.communicate()
     assert process.returncode == 0, err
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert [line["type"] for line in lines] == ["init", "request_update", "request_update"]
-    assert [line["sequence"] for line in lines[1:]] == [1, 2]
+    assert [line["sequence"] for line in lines[1:]] == [1, 3]
+    assert server.handshakes[0]["types"] == "request_update"
     assert b"connected to" in err
 
 

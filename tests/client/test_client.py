@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import ConnectionState, MetricStreamClient
+from metricstream.client import ConnectionState, WebSocketService
 from metricstream.exceptions import ConnectionRejectedError, QueueFullError
 from metricstream.protocol import MessageType, WebSocketMessage, encode, make_message
 
@@ -22,7 +22,7 @@ def _sequences(messages: list[WebSocketMessage[Any]]) -> list[int]:
 
 async def test_receives_init_then_stream_in_order(server: StreamServer) -> None:
     await server.publish(MessageType.METRICS_UPDATE, metrics(7))
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         for i in range(3):
@@ -42,7 +42,7 @@ async def test_receives_init_then_stream_in_order(server: StreamServer) -> None:
 
 
 async def test_heartbeat_is_answered_and_latency_measured(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         await client.wait_connected()
         await wait_until(lambda: client.latency is not None)
     heartbeats = [m for m in server.received if m["type"] == "heartbeat"]
@@ -64,7 +64,7 @@ async def test_callbacks_run_in_order_and_a_failing_one_is_isolated(server: Stre
         await asyncio.sleep(0)
         async_seen.append(data.id)
 
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         client.subscribe(MessageType.REQUEST_UPDATE, broken)
         sub = client.subscribe(MessageType.REQUEST_UPDATE, lambda data, _: seen.append(data.id))
         client.subscribe(MessageType.REQUEST_UPDATE, slow)
@@ -83,7 +83,7 @@ async def test_callbacks_run_in_order_and_a_failing_one_is_isolated(server: Stre
 async def test_resumes_after_going_away_without_loss_or_duplicates(server: StreamServer) -> None:
     events: list[str] = []
     config = fast_config(server.url)
-    client = MetricStreamClient(
+    client = WebSocketService(
         config,
         on_connect=lambda: events.append("connect"),
         on_disconnect=lambda reason: events.append(f"disconnect:{reason}"),
@@ -116,7 +116,7 @@ async def test_resumes_after_going_away_without_loss_or_duplicates(server: Strea
 
 
 async def test_new_epoch_gives_a_full_snapshot(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         await server.publish(MessageType.METRICS_UPDATE, metrics(1))
@@ -140,7 +140,7 @@ async def test_new_epoch_gives_a_full_snapshot(server: StreamServer) -> None:
 async def test_slow_consumer_close_reconnects_at_once(server: StreamServer) -> None:
     delays: list[float] = []
     config = fast_config(server.url, reconnect_interval=5.0, max_reconnect_interval=5.0)
-    async with MetricStreamClient(config, on_reconnecting=lambda _, d: delays.append(d)) as client:
+    async with WebSocketService(config, on_reconnecting=lambda _, d: delays.append(d)) as client:
         await client.wait_connected()
         await server.close_all(4008, "slow consumer")
         await wait_until(lambda: client.connection_info().connections == 2)
@@ -149,7 +149,7 @@ async def test_slow_consumer_close_reconnects_at_once(server: StreamServer) -> N
 
 async def test_server_1000_is_retried_with_backoff(server: StreamServer) -> None:
     delays: list[float] = []
-    async with MetricStreamClient(
+    async with WebSocketService(
         fast_config(server.url), on_reconnecting=lambda _, d: delays.append(d)
     ) as client:
         await client.wait_connected()
@@ -162,7 +162,7 @@ async def test_server_1000_is_retried_with_backoff(server: StreamServer) -> None
 @pytest.mark.parametrize("code", [4001, 1008])
 async def test_rejection_close_is_fatal(server: StreamServer, code: int) -> None:
     errors: list[BaseException] = []
-    client = MetricStreamClient(fast_config(server.url), on_error=errors.append)
+    client = WebSocketService(fast_config(server.url), on_error=errors.append)
     async with client:
         await client.wait_connected()
         await server.close_all(code, "go away")
@@ -176,13 +176,13 @@ async def test_rejection_close_is_fatal(server: StreamServer, code: int) -> None
 
 async def test_missing_token_is_fatal_and_token_is_sent() -> None:
     async with StreamServer(token="s3cret") as srv:
-        bad = MetricStreamClient(fast_config(srv.url))
+        bad = WebSocketService(fast_config(srv.url))
         with pytest.raises(ConnectionRejectedError) as caught:
             await bad.run()
         assert caught.value.code == 4001
         assert bad.state is ConnectionState.ERROR
-        header = MetricStreamClient(fast_config(srv.url, token="s3cret"))
-        query = MetricStreamClient(fast_config(srv.url, token="s3cret", token_in_query=True))
+        header = WebSocketService(fast_config(srv.url, token="s3cret"))
+        query = WebSocketService(fast_config(srv.url, token="s3cret", token_in_query=True))
         async with header, query:
             await header.wait_connected()
             await query.wait_connected()
@@ -193,7 +193,7 @@ async def test_missing_token_is_fatal_and_token_is_sent() -> None:
 async def test_rejected_handshake(server: StreamServer, status: int, fatal: bool) -> None:
     server.reject_status = status
     config = fast_config(server.url, max_reconnect_attempts=2)
-    client = MetricStreamClient(config)
+    client = WebSocketService(config)
     with pytest.raises(ConnectionRejectedError if fatal else ConnectionError) as caught:
         await client.run()
     assert client.state is ConnectionState.ERROR
@@ -203,7 +203,7 @@ async def test_rejected_handshake(server: StreamServer, status: int, fatal: bool
 async def test_gives_up_after_max_attempts() -> None:
     calls: list[str] = []
     config = fast_config(f"ws://127.0.0.1:{free_port()}/metrics/stream", max_reconnect_attempts=3)
-    client = MetricStreamClient(
+    client = WebSocketService(
         config,
         on_reconnecting=lambda attempt, _: calls.append(f"retry {attempt}"),
         on_max_reconnect_attempts_reached=lambda: calls.append("gave up"),
@@ -217,7 +217,7 @@ async def test_gives_up_after_max_attempts() -> None:
 
 
 async def test_duplicates_and_stale_messages_are_dropped(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         first = await server.publish(MessageType.REQUEST_UPDATE, request("one"))
@@ -230,7 +230,7 @@ async def test_duplicates_and_stale_messages_are_dropped(server: StreamServer) -
 
 
 async def test_gap_on_unfiltered_stream_triggers_resume(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("one"))
@@ -248,7 +248,7 @@ async def test_gap_on_unfiltered_stream_triggers_resume(server: StreamServer) ->
 async def test_a_gap_the_server_cannot_fill_is_accepted_after_one_resync(
     server: StreamServer,
 ) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("one"))
@@ -272,7 +272,7 @@ async def test_a_resume_the_client_never_asked_for_is_replaced_by_a_snapshot(
 ) -> None:
     server.claim_resume = True
     await server.publish(MessageType.METRICS_UPDATE, metrics(5))
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         init = await anext(stream)
     # The bogus resume was not passed on: the first init seen is the snapshot.
@@ -284,7 +284,7 @@ async def test_a_resume_the_client_never_asked_for_is_replaced_by_a_snapshot(
 
 
 async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         await server.send_raw("not json at all")
@@ -302,7 +302,7 @@ async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> N
 
 async def test_batch_frames_and_a_bad_member_loses_only_itself(server: StreamServer) -> None:
     config = fast_config(server.url, batch=True)
-    async with MetricStreamClient(config) as client:
+    async with WebSocketService(config) as client:
         stream = client.messages()
         await client.wait_connected()
         one = server.record(MessageType.REQUEST_UPDATE, request("one"))
@@ -318,7 +318,7 @@ async def test_batch_frames_and_a_bad_member_loses_only_itself(server: StreamSer
 
 
 async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         stream = client.messages()
         await client.wait_connected()
         ack = await client.set_filter(types=["model_update"], models=["a"])
@@ -346,7 +346,7 @@ async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) ->
 
 
 async def test_offline_queue_is_flushed_after_connecting(server: StreamServer) -> None:
-    client = MetricStreamClient(fast_config(server.url, offline_queue_size=2))
+    client = WebSocketService(fast_config(server.url, offline_queue_size=2))
     for i in range(3):
         sent = await client.send(make_message("custom", {"n": i}))
         assert sent is False
@@ -361,7 +361,7 @@ async def test_offline_queue_is_flushed_after_connecting(server: StreamServer) -
 
 async def test_offline_queue_raise_policy() -> None:
     config = fast_config("ws://127.0.0.1:9/metrics/stream", offline_queue_size=1, overflow="raise")
-    client = MetricStreamClient(config)
+    client = WebSocketService(config)
     await client.send(make_message("custom", {}))
     with pytest.raises(QueueFullError):
         await client.send(make_message("custom", {}))
@@ -372,7 +372,7 @@ async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServe
     reasons: list[str] = []
     async with TcpProxy(server.port) as proxy:
         config = fast_config(proxy.url(), heartbeat_interval=0.2, heartbeat_timeout=scaled(0.6))
-        async with MetricStreamClient(config, on_disconnect=reasons.append) as client:
+        async with WebSocketService(config, on_disconnect=reasons.append) as client:
             stream = client.messages()
             await client.wait_connected()
             await server.publish(MessageType.REQUEST_UPDATE, request("one"))
@@ -396,7 +396,7 @@ async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServe
 async def test_garbage_then_silence_is_abandoned_before_init(server: StreamServer) -> None:
     server.send_init = False
     config = fast_config(server.url, heartbeat_timeout=scaled(0.3), max_reconnect_attempts=0)
-    client = MetricStreamClient(config)
+    client = WebSocketService(config)
     await client.start()
     await wait_until(lambda: bool(server.peers))
     await server.send_raw("garbage")
@@ -409,7 +409,7 @@ async def test_garbage_then_silence_is_abandoned_before_init(server: StreamServe
 async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> None:
     server.send_init = False
     config = fast_config(server.url, heartbeat_timeout=scaled(0.3), max_reconnect_attempts=1)
-    client = MetricStreamClient(config)
+    client = WebSocketService(config)
     with pytest.raises(ConnectionError, match="no first message"):
         await client.run()
     assert client.connection_info().connections == 0
@@ -417,7 +417,7 @@ async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> N
 
 
 async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> None:
-    async with MetricStreamClient(fast_config(server.url, max_frame_size=4096)) as client:
+    async with WebSocketService(fast_config(server.url, max_frame_size=4096)) as client:
         stream = client.messages()
         await client.wait_connected()
         await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 10_000 + '"}')
@@ -432,7 +432,7 @@ async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> No
 
 async def test_close_ends_iteration_and_stops_reconnecting(server: StreamServer) -> None:
     states: list[ConnectionState] = []
-    client = MetricStreamClient(fast_config(server.url))
+    client = WebSocketService(fast_config(server.url))
     client.watch_state(lambda old, new: states.append(new))
     await client.start()
     stream = client.messages()
@@ -449,7 +449,7 @@ async def test_reconnect_cuts_the_backoff_short_and_drops_a_live_connection(
     server: StreamServer,
 ) -> None:
     config = fast_config(server.url, reconnect_interval=3600.0, max_reconnect_interval=3600.0)
-    async with MetricStreamClient(config) as client:
+    async with WebSocketService(config) as client:
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("one"))
         await wait_until(lambda: client.connection_info().last_sequence == 1)
@@ -467,7 +467,7 @@ async def test_feeds_the_store(server: StreamServer) -> None:
     from metricstream.store import MetricsStore
 
     await server.publish(MessageType.METRICS_UPDATE, metrics(3))
-    async with MetricStreamClient(fast_config(server.url)) as client:
+    async with WebSocketService(fast_config(server.url)) as client:
         store = MetricsStore(client)
         await client.wait_connected()
         await server.publish(MessageType.MODEL_UPDATE, model("m", request_count=4))
@@ -484,7 +484,7 @@ async def test_feeds_the_store(server: StreamServer) -> None:
 
 async def test_close_from_a_callback(server: StreamServer) -> None:
     # A long close timeout: a close() that waited for its own task would sit it out.
-    client = MetricStreamClient(fast_config(server.url, close_timeout=60.0))
+    client = WebSocketService(fast_config(server.url, close_timeout=60.0))
     seen: list[str] = []
 
     async def stop_after_first(data: Any, message: WebSocketMessage[Any]) -> None:

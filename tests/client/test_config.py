@@ -1,4 +1,4 @@
-"""ClientConfig validates on construction and prints well."""
+"""WebSocketConfig validates on construction and prints well."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import ClientConfig, Dialect, OverflowPolicy
+from metricstream.client import Dialect, OverflowPolicy, WebSocketConfig
 from metricstream.exceptions import ConfigError
 
 
 def test_defaults() -> None:
-    config = ClientConfig(url="ws://127.0.0.1:8765/metrics/stream")
+    config = WebSocketConfig(url="ws://127.0.0.1:8765/metrics/stream")
     assert config.dialect is Dialect.AUTO
     assert config.overflow is OverflowPolicy.DROP_OLDEST
     assert config.offline_queue_size == 100
@@ -27,7 +27,7 @@ def test_defaults() -> None:
 def test_strings_are_coerced_and_sequences_frozen() -> None:
     # What an untyped caller (a command line, a settings file) passes.
     loose: dict[str, Any] = {"dialect": "fakeai", "overflow": "raise", "types": ["a", "b"]}
-    config = ClientConfig(url="wss://h/s", **loose)
+    config = WebSocketConfig(url="wss://h/s", **loose)
     assert config.dialect is Dialect.FAKEAI
     assert config.overflow is OverflowPolicy.RAISE
     assert config.types == ("a", "b")
@@ -35,7 +35,7 @@ def test_strings_are_coerced_and_sequences_frozen() -> None:
 
 
 def test_timeout_may_exceed_interval() -> None:
-    config = ClientConfig(url="ws://h/s", heartbeat_interval=1, heartbeat_timeout=3)
+    config = WebSocketConfig(url="ws://h/s", heartbeat_interval=1, heartbeat_timeout=3)
     assert config.heartbeat_timeout == 3
 
 
@@ -70,4 +70,4 @@ def test_timeout_may_exceed_interval() -> None:
 def test_invalid_values_raise_config_error(changes: dict[str, Any]) -> None:
     settings: dict[str, Any] = {"url": "ws://127.0.0.1:1/s", **changes}
     with pytest.raises(ConfigError):
-        ClientConfig(**settings)
+        WebSocketConfig(**settings)

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from metricstream.client import Dialect, MetricStreamClient
+from metricstream.client import Dialect, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
 from ..support import free_port, require, require_executable, scaled
@@ -75,7 +75,7 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
     url = f"ws://127.0.0.1:{fakeai}/metrics/stream"
     config = fast_config(url, dialect="auto", heartbeat_interval=0.2, heartbeat_timeout=scaled(5))
     errors: list[WebSocketMessage[Any]] = []
-    async with MetricStreamClient(config) as client:
+    async with WebSocketService(config) as client:
         client.subscribe(MessageType.ERROR, lambda _, message: errors.append(message))
         stream = client.messages()
         await client.wait_connected()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import MetricStreamClient
+from metricstream.client import WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
 from .conftest import fast_config
@@ -42,7 +42,7 @@ async def _blocked_event_loop() -> None:
     pongs: list[WebSocketMessage[Any]] = []
     async with server:
         config = fast_config(server.url, heartbeat_interval=0.1, heartbeat_timeout=timeout)
-        client = MetricStreamClient(config)
+        client = WebSocketService(config)
         client.subscribe(MessageType.PONG, lambda _, message: pongs.append(message))
         async with client:
             await client.wait_connected()
@@ -61,7 +61,7 @@ async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: Strea
     def heartbeats() -> int:
         return sum(1 for m in server.received if m["type"] == "heartbeat")
 
-    async with MetricStreamClient(config) as client:
+    async with WebSocketService(config) as client:
         client.subscribe(MessageType.REQUEST_UPDATE, slow_consumer)
         await client.wait_connected()
         await server.publish(MessageType.REQUEST_UPDATE, request("held"))

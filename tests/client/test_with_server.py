@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from metricstream.client import MetricStreamClient
+from metricstream.client import WebSocketService
 from metricstream.exceptions import ConnectionRejectedError
 from metricstream.protocol import MessageType, WebSocketMessage
 
@@ -64,7 +64,7 @@ async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
     async with TcpProxy(serve) as proxy:
         config = fast_config(proxy.url(), token=TOKEN)
         received: list[WebSocketMessage[Any]] = []
-        async with MetricStreamClient(config) as client:
+        async with WebSocketService(config) as client:
             client.subscribe("*", lambda _, message: received.append(message))
             await client.wait_connected()
             await wait_until(lambda: len(received) > 10)
@@ -90,7 +90,7 @@ async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
 
 
 async def test_wrong_token_is_rejected_for_good(serve: int) -> None:
-    client = MetricStreamClient(fast_config(f"ws://127.0.0.1:{serve}/metrics/stream", token="no"))
+    client = WebSocketService(fast_config(f"ws://127.0.0.1:{serve}/metrics/stream", token="no"))
     with pytest.raises(ConnectionRejectedError) as caught:
         await client.run()
     assert caught.value.code in (401, 4001)

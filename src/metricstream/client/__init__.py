@@ -1,14 +1,14 @@
 """The Python client of a metrics stream: resilient, resumable, dialect-aware.
 
-:class:`MetricStreamClient` is a thin asyncio driver around the pure protocol
+:class:`WebSocketService` is a thin asyncio driver around the pure protocol
 core (:mod:`metricstream.protocol`): it connects, reconnects with jittered
 backoff, resumes from its last sequence, drops duplicates, detects dead peers
 by heartbeat, speaks both the native and the FakeAI dialect, and hands every
 message to callbacks and bounded async iterators. See ``docs/client.md``.
 """
 
-from ._client import ALL_TYPES, Callback, MetricStreamClient, Subscription
-from ._config import ClientConfig, Dialect, OverflowPolicy
+from ._client import ALL_TYPES, Callback, Subscription, WebSocketService
+from ._config import Dialect, OverflowPolicy, WebSocketConfig
 from ._fakeai import FakeAIAdapter
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
 from ._state import ConnectionInfo, ConnectionState
@@ -18,17 +18,17 @@ from ._sync import SyncClient
 __all__ = [
     "ALL_TYPES",
     "Callback",
-    "ClientConfig",
     "ConnectionInfo",
     "ConnectionState",
     "Dialect",
     "FakeAIAdapter",
     "MessageStream",
-    "MetricStreamClient",
     "OverflowPolicy",
     "Retry",
     "Subscription",
     "SyncClient",
+    "WebSocketConfig",
+    "WebSocketService",
     "build_url",
     "retry_for_close",
     "retry_for_status",

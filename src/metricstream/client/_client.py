@@ -39,13 +39,13 @@ from ..protocol import (
     make_message,
     now_ms,
 )
-from ._config import ClientConfig, Dialect, OverflowPolicy, _names
+from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names
 from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
-__all__ = ["ALL_TYPES", "Callback", "MetricStreamClient", "Subscription"]
+__all__ = ["ALL_TYPES", "Callback", "WebSocketService", "Subscription"]
 
 logger = logging.getLogger("metricstream.client")
 
@@ -54,7 +54,7 @@ logger = logging.getLogger("metricstream.client")
 #: before it reads on, so every callback sees messages strictly in order.
 Callback = Callable[[Any, WebSocketMessage[Any]], object]
 
-#: The message type that :meth:`MetricStreamClient.subscribe` takes for "every type".
+#: The message type that :meth:`WebSocketService.subscribe` takes for "every type".
 ALL_TYPES: Final = "*"
 
 # Model-scoped message types: the ``models`` filter applies to them.
@@ -114,14 +114,14 @@ class _Connection:
         self.keepalive: asyncio.Task[None] | None = None
 
 
-class MetricStreamClient:
+class WebSocketService:
     """A resilient client of a metrics stream (native or FakeAI dialect).
 
     Connects, reconnects with jittered backoff, resumes from the last applied
     sequence, drops duplicates and stale messages, detects dead peers by
     heartbeat, and hands every message to callbacks and iterators::
 
-        async with MetricStreamClient("ws://127.0.0.1:8765/metrics/stream") as client:
+        async with WebSocketService("ws://127.0.0.1:8765/metrics/stream") as client:
             client.subscribe(MessageType.METRICS_UPDATE, lambda data, msg: print(data))
             async for message in client.messages():
                 ...
@@ -136,7 +136,7 @@ class MetricStreamClient:
 
     def __init__(
         self,
-        config: ClientConfig | str,
+        config: WebSocketConfig | str,
         *,
         on_connect: Callable[[], None] | None = None,
         on_disconnect: Callable[[str], None] | None = None,
@@ -145,7 +145,9 @@ class MetricStreamClient:
         on_reconnected: Callable[[], None] | None = None,
         on_max_reconnect_attempts_reached: Callable[[], None] | None = None,
     ) -> None:
-        self._config = config if isinstance(config, ClientConfig) else ClientConfig(url=config)
+        self._config = (
+            config if isinstance(config, WebSocketConfig) else WebSocketConfig(url=config)
+        )
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_error = on_error
@@ -195,7 +197,7 @@ class MetricStreamClient:
     # ------------------------------------------------------------------ public
 
     @property
-    def config(self) -> ClientConfig:
+    def config(self) -> WebSocketConfig:
         """The configuration this client was built with."""
         return self._config
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from ..exceptions import ConfigError
 from ..protocol import Backoff
 
-__all__ = ["ClientConfig", "Dialect", "OverflowPolicy"]
+__all__ = ["WebSocketConfig", "Dialect", "OverflowPolicy"]
 
 
 class Dialect(enum.StrEnum):
@@ -31,7 +31,7 @@ class Dialect(enum.StrEnum):
 
 
 class OverflowPolicy(enum.StrEnum):
-    """What :meth:`MetricStreamClient.send` does when the offline queue is full."""
+    """What :meth:`WebSocketService.send` does when the offline queue is full."""
 
     DROP_OLDEST = "drop_oldest"
     """Make room by dropping the oldest queued message (logged and counted)."""
@@ -59,8 +59,8 @@ def _names(name: str, value: Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class ClientConfig:
-    """Everything a :class:`MetricStreamClient` needs to know, validated on construction.
+class WebSocketConfig:
+    """Everything a :class:`WebSocketService` needs to know, validated on construction.
 
     Invalid values raise :class:`~metricstream.exceptions.ConfigError` at once,
     never later on a reconnect.
@@ -109,7 +109,7 @@ class ClientConfig:
     overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
     """What ``send()`` does when the offline queue is full."""
     message_queue_size: int = 1024
-    """Capacity of each :meth:`MetricStreamClient.messages` iterator's buffer."""
+    """Capacity of each :meth:`WebSocketService.messages` iterator's buffer."""
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url) if isinstance(self.url, str) else None
@@ -150,6 +150,6 @@ class ClientConfig:
             jitter=self.reconnect_jitter,
         )
 
-    def replace(self, **changes: object) -> ClientConfig:
+    def replace(self, **changes: object) -> WebSocketConfig:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

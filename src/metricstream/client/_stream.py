@@ -12,7 +12,7 @@ __all__ = ["MessageStream"]
 
 
 class MessageStream:
-    """Messages of one :meth:`MetricStreamClient.messages` consumer, in order.
+    """Messages of one :meth:`WebSocketService.messages` consumer, in order.
 
     An async iterator over a bounded buffer. When the buffer is full the
     client's reader waits for the consumer (back-pressure all the way to the

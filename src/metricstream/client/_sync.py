@@ -1,4 +1,4 @@
-"""A blocking facade over :class:`MetricStreamClient`, for code without asyncio.
+"""A blocking facade over :class:`WebSocketService`, for code without asyncio.
 
 The asyncio client runs on a private event loop in a daemon thread; every
 method hands a coroutine to that loop and waits for its result. Nothing of the
@@ -14,8 +14,8 @@ from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, Self, TypeVar
 
 from ..protocol import MessageType, SubscribePayload, WebSocketMessage
-from ._client import Callback, MetricStreamClient, Subscription
-from ._config import ClientConfig
+from ._client import Callback, Subscription, WebSocketService
+from ._config import WebSocketConfig
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 class SyncClient:
-    """A :class:`MetricStreamClient` for blocking code, started on construction::
+    """A :class:`WebSocketService` for blocking code, started on construction::
 
         with SyncClient("ws://127.0.0.1:8765/metrics/stream") as client:
             client.wait_connected(timeout=10)
@@ -39,14 +39,14 @@ class SyncClient:
     raises :class:`TimeoutError`.
     """
 
-    def __init__(self, config: ClientConfig | str, **handlers: Any) -> None:
+    def __init__(self, config: WebSocketConfig | str, **handlers: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="metricstream-sync-client", daemon=True
         )
         self._thread.start()
         self._closed = False
-        self._client = MetricStreamClient(config, **handlers)
+        self._client = WebSocketService(config, **handlers)
         self._run(self._client.start())
 
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -63,7 +63,7 @@ class SyncClient:
         return read()
 
     @property
-    def client(self) -> MetricStreamClient:
+    def client(self) -> WebSocketService:
         """The asyncio client underneath (use it only from its loop)."""
         return self._client
 
@@ -77,7 +77,7 @@ class SyncClient:
         return self._run(self._value(self._client.connection_info))
 
     def wait_connected(self, timeout: float | None = None) -> None:
-        """Block until CONNECTED (see :meth:`MetricStreamClient.wait_connected`)."""
+        """Block until CONNECTED (see :meth:`WebSocketService.wait_connected`)."""
         self._run(self._client.wait_connected(), timeout)
 
     def subscribe(self, message_type: MessageType | str, callback: Callback) -> Subscription:
@@ -118,7 +118,7 @@ class SyncClient:
                 self._loop.call_soon_threadsafe(stream.close)
 
     def send(self, message: WebSocketMessage[Any], timeout: float | None = None) -> bool:
-        """Send now or queue (see :meth:`MetricStreamClient.send`)."""
+        """Send now or queue (see :meth:`WebSocketService.send`)."""
         return self._run(self._client.send(message), timeout)
 
     def set_filter(
@@ -126,7 +126,7 @@ class SyncClient:
         types: Iterable[str] | None = None,
         models: Iterable[str] | None = None,
     ) -> SubscribePayload | None:
-        """Replace the server-side filter (see :meth:`MetricStreamClient.set_filter`)."""
+        """Replace the server-side filter (see :meth:`WebSocketService.set_filter`)."""
         return self._run(self._client.set_filter(types, models))
 
     def clear_filter(self) -> SubscribePayload | None:
@@ -134,7 +134,7 @@ class SyncClient:
         return self._run(self._client.clear_filter())
 
     def reconnect(self) -> None:
-        """Reconnect now (see :meth:`MetricStreamClient.reconnect`)."""
+        """Reconnect now (see :meth:`WebSocketService.reconnect`)."""
         self._run(self._client.reconnect())
 
     def close(self) -> None:

@@ -31,8 +31,10 @@ def add_parser(subparsers: Any) -> None:
         default="auto",
         help="server protocol (default %(default)s: decided by the first frame)",
     )
-    parser.add_argument("--types", type=_names, help="comma-separated message types wanted")
-    parser.add_argument("--models", type=_names, help="comma-separated models wanted")
+    parser.add_argument(
+        "--types", "--type", type=_names, help="comma-separated message types wanted"
+    )
+    parser.add_argument("--models", "--model", type=_names, help="comma-separated models wanted")
     parser.add_argument(
         "--token",
         default=os.environ.get("METRICSTREAM_TOKEN"),
@@ -65,11 +67,11 @@ def watch(args: argparse.Namespace) -> int:
 
     from ..exceptions import ConfigError, ConnectionRejectedError
     from ..protocol import encode
-    from ._client import MetricStreamClient
-    from ._config import ClientConfig
+    from ._client import WebSocketService
+    from ._config import WebSocketConfig
 
     try:
-        config = ClientConfig(
+        config = WebSocketConfig(
             url=args.url,
             dialect=args.dialect,
             types=args.types,
@@ -87,7 +89,7 @@ def watch(args: argparse.Namespace) -> int:
         print(f"metricstream watch: {text}", file=sys.stderr, flush=True)
 
     async def main() -> int:
-        client = MetricStreamClient(
+        client = WebSocketService(
             config,
             on_connect=lambda: note(f"connected to {config.url}"),
             on_disconnect=lambda reason: note(f"disconnected: {reason}"),
