@@ -7,6 +7,7 @@ unread; the silence timer must not count it as silence on either loop.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -15,14 +16,22 @@ import pytest
 from metricstream.client import WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
+from ..support import require
 from .conftest import fast_config
 from .peers import StreamServer, request, wait_until
 
-uvloop = pytest.importorskip("uvloop")
-
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    return uvloop.new_event_loop if name == "uvloop" else asyncio.new_event_loop
+    if name == "asyncio":
+        return asyncio.new_event_loop
+    require(
+        importlib.util.find_spec("uvloop") is not None,
+        "uvloop is not installed; pip install 'metricstream[server]'",
+    )
+    import uvloop
+
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
