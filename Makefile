@@ -33,7 +33,8 @@ install: $(STAMP)
 $(FAKEAI_STAMP):
 	test -x $(FAKEAI_VENV)/bin/python || $(PYTHON) -m venv $(FAKEAI_VENV)
 	$(FAKEAI_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(FAKEAI_VENV)/bin/python -m pip install --quiet 'fakeai==0.3.2'
+	# fakeai 0.3.2 imports Pillow without declaring it.
+	$(FAKEAI_VENV)/bin/python -m pip install --quiet 'fakeai==0.3.2' pillow
 	touch $@
 
 fakeai: $(FAKEAI_STAMP)
