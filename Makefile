@@ -39,8 +39,10 @@ $(FAKEAI_STAMP):
 
 fakeai: $(FAKEAI_STAMP)
 
+# A demo server with generated traffic, and the terminal dashboard on it (the
+# web dashboard is served too). Without a terminal it prints summary lines.
 demo: $(STAMP)
-	$(BIN)/metricstream schema
+	$(BIN)/metricstream demo --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -18,7 +18,11 @@ from . import __version__
 __all__ = ["main"]
 
 # Modules whose ``add_parser`` adds a subcommand, in --help order.
-_COMMAND_MODULES: tuple[str, ...] = ("metricstream.server.cli", "metricstream.client.cli")
+_COMMAND_MODULES: tuple[str, ...] = (
+    "metricstream.server.cli",
+    "metricstream.client.cli",
+    "metricstream.dashboard.cli",
+)
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -43,6 +43,20 @@ HELP = """\
 Press any key to close."""
 
 
+# The client statistics the Connection panel shows, with their labels.
+_STATS = (
+    ("state", "State"),
+    ("reconnect_attempts", "Attempts"),
+    ("message_count", "Messages"),
+    ("bytes_received", "Bytes in"),
+    ("epoch", "Epoch"),
+    ("last_sequence", "Sequence"),
+    ("duplicates", "Duplicates"),
+    ("gaps", "Gaps"),
+    ("last_error", "Last error"),
+)
+
+
 class HelpScreen(ModalScreen[None]):
     """The key reference."""
 
@@ -86,7 +100,7 @@ class MetricsDashboard(App[None]):
                    border-title-color: #76B900; }
     #right { width: 1fr; }
     DataTable > .datatable--header { background: #1f2a0a; color: #76B900; text-style: bold; }
-    #help { width: 60; height: auto; padding: 1 2; border: thick #76B900; background: #141414; }
+    #help { width: 66; height: auto; padding: 1 2; border: thick #76B900; background: #141414; }
     HelpScreen { align: center middle; }
     .paused #title { color: #F5C400; }
     """
@@ -195,22 +209,7 @@ class MetricsDashboard(App[None]):
                 if dataclasses.is_dataclass(info) and not isinstance(info, type)
                 else dict(info)
             )
-            shown = {
-                k: v
-                for k, v in fields.items()
-                if k
-                in (
-                    "state",
-                    "reconnect_attempts",
-                    "message_count",
-                    "bytes_received",
-                    "epoch",
-                    "last_sequence",
-                    "duplicates",
-                    "gaps",
-                    "last_error",
-                )
-            }
+            shown = {label: fields.get(name) for name, label in _STATS if name in fields}
             self.query_one(ConnectionStats).show(shown)
 
     def action_pause(self) -> None:

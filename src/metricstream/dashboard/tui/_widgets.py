@@ -143,8 +143,8 @@ class ConnectionStats(Static):
         """Display the given ``name: value`` pairs."""
         text = Text()
         for name, value in info.items():
-            text.append(f"{name:<14}", style="dim")
-            text.append(f"{value}\n")
+            text.append(f"{name:<13}", style="dim")
+            text.append(f"{'—' if value is None else value}\n")
         self.update(text)
 
 
@@ -256,7 +256,7 @@ class ModelTable(DataTable[str | Text]):
 class RequestTable(DataTable[str | Text]):
     """The most recent requests, newest first."""
 
-    COLUMNS = ("Id", "Model", "Status", "Tokens", "Latency", "Stream", "Cost")
+    COLUMNS = ("Model", "Status", "Tokens", "Latency", "Stream", "Cost")
 
     def on_mount(self) -> None:
         self.cursor_type = "none"
@@ -268,7 +268,6 @@ class RequestTable(DataTable[str | Text]):
         for request in requests:
             colour = {"success": NVIDIA_GREEN, "error": "#E5383B"}.get(request.status, "#F5C400")
             self.add_row(
-                request.id[-12:],
                 request.model,
                 Text(request.status, style=colour),
                 fmt_count(request.total_tokens),
