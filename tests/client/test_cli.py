@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 
 import pytest
@@ -28,7 +29,7 @@ async def _watch(*args: str) -> asyncio.subprocess.Process:
 
 
 async def test_prints_messages_as_json_lines(server: StreamServer) -> None:
-    process = await _watch(server.url, "--count", "3", "--type", "request_update")
+    process = await _watch(server.url, "--json", "--count", "3", "--type", "request_update")
     await wait_until(lambda: bool(server.peers), within=30)
     await server.publish(MessageType.REQUEST_UPDATE, request("a"))
     await server.publish(MessageType.METRICS_UPDATE, metrics())
@@ -41,6 +42,39 @@ async def test_prints_messages_as_json_lines(server: StreamServer) -> None:
     assert [line["sequence"] for line in lines[1:]] == [1, 3]
     assert server.handshakes[0]["types"] == "request_update"
     assert b"connected to" in err
+
+
+async def test_summary_lines_and_repeated_types(server: StreamServer) -> None:
+    process = await _watch(
+        server.url, "--count", "3", "--type", "request_update", "--types", "metrics_update,kv"
+    )
+    await wait_until(lambda: bool(server.peers), within=30)
+    await server.publish(MessageType.REQUEST_UPDATE, request("abc"))
+    await server.publish(MessageType.METRICS_UPDATE, metrics(total_requests=42))
+    async with asyncio.timeout(scaled(30)):
+        out, err = await process.communicate()
+    assert process.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(lines) == 3
+    assert " init #0" in lines[0]
+    assert " request_update #1 " in lines[1]
+    assert "id=abc" in lines[1]
+    assert " metrics_update #2 " in lines[2]
+    assert "total_requests=42" in lines[2]
+    assert server.handshakes[0]["types"] == "request_update,metrics_update,kv"
+
+
+async def test_ctrl_c_exits_130_without_a_traceback(server: StreamServer) -> None:
+    process = await _watch(server.url, "--json")
+    await wait_until(lambda: bool(server.peers), within=30)
+    process.send_signal(signal.SIGINT)
+    async with asyncio.timeout(scaled(30)):
+        out, err = await process.communicate()
+    assert process.returncode == 130, err
+    assert b"Traceback" not in err
+    assert b"interrupted" in err
+    assert json.loads(out.decode().splitlines()[0])["type"] == "init"
+    await wait_until(lambda: not server.peers, within=30)
 
 
 async def test_rejection_exits_3() -> None:
@@ -71,7 +105,7 @@ def test_in_process(
         await server.publish(MessageType.REQUEST_UPDATE, request("a"))
 
     future = asyncio.run_coroutine_threadsafe(publish_once_connected(), loop)
-    status = main(["watch", server.url, "--count", "2", "--heartbeat-timeout", "30"])
+    status = main(["watch", server.url, "--json", "--count", "2", "--heartbeat-timeout", "30"])
     future.result(scaled(30))
     out = capsysbinary.readouterr()
     assert status == 0

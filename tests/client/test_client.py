@@ -295,7 +295,7 @@ async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> N
         got = [await anext(stream) for _ in range(2)]
         assert client.connected
     assert got[1].data.id == "fine"
-    assert client.connection_info().invalid_frames == 3
+    assert client.connection_info().parse_errors == 3
     assert client.connection_info().unknown_messages == 1
     assert client.connection_info().connections == 1
 
@@ -314,7 +314,7 @@ async def test_batch_frames_and_a_bad_member_loses_only_itself(server: StreamSer
         got = [await anext(stream) for _ in range(4)]
     assert server.handshakes[0]["batch"] == "1"
     assert [m.data.id for m in got[1:]] == ["one", "two", "three"]
-    assert client.connection_info().invalid_frames == 1
+    assert client.connection_info().parse_errors == 1
 
 
 async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) -> None:
@@ -346,11 +346,11 @@ async def test_subscribe_filters_and_survives_reconnect(server: StreamServer) ->
 
 
 async def test_offline_queue_is_flushed_after_connecting(server: StreamServer) -> None:
-    client = WebSocketService(fast_config(server.url, offline_queue_size=2))
+    client = WebSocketService(fast_config(server.url, max_queue_size=2))
     for i in range(3):
         sent = await client.send(make_message("custom", {"n": i}))
         assert sent is False
-    assert client.connection_info().dropped_sends == 1
+    assert client.connection_info().dropped == 1
     async with client:
         await client.wait_connected()
         await wait_until(lambda: any(m.get("type") == "custom" for m in server.received))
@@ -360,12 +360,14 @@ async def test_offline_queue_is_flushed_after_connecting(server: StreamServer) -
 
 
 async def test_offline_queue_raise_policy() -> None:
-    config = fast_config("ws://127.0.0.1:9/metrics/stream", offline_queue_size=1, overflow="raise")
+    config = fast_config(
+        "ws://127.0.0.1:9/metrics/stream", max_queue_size=1, queue_overflow="raise"
+    )
     client = WebSocketService(config)
     await client.send(make_message("custom", {}))
     with pytest.raises(QueueFullError):
         await client.send(make_message("custom", {}))
-    assert client.connection_info().dropped_sends == 0
+    assert client.connection_info().dropped == 0
 
 
 async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServer) -> None:
@@ -402,7 +404,7 @@ async def test_garbage_then_silence_is_abandoned_before_init(server: StreamServe
     await server.send_raw("garbage")
     with pytest.raises(ConnectionError, match="no first message"):
         await client.run()
-    assert client.connection_info().invalid_frames == 1
+    assert client.connection_info().parse_errors == 1
     assert client.connection_info().connections == 0
 
 
@@ -417,7 +419,7 @@ async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> N
 
 
 async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> None:
-    async with WebSocketService(fast_config(server.url, max_frame_size=4096)) as client:
+    async with WebSocketService(fast_config(server.url, max_message_size=4096)) as client:
         stream = client.messages()
         await client.wait_connected()
         await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 10_000 + '"}')

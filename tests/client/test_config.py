@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import pytest
@@ -13,23 +14,53 @@ from metricstream.exceptions import ConfigError
 def test_defaults() -> None:
     config = WebSocketConfig(url="ws://127.0.0.1:8765/metrics/stream")
     assert config.dialect is Dialect.AUTO
-    assert config.overflow is OverflowPolicy.DROP_OLDEST
-    assert config.offline_queue_size == 100
+    assert config.queue_overflow is OverflowPolicy.DROP_OLDEST
+    assert config.max_queue_size == 100
+    assert config.heartbeat_interval == 30.0
+    assert config.jitter == 0.5
+    assert (config.debug, config.auto_connect, config.resume) == (False, True, True)
+    assert config.protocols is None
+    assert config.ssl is None
+    assert dict(config.headers or {}) == {}
     assert (config.reconnect_interval, config.max_reconnect_interval) == (1.0, 30.0)
     assert config.reconnect_decay == 1.5
     assert config.heartbeat_timeout <= config.heartbeat_interval
     backoff = config.make_backoff()
     assert backoff.base_delay(1) == 1.0
     assert backoff.base_delay(100) == 30.0
-    assert "ws://127.0.0.1:8765/metrics/stream" in repr(config)
+    assert repr(config) == "WebSocketConfig(url='ws://127.0.0.1:8765/metrics/stream')"
+
+
+def test_repr_shows_changes_but_never_secrets() -> None:
+    config = WebSocketConfig(
+        url="ws://h/s", token="s3cret", headers={"X-Api-Key": "k3y"}, heartbeat_interval=2
+    )
+    text = repr(config)
+    assert "s3cret" not in text
+    assert "k3y" not in text
+    assert "X-Api-Key" in text
+    assert "heartbeat_interval=2" in text
+    assert "token='***'" in text
 
 
 def test_strings_are_coerced_and_sequences_frozen() -> None:
     # What an untyped caller (a command line, a settings file) passes.
-    loose: dict[str, Any] = {"dialect": "fakeai", "overflow": "raise", "types": ["a", "b"]}
+    loose: dict[str, Any] = {
+        "dialect": "fakeai",
+        "queue_overflow": "drop_newest",
+        "types": ["a", "b"],
+        "protocols": "metrics.v1",
+        "headers": [("X-Trace", "1")],
+    }
     config = WebSocketConfig(url="wss://h/s", **loose)
     assert config.dialect is Dialect.FAKEAI
-    assert config.overflow is OverflowPolicy.RAISE
+    assert config.queue_overflow is OverflowPolicy.DROP_NEWEST
+    assert config.protocols == ("metrics.v1",)
+    assert dict(config.headers or {}) == {"X-Trace": "1"}
+    assert WebSocketConfig(url="ws://h/s", queue_overflow="raise").queue_overflow == "raise"
+    assert WebSocketConfig(url="ws://h/s", dialect="native").dialect is Dialect.NATIVE
+    context = ssl.create_default_context()
+    assert WebSocketConfig(url="wss://h/s", ssl=context).ssl is context
     assert config.types == ("a", "b")
     assert config.replace(models=["m"]).models == ("m",)
 
@@ -46,7 +77,21 @@ def test_timeout_may_exceed_interval() -> None:
         {"url": "ws:///nohost"},
         {"url": 5},
         {"dialect": "klingon"},
-        {"overflow": "drop_newest"},
+        {"queue_overflow": "drop_everything"},
+        {"debug": 1},
+        {"auto_connect": None},
+        {"protocols": []},
+        {"protocols": ["a b"]},
+        {"protocols": [""]},
+        {"headers": {"X-A": "1\r\nX-Evil: 1"}},
+        {"headers": {"Bad Name": "1"}},
+        {"headers": {"Host": "elsewhere"}},
+        {"headers": {"Sec-WebSocket-Protocol": "x"}},
+        {"headers": {"Authorization": "Bearer a"}, "token": "b"},
+        {"headers": {"X-A": 1}},
+        {"headers": ["X-A"]},
+        {"ssl": True},
+        {"ssl": ssl.create_default_context()},
         {"token": ""},
         {"token": "a\r\nX-Evil: 1"},
         {"types": "metrics_update"},
@@ -60,10 +105,10 @@ def test_timeout_may_exceed_interval() -> None:
         {"reconnect_interval": "1"},
         {"max_reconnect_interval": 0.5, "reconnect_interval": 1.0},
         {"reconnect_decay": 0.5},
-        {"reconnect_jitter": 2},
+        {"jitter": 2},
         {"max_reconnect_attempts": -1},
-        {"max_frame_size": 0},
-        {"offline_queue_size": 1.5},
+        {"max_message_size": 0},
+        {"max_queue_size": 1.5},
         {"message_queue_size": True},
     ],
 )

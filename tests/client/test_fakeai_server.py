@@ -100,5 +100,5 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
     assert message.data.tokens_per_second > 0
     assert client.connection_info().dialect == Dialect.FAKEAI
     assert client.connection_info().connections == 1
-    assert client.connection_info().invalid_frames == 0
+    assert client.connection_info().parse_errors == 0
     assert errors == []

@@ -84,7 +84,7 @@ async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
     assert sequences == list(range(first + 1, first + 1 + len(sequences)))
     assert client.connection_info().duplicates == 0
     assert client.connection_info().gaps == 0
-    assert client.connection_info().invalid_frames == 0
+    assert client.connection_info().parse_errors == 0
     assert client.connection_info().resumes == 1
     assert client.latency is not None
 

@@ -4,32 +4,51 @@
 core (:mod:`metricstream.protocol`): it connects, reconnects with jittered
 backoff, resumes from its last sequence, drops duplicates, detects dead peers
 by heartbeat, speaks both the native and the FakeAI dialect, and hands every
-message to callbacks and bounded async iterators. See ``docs/client.md``.
+message to callbacks and bounded async iterators. The blocking variant is
+:mod:`metricstream.sync`. See ``docs/client.md``.
 """
 
-from ._client import ALL_TYPES, Callback, Subscription, WebSocketService
+from ._client import (
+    ALL_TYPES,
+    STATE_CHANGES,
+    Callback,
+    Subscription,
+    WebSocketService,
+    create_websocket_service,
+)
 from ._config import Dialect, OverflowPolicy, WebSocketConfig
 from ._fakeai import FakeAIAdapter
+from ._handlers import EventHandlers
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
-from ._sync import SyncClient
+from ._sync import SyncClient, SyncWebSocketService
+
+#: Earlier names of :class:`WebSocketConfig` and :class:`WebSocketService`.
+ClientConfig = WebSocketConfig
+MetricStreamClient = WebSocketService
 
 __all__ = [
     "ALL_TYPES",
+    "STATE_CHANGES",
     "Callback",
+    "ClientConfig",
     "ConnectionInfo",
     "ConnectionState",
     "Dialect",
+    "EventHandlers",
     "FakeAIAdapter",
     "MessageStream",
+    "MetricStreamClient",
     "OverflowPolicy",
     "Retry",
     "Subscription",
     "SyncClient",
+    "SyncWebSocketService",
     "WebSocketConfig",
     "WebSocketService",
     "build_url",
+    "create_websocket_service",
     "retry_for_close",
     "retry_for_status",
 ]

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
+import itertools
 import logging
 import time
 import weakref
@@ -41,11 +43,19 @@ from ..protocol import (
 )
 from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names
 from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
+from ._handlers import EventHandlers
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
-__all__ = ["ALL_TYPES", "Callback", "WebSocketService", "Subscription"]
+__all__ = [
+    "ALL_TYPES",
+    "STATE_CHANGES",
+    "Callback",
+    "Subscription",
+    "WebSocketService",
+    "create_websocket_service",
+]
 
 logger = logging.getLogger("metricstream.client")
 
@@ -57,6 +67,12 @@ Callback = Callable[[Any, WebSocketMessage[Any]], object]
 #: The message type that :meth:`WebSocketService.subscribe` takes for "every type".
 ALL_TYPES: Final = "*"
 
+#: The ``type`` of a :class:`Subscription` made by :meth:`WebSocketService.watch_state`.
+STATE_CHANGES: Final = "state"
+
+# How much of a raw frame a debug log shows.
+_RAW_LOG_LIMIT: Final = 2048
+
 # Model-scoped message types: the ``models`` filter applies to them.
 _MODEL_SCOPED: Final = frozenset(
     {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
@@ -65,18 +81,51 @@ _raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 class Subscription:
-    """A registered callback; :meth:`unsubscribe` (or leaving a ``with``) removes it."""
+    """A registered callback; :meth:`unsubscribe` (or leaving a ``with``) removes it.
 
-    __slots__ = ("_callback", "_callbacks")
+    ``id`` is unique within its service (:meth:`WebSocketService.unsubscribe`
+    takes it); ``type`` is the message type subscribed to (``"*"`` for every
+    type, ``"state"`` for a :meth:`WebSocketService.watch_state` callback).
+    """
 
-    def __init__(self, callbacks: list[Any], callback: object) -> None:
+    __slots__ = ("_callback", "_callbacks", "_registry", "id", "type")
+
+    def __init__(
+        self,
+        callbacks: list[Any],
+        callback: object,
+        *,
+        id: int,
+        type: str,
+        registry: dict[int, Subscription],
+    ) -> None:
         self._callbacks = callbacks
         self._callback = callback
+        self._registry = registry
+        self.id: Final = id
+        self.type: Final = type
+        registry[id] = self
+
+    @property
+    def active(self) -> bool:
+        """Whether the callback is still registered."""
+        return self._registry.get(self.id) is self
 
     def unsubscribe(self) -> None:
         """Stop calling the callback; calling this twice is harmless."""
+        self._cancel()
+
+    def _cancel(self) -> bool:
+        if self._registry.get(self.id) is not self:
+            return False
+        del self._registry[self.id]
         with contextlib.suppress(ValueError):
             self._callbacks.remove(self._callback)
+        return True
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"<Subscription id={self.id} type={self.type!r} {state}>"
 
     def __enter__(self) -> Self:
         return self
@@ -126,10 +175,14 @@ class WebSocketService:
             async for message in client.messages():
                 ...
 
-    The seed's lifecycle handlers (all optional, plain functions; an exception
-    in one is logged and ignored): ``on_connect()``, ``on_disconnect(reason)``,
-    ``on_error(exc)``, ``on_reconnecting(attempt, delay)``,
-    ``on_reconnected()``, ``on_max_reconnect_attempts_reached()``.
+    ``handlers`` (:class:`EventHandlers`) are the seed's lifecycle callbacks;
+    for brevity they may also be given as keyword arguments of the same names,
+    which take precedence over the fields of ``handlers``.
+
+    Lifecycle: :meth:`connect` starts connecting in the background (and
+    reconnecting, until :meth:`disconnect`); :meth:`disconnect` closes on
+    purpose, after which :meth:`connect` may start anew; :meth:`aclose` is
+    final and releases everything, subscriptions included.
 
     A client belongs to the event loop it was started on; it is not thread-safe.
     """
@@ -137,24 +190,26 @@ class WebSocketService:
     def __init__(
         self,
         config: WebSocketConfig | str,
-        *,
-        on_connect: Callable[[], None] | None = None,
-        on_disconnect: Callable[[str], None] | None = None,
-        on_error: Callable[[BaseException], None] | None = None,
-        on_reconnecting: Callable[[int, float], None] | None = None,
-        on_reconnected: Callable[[], None] | None = None,
-        on_max_reconnect_attempts_reached: Callable[[], None] | None = None,
+        handlers: EventHandlers | None = None,
+        **handler_kwargs: Callable[..., object] | None,
     ) -> None:
         self._config = (
             config if isinstance(config, WebSocketConfig) else WebSocketConfig(url=config)
         )
-        self._on_connect = on_connect
-        self._on_disconnect = on_disconnect
-        self._on_error = on_error
-        self._on_reconnecting = on_reconnecting
-        self._on_reconnected = on_reconnected
-        self._on_max_attempts = on_max_reconnect_attempts_reached
+        if handlers is not None and not isinstance(handlers, EventHandlers):
+            raise ConfigError(f"handlers must be an EventHandlers, got {handlers!r}")
+        self._handlers = handlers if handlers is not None else EventHandlers()
+        if handler_kwargs:
+            try:
+                self._handlers = dataclasses.replace(self._handlers, **handler_kwargs)
+            except TypeError as exc:
+                raise ConfigError(f"unknown handler: {exc}") from None
         self._state_watchers: list[Callable[[ConnectionState, ConnectionState], object]] = []
+        self._subscriptions: dict[int, Subscription] = {}
+        self._ids = itertools.count(1)
+        # Tasks of coroutine handlers: kept referenced until done (asyncio
+        # holds tasks only weakly), awaited by aclose().
+        self._handler_tasks: set[asyncio.Future[Any]] = set()
 
         self._types = self._config.types
         self._models = self._config.models
@@ -169,8 +224,12 @@ class WebSocketService:
         self._state = ConnectionState.DISCONNECTED
         self._task: asyncio.Task[None] | None = None
         self._conn: _Connection | None = None
-        self._closing = False  # close() was called
+        self._closing = False  # close() or aclose() was called: final
+        self._released = False  # aclose() finished
         self._stopped = False  # the connection loop ended, for whatever reason
+        # Bumped by disconnect(): a connection loop of an older generation
+        # winds down instead of reconnecting.
+        self._generation = 0
         self._fatal: BaseException | None = None
         self._connected_event: asyncio.Event | None = None
         # The sequence a gap was last seen after: a second gap at the same
@@ -190,9 +249,10 @@ class WebSocketService:
         self._bytes_sent = 0
         self._connections = 0
         self._resumes = 0
-        self._invalid_frames = 0
+        self._parse_errors = 0
         self._unknown_messages = 0
-        self._dropped_sends = 0
+        self._dropped = 0
+        self._resumed = False
 
     # ------------------------------------------------------------------ public
 
@@ -207,9 +267,19 @@ class WebSocketService:
         return self._state
 
     @property
-    def connected(self) -> bool:
+    def is_connected(self) -> bool:
         """Whether the client is CONNECTED."""
         return self._state is ConnectionState.CONNECTED
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is CONNECTED (same as :attr:`is_connected`)."""
+        return self._state is ConnectionState.CONNECTED
+
+    @property
+    def handlers(self) -> EventHandlers:
+        """The lifecycle handlers (fields may be replaced at any time)."""
+        return self._handlers
 
     @property
     def latency(self) -> float | None:
@@ -237,18 +307,20 @@ class WebSocketService:
             message_count=self._message_count,
             bytes_received=self._bytes_received,
             bytes_sent=self._bytes_sent,
-            dialect=self._dialect.value if self._dialect is not None else None,
             epoch=tracker.epoch,
             last_sequence=tracker.last_sequence,
-            connections=self._connections,
-            resumes=self._resumes,
             duplicates=tracker.duplicates,
             out_of_order=tracker.out_of_order,
             gaps=tracker.gaps,
+            parse_errors=self._parse_errors,
+            queued=len(self._outbox),
+            dropped=self._dropped,
+            resumed=self._resumed,
+            dialect=self._dialect.value if self._dialect is not None else None,
+            connections=self._connections,
+            resumes=self._resumes,
             missed=tracker.missed,
-            invalid_frames=self._invalid_frames,
             unknown_messages=self._unknown_messages,
-            dropped_sends=self._dropped_sends,
         )
 
     def subscribe(self, message_type: MessageType | str, callback: Callback) -> Subscription:
@@ -256,43 +328,107 @@ class WebSocketService:
 
         ``"*"`` (:data:`ALL_TYPES`) means every message of a known type but
         ``pong``, which only a callback asking for it by type receives. Calls
-        are made in stream order; an exception in a callback is logged and
-        does not stop the others.
+        are made in stream order; a coroutine callback is awaited before the
+        next message is handled. An exception in a callback is logged and
+        does not stop the others. Subscriptions outlive reconnects and
+        :meth:`disconnect`; :meth:`aclose` clears them.
         """
         callbacks = self._callbacks.setdefault(str(message_type), [])
         callbacks.append(callback)
-        return Subscription(callbacks, callback)
+        return Subscription(
+            callbacks,
+            callback,
+            id=next(self._ids),
+            type=str(message_type),
+            registry=self._subscriptions,
+        )
+
+    def unsubscribe(self, subscription_id: int | Subscription) -> bool:
+        """Remove the subscription with this id; returns whether it existed."""
+        if isinstance(subscription_id, Subscription):
+            subscription_id = subscription_id.id
+        subscription = self._subscriptions.get(subscription_id)
+        return subscription is not None and subscription._cancel()
 
     def watch_state(
         self, callback: Callable[[ConnectionState, ConnectionState], object]
     ) -> Subscription:
-        """Call ``callback(old, new)`` on every connection state change."""
+        """Call ``callback(old, new)`` on every connection state change.
+
+        Unlike ``EventHandlers.on_state_change`` (one handler, set at
+        construction) any number of watchers may come and go.
+        """
         self._state_watchers.append(callback)
-        return Subscription(self._state_watchers, callback)
+        return Subscription(
+            self._state_watchers,
+            callback,
+            id=next(self._ids),
+            type=STATE_CHANGES,
+            registry=self._subscriptions,
+        )
 
-    def messages(self, maxsize: int | None = None) -> MessageStream:
-        """A new iterator over every message of a known type but ``pong``, from now on.
+    def messages(
+        self, types: Iterable[MessageType | str] | None = None, *, maxsize: int | None = None
+    ) -> MessageStream:
+        """A new iterator over messages from now on (async for).
 
-        Its buffer holds ``maxsize`` messages (``config.message_queue_size``
-        by default); a full buffer makes the reader wait, it never drops.
+        Without ``types``, every message of a known type but ``pong``; with
+        it, only messages of those types (``pong`` included if named). Its
+        buffer holds ``maxsize`` messages (``config.message_queue_size`` by
+        default); a full buffer makes the reader wait, it never drops. The
+        iterator survives reconnects and :meth:`disconnect`, and ends after
+        :meth:`aclose` / :meth:`close` or when the client stopped for good.
         """
         size = self._config.message_queue_size if maxsize is None else maxsize
-        if size < 1:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ConfigError(f"maxsize must be a positive integer, got {size!r}")
-        stream = MessageStream(size)
+        if isinstance(types, str):
+            types = (types,)
+        wanted = frozenset(str(t) for t in types) if types is not None else None
+        stream = MessageStream(size, wanted)
         if self._stopped:
             stream.close()
         self._streams.add(stream)
         return stream
 
+    async def connect(self) -> None:
+        """Start connecting, and keep the connection up, in the background.
+
+        Idempotent while a connection loop runs. Returns at once and never
+        raises for an unreachable or refusing server: failures go to
+        ``on_error`` and the reconnect policy (use :meth:`wait_connected` to
+        wait). After :meth:`disconnect`, or after the client gave up (state
+        ERROR), it starts anew with a fresh backoff. Raises
+        :class:`RuntimeError` after :meth:`aclose` / :meth:`close`.
+        """
+        if self._closing:
+            raise RuntimeError("a closed client cannot be connected again")
+        task = self._task
+        if task is not None and not task.done():
+            return
+        self._begin()
+
+    def _begin(self) -> None:
+        self._stopped = False
+        self._fatal = None
+        self._backoff.reset()
+        self._immediate_retry_used = False
+        self._wake.clear()
+        self._connected_event = asyncio.Event()
+        if self._config.debug:
+            logger.debug("connecting to %s", self._config.url)
+        self._task = asyncio.create_task(self._run(self._generation), name="metricstream-client")
+
     async def start(self) -> None:
-        """Start connecting in the background (idempotent)."""
+        """Start connecting in the background unless already started.
+
+        Like :meth:`connect`, except that a client whose connection loop
+        already ended on its own (rejected, out of attempts) is left stopped,
+        so that :meth:`run` and :meth:`wait_connected` report why.
+        """
         if self._task is not None:
             return
-        if self._closing:
-            raise RuntimeError("a closed client cannot be started again")
-        self._connected_event = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="metricstream-client")
+        await self.connect()
 
     async def wait_connected(self) -> None:
         """Wait until CONNECTED (bound it with ``asyncio.timeout``).
@@ -318,30 +454,78 @@ class WebSocketService:
     async def run(self) -> None:
         """Start (if needed) and wait until the client stops.
 
-        Returns after :meth:`close`; raises
-        :class:`~metricstream.exceptions.ConnectionRejectedError` when the
-        server rejected the client and :class:`ConnectionError` when the
+        Returns after :meth:`disconnect`, :meth:`aclose` or :meth:`close`;
+        raises :class:`~metricstream.exceptions.ConnectionRejectedError` when
+        the server rejected the client and :class:`ConnectionError` when the
         reconnect attempts ran out.
         """
         await self.start()
+        generation = self._generation
         assert self._task is not None
         await asyncio.shield(self._task)
-        if not self._closing:
+        if not self._stop_requested(generation):
             self._raise_stopped()
 
+    async def disconnect(self) -> None:
+        """Close the connection on purpose (code 1000); no reconnect follows.
+
+        The state becomes DISCONNECTED; subscriptions, iterators and the
+        offline queue are kept, and :meth:`connect` may be called again.
+        Harmless when not connected.
+        """
+        if self._closing or self._task is None:
+            return
+        self._generation += 1
+        await self._stop_loop("disconnected by the client")
+        self._task = None
+        self._stopped = True
+        self._release_waiters()
+        self._set_state(ConnectionState.DISCONNECTED)
+
     async def close(self) -> None:
-        """Close the connection (code 1000) and stop; no reconnect follows."""
+        """Close the connection (code 1000) and stop for good; no reconnect follows.
+
+        The state becomes CLOSED and iterators end; unlike :meth:`aclose`,
+        subscriptions and pending handler tasks are left alone.
+        """
         self._closing = True
+        await self._stop_loop("closed by the client")
+        self._finish(ConnectionState.CLOSED)
+
+    async def aclose(self) -> None:
+        """Close for good and release everything (final; idempotent).
+
+        Closes like :meth:`close`, waits (up to ``close_timeout``) for
+        coroutine handlers still running, then clears subscriptions, state
+        watchers, iterators and the offline queue.
+        """
+        await self.close()
+        if self._released:
+            return
+        self._released = True
+        pending = {t for t in self._handler_tasks if t is not asyncio.current_task()}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self._config.close_timeout)
+            for task in late:
+                task.cancel()
+        for callbacks in self._callbacks.values():
+            callbacks.clear()
+        self._callbacks.clear()
+        self._state_watchers.clear()
+        self._subscriptions.clear()
+        self._streams.clear()
+        self._outbox.clear()
+
+    async def _stop_loop(self, reason: str) -> None:
         conn = self._conn
         if conn is not None:
-            conn.end_reason = "closed by the client"
+            conn.end_reason = reason
             with contextlib.suppress(Exception):
                 await conn.ws.close(1000, "client closing")
         task = self._task
         if task is asyncio.current_task():
-            # Called from a callback, on the reader itself: the loop sees
-            # _closing when the callback returns and ends on its own.
-            self._finish(ConnectionState.CLOSED)
+            # Called from a callback, on the reader itself: the loop sees the
+            # stop when the callback returns and ends on its own.
             return
         if task is not None and not task.done():
             # Let the loop see the close and report the disconnect; a loop
@@ -350,7 +534,6 @@ class WebSocketService:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._finish(ConnectionState.CLOSED)
 
     async def reconnect(self) -> None:
         """Reconnect now: cut a backoff wait short, or drop the connection and resume."""
@@ -362,18 +545,21 @@ class WebSocketService:
                 await conn.ws.close(1000, "reconnecting")
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        """Connect (when ``config.auto_connect``) and return the client."""
+        if self._config.auto_connect:
+            await self.connect()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        """:meth:`aclose` the client."""
+        await self.aclose()
 
     async def send(self, message: WebSocketMessage[Any]) -> bool:
         """Send ``message`` now, or queue it until the next connection.
 
-        Returns whether it was sent now. When the queue is full, the overflow
-        policy decides: drop the oldest queued message (logged, counted in
-        ``connection_info().dropped_sends``) or raise
+        Returns whether it was sent now. When the queue is full,
+        ``config.queue_overflow`` decides: drop the oldest queued message or
+        this one (logged, counted in ``connection_info().dropped``), or raise
         :class:`~metricstream.exceptions.QueueFullError`.
         """
         frame = encode(message)
@@ -439,11 +625,11 @@ class WebSocketService:
 
     # ------------------------------------------------------- connection loop
 
-    async def _run(self) -> None:
+    async def _run(self, generation: int) -> None:
         try:
-            while not self._closing:
+            while not self._stop_requested(generation):
                 retry = await self._connect_once()
-                if self._close_requested():
+                if self._stop_requested(generation):
                     break
                 if retry is Retry.FATAL or not self._config.reconnect:
                     self._finish(
@@ -464,11 +650,11 @@ class WebSocketService:
                         + (f" ({self._last_error})" if self._last_error else "")
                     )
                     logger.error("%s", self._last_error)
-                    self._call(self._on_max_attempts)
+                    self._call(self._handlers.on_max_reconnect_attempts_reached)
                     self._finish(ConnectionState.ERROR)
                     return
                 self._set_state(ConnectionState.RECONNECTING)
-                self._call(self._on_reconnecting, self._backoff.attempt, delay)
+                self._call(self._handlers.on_reconnecting, self._backoff.attempt, delay)
                 if not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
@@ -498,20 +684,26 @@ class WebSocketService:
         config = self._config
         if self._state is not ConnectionState.RECONNECTING:
             self._set_state(ConnectionState.CONNECTING)
-        headers = {}
+        headers = dict(config.headers or {})
         if config.token is not None and not config.token_in_query:
             headers["Authorization"] = f"Bearer {config.token}"
+        extra: dict[str, Any] = {}
+        if config.ssl is not None:
+            extra["ssl"] = config.ssl
+        if config.protocols is not None:
+            extra["subprotocols"] = list(config.protocols)
         try:
             ws = await connect(
                 self._url(),
                 additional_headers=headers,
+                **extra,
                 open_timeout=config.open_timeout,
                 close_timeout=config.close_timeout,
                 # Liveness is the protocol's heartbeat, which both dialects
                 # answer; protocol-level pings would be a second, weaker timer.
                 ping_interval=None,
                 ping_timeout=None,
-                max_size=config.max_frame_size,
+                max_size=config.max_message_size,
                 # Frames are small JSON: deflate costs more CPU and memory than
                 # it saves (docs/performance.md).
                 compression=None,
@@ -531,6 +723,8 @@ class WebSocketService:
                 ConnectionError(f"cannot connect to {config.url}: {str(exc) or type(exc).__name__}")
             )
             return Retry.BACKOFF
+        if config.debug:
+            logger.debug("handshake done (subprotocol %s)", ws.subprotocol)
         return await self._serve(ws)
 
     async def _serve(self, ws: ClientConnection) -> Retry:
@@ -547,8 +741,12 @@ class WebSocketService:
             frame = exc.rcvd if exc.rcvd is not None else exc.sent
             if frame is not None:
                 code, reason = frame.code, frame.reason
+            if exc.rcvd is None and exc.sent is not None and exc.sent.code == 1009:
+                self._parse_errors += 1
+                logger.warning("a frame exceeded max_message_size; reconnecting")
         finally:
-            self._conn = None
+            if self._conn is conn:
+                self._conn = None
             if (keepalive := conn.keepalive) is not None:
                 keepalive.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -573,8 +771,8 @@ class WebSocketService:
             )
         if conn.connected:
             self._disconnected_at = time.time()
-            self._call(self._on_disconnect, why)
-        if self._closing:
+            self._call(self._handlers.on_disconnect, why)
+        if self._closing or conn.end_reason == "disconnected by the client":
             return Retry.BACKOFF
         if retry is Retry.FATAL:
             assert code is not None
@@ -633,7 +831,7 @@ class WebSocketService:
         except ProtocolError as exc:
             if conn.dialect is Dialect.NATIVE and frame.lstrip()[:1] == b"[":
                 return self._decode_batch_leniently(frame)
-            self._invalid(exc)
+            self._invalid(exc, frame)
             return []
 
     def _decode_batch_leniently(self, frame: bytes) -> list[WebSocketMessage[Any]]:
@@ -642,19 +840,21 @@ class WebSocketService:
         try:
             items = _raw_list_decoder.decode(frame)
         except (msgspec.MsgspecError, RecursionError) as exc:
-            self._invalid(ProtocolError(f"invalid frame: {exc}"))
+            self._invalid(ProtocolError(f"invalid frame: {exc}"), frame)
             return []
         messages = []
         for item in items:
             try:
                 messages.append(decode(bytes(item)))
             except ProtocolError as exc:
-                self._invalid(exc)
+                self._invalid(exc, bytes(item))
         return messages
 
-    def _invalid(self, exc: ProtocolError) -> None:
-        self._invalid_frames += 1
+    def _invalid(self, exc: ProtocolError, frame: bytes) -> None:
+        self._parse_errors += 1
         logger.warning("skipped an invalid frame: %s", exc)
+        if self._config.debug:
+            logger.debug("raw invalid frame: %r", frame[:_RAW_LOG_LIMIT])
 
     # ------------------------------------------------------------- handling
 
@@ -677,15 +877,17 @@ class WebSocketService:
         assert self._connected_event is not None
         self._connected_event.set()
         self._connected_event = asyncio.Event()
-        self._call(self._on_connect)
+        self._call(self._handlers.on_connect)
         if not first:
-            self._call(self._on_reconnected)
+            self._call(self._handlers.on_reconnected)
 
     async def _handle(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
         mtype = message.type
         if not message.is_known:
             self._unknown_messages += 1
             logger.debug("skipped a message of unknown type %r", mtype)
+            if self._config.debug:
+                logger.debug("raw unknown message: %r", encode(message)[:_RAW_LOG_LIMIT])
             return
         if mtype is MessageType.INIT:
             if not self._start_epoch(conn, message):
@@ -726,6 +928,9 @@ class WebSocketService:
             return False
         if kept:
             self._resumes += 1
+        self._resumed = kept
+        if not kept:
+            logger.info("fresh snapshot from the server (epoch %s)", epoch)
         return True
 
     def _accept(self, conn: _Connection, sequence: int) -> bool:
@@ -781,7 +986,11 @@ class WebSocketService:
                         conn.busy = False
             except Exception:
                 logger.exception("a %s callback failed", message.type)
-        for stream in list(self._streams) if broadcast else ():
+        if broadcast:
+            self._call(self._handlers.on_message, message)
+        for stream in list(self._streams):
+            if not stream.wants(message, broadcast=broadcast):
+                continue
             if not stream.offer(message):
                 conn.busy = True
                 try:
@@ -796,14 +1005,17 @@ class WebSocketService:
         self._bytes_sent += len(frame)
 
     def _enqueue(self, frame: bytes) -> None:
-        if len(self._outbox) >= self._config.offline_queue_size:
-            if self._config.overflow is OverflowPolicy.RAISE:
-                raise QueueFullError(
-                    f"offline queue full ({self._config.offline_queue_size} messages)"
-                )
+        size = self._config.max_queue_size
+        if len(self._outbox) >= size:
+            policy = self._config.queue_overflow
+            if policy is OverflowPolicy.RAISE:
+                raise QueueFullError(f"offline queue full ({size} messages)")
+            self._dropped += 1
+            if policy is OverflowPolicy.DROP_NEWEST:
+                logger.warning("offline queue full (%d): dropped the message being sent", size)
+                return
             self._outbox.popleft()
-            self._dropped_sends += 1
-            logger.warning("offline queue full: dropped the oldest queued message")
+            logger.warning("offline queue full (%d): dropped the oldest queued message", size)
         self._outbox.append(frame)
 
     async def _flush_outbox(self, conn: _Connection) -> None:
@@ -859,16 +1071,19 @@ class WebSocketService:
 
     # ------------------------------------------------------------- plumbing
 
-    def _close_requested(self) -> bool:
+    def _stop_requested(self, generation: int) -> bool:
         # A method, not the attribute: mypy would keep the attribute narrowed
         # to False across the await that close() interleaves with.
-        return self._closing
+        return self._closing or generation != self._generation
 
     def _set_state(self, state: ConnectionState) -> None:
         old = self._state
         if state is old:
             return
         self._state = state
+        if self._config.debug:
+            logger.debug("state %s -> %s", old.value, state.value)
+        self._call(self._handlers.on_state_change, old, state)
         for watcher in list(self._state_watchers):
             self._call(watcher, old, state)
 
@@ -891,7 +1106,7 @@ class WebSocketService:
             logger.error("%s", exc)
         else:
             logger.info("%s", exc)
-        self._call(self._on_error, exc)
+        self._call(self._handlers.on_error, exc)
 
     def _raise_stopped(self) -> None:
         if self._fatal is not None:
@@ -902,6 +1117,39 @@ class WebSocketService:
         if callback is None:
             return
         try:
-            callback(*args)
+            result = callback(*args)
         except Exception:
-            logger.exception("a client callback failed")
+            logger.exception("a client handler failed")
+            return
+        if inspect.isawaitable(result):
+            # Scheduled, not awaited: a slow handler must not hold up the
+            # reader (nor the heartbeat that the reader's silence would trip).
+            task = asyncio.ensure_future(result)
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        self._handler_tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("a client handler failed", exc_info=exc)
+
+
+def create_websocket_service(
+    config: WebSocketConfig | str,
+    handlers: EventHandlers | None = None,
+    **handler_kwargs: Callable[..., object] | None,
+) -> WebSocketService:
+    """Build a :class:`WebSocketService` (the seed's factory).
+
+    Like the seed's constructor, it starts connecting at once when
+    ``config.auto_connect`` is set and an event loop is running in this
+    thread; otherwise call ``await service.connect()`` (or use ``async with``).
+    """
+    service = WebSocketService(config, handlers, **handler_kwargs)
+    if service.config.auto_connect:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return service
+        service._begin()
+    return service

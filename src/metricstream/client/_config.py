@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Sequence
+import ssl as _ssl
+import types as _types
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 from urllib.parse import urlsplit
 
 from ..exceptions import ConfigError
@@ -35,6 +38,8 @@ class OverflowPolicy(enum.StrEnum):
 
     DROP_OLDEST = "drop_oldest"
     """Make room by dropping the oldest queued message (logged and counted)."""
+    DROP_NEWEST = "drop_newest"
+    """Drop the message being sent, keep the queue as it is (logged and counted)."""
     RAISE = "raise"
     """Raise :class:`~metricstream.exceptions.QueueFullError`; nothing is dropped."""
 
@@ -58,56 +63,126 @@ def _names(name: str, value: Sequence[str] | None) -> tuple[str, ...] | None:
     return items
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+def _protocols(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = (value,) if isinstance(value, str) else tuple(value)
+    for item in items:
+        # RFC 6455: a subprotocol is an HTTP token (no separators, no spaces).
+        if (
+            not isinstance(item, str)
+            or not item
+            or any(c in _TOKEN_SEPARATORS or not c.isprintable() or ord(c) > 126 for c in item)
+        ):
+            raise ConfigError(f"protocols entries must be HTTP tokens, got {item!r}")
+    if not items:
+        raise ConfigError("protocols must name at least one subprotocol (or be None)")
+    return items
+
+
+_TOKEN_SEPARATORS: Final = frozenset('()<>@,;:\\"/[]?={} \t')
+# Headers the WebSocket handshake itself sets: overriding one breaks it.
+_RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+
+
+def _headers(
+    value: Mapping[str, str] | Iterable[tuple[str, str]] | None, token: str | None
+) -> Mapping[str, str]:
+    if value is None:
+        return _types.MappingProxyType({})
+    pairs = list(value.items()) if isinstance(value, Mapping) else list(value)
+    checked: dict[str, str] = {}
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ConfigError(f"headers must map names to values, got {pair!r}")
+        name, text = pair
+        if (
+            not isinstance(name, str)
+            or not name
+            or any(c in _TOKEN_SEPARATORS or not c.isprintable() or ord(c) > 126 for c in name)
+        ):
+            raise ConfigError(f"invalid header name {name!r}")
+        if not isinstance(text, str) or any(c in text for c in "\r\n\0"):
+            raise ConfigError(f"header {name} must be a string without line breaks")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"header {name} is set by the WebSocket handshake itself")
+        if name.lower() == "authorization" and token is not None:
+            raise ConfigError("give either token or an Authorization header, not both")
+        checked[name] = text
+    return _types.MappingProxyType(checked)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True, repr=False)
 class WebSocketConfig:
     """Everything a :class:`WebSocketService` needs to know, validated on construction.
 
     Invalid values raise :class:`~metricstream.exceptions.ConfigError` at once,
-    never later on a reconnect.
+    never later on a reconnect. The repr never shows the token or header values.
     """
 
     url: str
     """``ws://`` or ``wss://`` URL of the stream, e.g. ``ws://127.0.0.1:8765/metrics/stream``."""
-    dialect: Dialect = Dialect.AUTO
-    """Server protocol; ``auto`` decides from each connection's first frame."""
-    token: str | None = None
-    """Auth token, sent as ``Authorization: Bearer`` (or in the URL, see ``token_in_query``)."""
-    token_in_query: bool = False
-    """Send the token as the ``token`` query parameter instead of a header."""
-    types: tuple[str, ...] | None = None
-    """Initial server-side filter: message types wanted (``None``: all)."""
-    models: tuple[str, ...] | None = None
-    """Initial server-side filter: models wanted (``None``: all)."""
-    batch: bool = False
-    """Ask the server to coalesce messages into JSON-array frames (``batch=1``)."""
-    resume: bool = True
-    """Reconnect with ``since``/``epoch`` so the server replays what was missed."""
-    reconnect: bool = True
-    """Reconnect after a lost connection at all."""
     reconnect_interval: float = 1.0
     """First reconnect delay (the seed's ``reconnectInterval``)."""
     max_reconnect_interval: float = 30.0
     """Ceiling of the reconnect delay (the seed's ``maxReconnectInterval``)."""
     reconnect_decay: float = 1.5
     """Growth factor of the delay (the seed's ``reconnectDecay``)."""
-    reconnect_jitter: float = 0.5
-    """Each delay is scaled by a random factor in ``[1 - jitter, 1]``."""
     max_reconnect_attempts: int | None = None
     """Give up after this many failed attempts in a row (``None``: never)."""
-    heartbeat_interval: float = 10.0
-    """Seconds between the client's heartbeats."""
+    heartbeat_interval: float = 30.0
+    """Seconds between the client's heartbeats (the seed's ``heartbeatInterval``)."""
     heartbeat_timeout: float = 5.0
     """Seconds of silence after a heartbeat before the connection is abandoned."""
+    debug: bool = False
+    """Log raw frames of malformed or unknown messages and every lifecycle step at DEBUG."""
+    protocols: str | Sequence[str] | None = None
+    """WebSocket subprotocols offered in the handshake (``Sec-WebSocket-Protocol``)."""
+    auto_connect: bool = True
+    """Connect on entering ``async with`` (and in :func:`create_websocket_service`)."""
+    jitter: float = 0.5
+    """Each reconnect delay is scaled by a random factor in ``[1 - jitter, 1]``."""
+    max_queue_size: int = 100
+    """How many outbound messages are kept while disconnected (the seed's 100)."""
+    queue_overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    """What ``send()`` does when the offline queue is full."""
+    resume: bool = True
+    """Reconnect with ``since``/``epoch`` so the server replays what was missed."""
+    dialect: Dialect = Dialect.AUTO
+    """Server protocol: ``native``, ``fakeai``, or ``auto`` (the default: decided by each
+    connection's first frame)."""
+    headers: Mapping[str, str] | None = dataclasses.field(default=None, hash=False)
+    """Extra handshake headers (a read-only mapping after construction)."""
+    token: str | None = None
+    """Auth token, sent as ``Authorization: Bearer`` (or in the URL, see ``token_in_query``)."""
+    token_in_query: bool = False
+    """Send the token as the ``token`` query parameter instead of a header."""
     open_timeout: float = 10.0
     """Seconds allowed for the TCP connect and WebSocket handshake."""
+    max_message_size: int = 8 * 1024 * 1024
+    """Largest inbound frame, in bytes; a bigger one closes the connection with 1009."""
+    ssl: _ssl.SSLContext | None = None
+    """TLS settings for ``wss://`` (``None``: the system's default verification)."""
+    types: tuple[str, ...] | None = None
+    """Initial server-side filter: message types wanted (``None``: all)."""
+    models: tuple[str, ...] | None = None
+    """Initial server-side filter: models wanted (``None``: all)."""
+    batch: bool = False
+    """Ask the server to coalesce messages into JSON-array frames (``batch=1``)."""
+    reconnect: bool = True
+    """Reconnect after a lost connection at all."""
     close_timeout: float = 2.0
     """Seconds allowed for the closing handshake of a client-initiated close."""
-    max_frame_size: int = 8 * 1024 * 1024
-    """Largest inbound frame, in bytes; a bigger one closes the connection with 1009."""
-    offline_queue_size: int = 100
-    """How many outbound messages are kept while disconnected (the seed's 100)."""
-    overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
-    """What ``send()`` does when the offline queue is full."""
     message_queue_size: int = 1024
     """Capacity of each :meth:`WebSocketService.messages` iterator's buffer."""
 
@@ -117,13 +192,27 @@ class WebSocketConfig:
             raise ConfigError(f"url must be a ws:// or wss:// URL with a host, got {self.url!r}")
         try:
             object.__setattr__(self, "dialect", Dialect(self.dialect))
-            object.__setattr__(self, "overflow", OverflowPolicy(self.overflow))
+            object.__setattr__(self, "queue_overflow", OverflowPolicy(self.queue_overflow))
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
+        if self.token is not None and (
+            not isinstance(self.token, str)
+            or not self.token
+            or any(c in self.token for c in "\r\n")
+        ):
             raise ConfigError("token must be a non-empty string without line breaks")
+        for name in ("debug", "auto_connect", "resume", "batch", "reconnect", "token_in_query"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "types", _names("types", self.types))
         object.__setattr__(self, "models", _names("models", self.models))
+        object.__setattr__(self, "protocols", _protocols(self.protocols))
+        object.__setattr__(self, "headers", _headers(self.headers, self.token))
+        if self.ssl is not None:
+            if not isinstance(self.ssl, _ssl.SSLContext):
+                raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {self.ssl!r}")
+            if parts.scheme != "wss":
+                raise ConfigError("ssl is only used with a wss:// url")
         for name in (
             "reconnect_interval",
             "max_reconnect_interval",
@@ -133,12 +222,33 @@ class WebSocketConfig:
             "close_timeout",
         ):
             _positive(name, getattr(self, name))
-        for name in ("max_frame_size", "offline_queue_size", "message_queue_size"):
+        for name in ("max_message_size", "max_queue_size", "message_queue_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         # Backoff validates the reconnect numbers with the same rules it runs by.
         self.make_backoff()
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "token" and value is not None:
+                text = "'***'"
+            elif field.name == "headers":
+                # Header values may be credentials too: only the names are shown.
+                text = repr(dict.fromkeys(value, "***")) if value else "None"
+            elif isinstance(value, enum.Enum):
+                text = repr(value.value)
+            else:
+                text = repr(value)
+            # Defaults are left out: the repr shows what this config changes.
+            if field.name == "headers" and not value:
+                continue
+            if field.default is not dataclasses.MISSING and value == field.default:
+                continue
+            shown.append(f"{field.name}={text}")
+        return f"WebSocketConfig({', '.join(shown)})"
 
     def make_backoff(self) -> Backoff:
         """A fresh :class:`~metricstream.protocol.Backoff` with these reconnect settings."""
@@ -147,7 +257,7 @@ class WebSocketConfig:
             self.reconnect_decay,
             self.max_reconnect_interval,
             max_attempts=self.max_reconnect_attempts,
-            jitter=self.reconnect_jitter,
+            jitter=self.jitter,
         )
 
     def replace(self, **changes: object) -> WebSocketConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from ..protocol import WebSocketMessage
 
@@ -22,11 +22,21 @@ class MessageStream:
     stream that is closed or garbage collected stops holding the reader up.
     """
 
-    __slots__ = ("__weakref__", "_buffer", "_closed", "_maxsize", "_not_empty", "_not_full")
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_closed",
+        "_maxsize",
+        "_not_empty",
+        "_not_full",
+        "types",
+    )
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, types: frozenset[str] | None = None) -> None:
         self._buffer: deque[WebSocketMessage[Any]] = deque()
         self._maxsize = maxsize
+        self.types: Final = types
+        """The message types this stream carries (``None``: all but ``pong``)."""
         self._closed = False
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
@@ -39,6 +49,15 @@ class MessageStream:
 
     def __len__(self) -> int:
         return len(self._buffer)
+
+    def wants(self, message: WebSocketMessage[Any], *, broadcast: bool = True) -> bool:
+        """Whether ``message`` belongs in this stream.
+
+        ``broadcast`` is false for messages only an explicit type asks for (``pong``).
+        """
+        if self.types is None:
+            return broadcast
+        return message.type in self.types
 
     def offer(self, message: WebSocketMessage[Any]) -> bool:
         """Add ``message`` if there is room; ``False`` when the buffer is full."""

@@ -16,40 +16,52 @@ from typing import Any, Self, TypeVar
 from ..protocol import MessageType, SubscribePayload, WebSocketMessage
 from ._client import Callback, Subscription, WebSocketService
 from ._config import WebSocketConfig
+from ._handlers import EventHandlers
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
-__all__ = ["SyncClient"]
+__all__ = ["SyncClient", "SyncWebSocketService"]
 
 T = TypeVar("T")
 
 
-class SyncClient:
-    """A :class:`WebSocketService` for blocking code, started on construction::
+class SyncWebSocketService:
+    """A :class:`WebSocketService` for blocking code (scripts, notebooks)::
 
-        with SyncClient("ws://127.0.0.1:8765/metrics/stream") as client:
+        with SyncWebSocketService("ws://127.0.0.1:8765/metrics/stream") as client:
             client.wait_connected(timeout=10)
             for message in client.messages(timeout=30):
                 print(message.type, message.data)
 
-    Keyword arguments are the asyncio client's lifecycle handlers. Every
-    callback (handlers, :meth:`subscribe`) runs on the client's own thread, so
-    it must be quick and thread-safe; iterate :meth:`messages` to consume on
-    the calling thread instead. ``timeout`` arguments are seconds; running out
-    raises :class:`TimeoutError`.
+    The same API as the asyncio client without ``await``. It connects on
+    construction when ``config.auto_connect`` is set (the default), else on
+    :meth:`connect`. Every callback (handlers, :meth:`subscribe`) runs on the
+    client's own thread, so it must be quick and thread-safe; iterate
+    :meth:`messages` to consume on the calling thread instead. ``timeout``
+    arguments are seconds; running out raises :class:`TimeoutError`.
+    :meth:`close` is final: it releases the client and stops its thread.
     """
 
-    def __init__(self, config: WebSocketConfig | str, **handlers: Any) -> None:
+    def __init__(
+        self,
+        config: WebSocketConfig | str,
+        handlers: EventHandlers | None = None,
+        **handler_kwargs: Callable[..., object] | None,
+    ) -> None:
+        self._client = WebSocketService(config, handlers, **handler_kwargs)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="metricstream-sync-client", daemon=True
         )
         self._thread.start()
         self._closed = False
-        self._client = WebSocketService(config, **handlers)
-        self._run(self._client.start())
+        if self._client.config.auto_connect:
+            self.connect()
 
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self._closed:
+            coroutine.close()
+            raise RuntimeError("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
@@ -57,10 +69,13 @@ class SyncClient:
             future.cancel()
             raise TimeoutError(f"no result within {timeout} s") from None
 
-    async def _value(self, read: Callable[[], T]) -> T:
-        # Reads happen on the loop's thread, between two of its steps, so a
-        # snapshot is never half-updated.
-        return read()
+    def _on_loop(self, call: Callable[[], T], timeout: float | None = None) -> T:
+        async def run() -> T:
+            # On the loop's thread, between two of its steps: a snapshot is
+            # never half-updated and the client's lists are never raced.
+            return call()
+
+        return self._run(run(), timeout)
 
     @property
     def client(self) -> WebSocketService:
@@ -68,13 +83,33 @@ class SyncClient:
         return self._client
 
     @property
+    def config(self) -> WebSocketConfig:
+        """The configuration."""
+        return self._client.config
+
+    @property
     def state(self) -> ConnectionState:
         """The current connection state."""
         return self._client.state
 
+    @property
+    def is_connected(self) -> bool:
+        """Whether the client is CONNECTED."""
+        return self._client.is_connected
+
     def connection_info(self) -> ConnectionInfo:
         """A snapshot of the connection statistics."""
-        return self._run(self._value(self._client.connection_info))
+        if self._closed:
+            return self._client.connection_info()
+        return self._on_loop(self._client.connection_info)
+
+    def connect(self) -> None:
+        """Start connecting in the background (see :meth:`WebSocketService.connect`)."""
+        self._run(self._client.connect())
+
+    def disconnect(self) -> None:
+        """Close on purpose, no reconnect (see :meth:`WebSocketService.disconnect`)."""
+        self._run(self._client.disconnect())
 
     def wait_connected(self, timeout: float | None = None) -> None:
         """Block until CONNECTED (see :meth:`WebSocketService.wait_connected`)."""
@@ -82,27 +117,31 @@ class SyncClient:
 
     def subscribe(self, message_type: MessageType | str, callback: Callback) -> Subscription:
         """Register ``callback(data, message)``; it runs on the client's thread."""
+        return self._on_loop(lambda: self._client.subscribe(message_type, callback))
 
-        async def register() -> Subscription:
-            return self._client.subscribe(message_type, callback)
+    def unsubscribe(self, subscription_id: int | Subscription) -> bool:
+        """Remove a subscription by id; returns whether it existed."""
+        return self._on_loop(lambda: self._client.unsubscribe(subscription_id))
 
-        return self._run(register())
+    def watch_state(
+        self, callback: Callable[[ConnectionState, ConnectionState], object]
+    ) -> Subscription:
+        """Call ``callback(old, new)`` (on the client's thread) on each state change."""
+        return self._on_loop(lambda: self._client.watch_state(callback))
 
     def messages(
-        self, timeout: float | None = None
+        self, types: Iterable[MessageType | str] | None = None, timeout: float | None = None
     ) -> Generator[WebSocketMessage[Any], None, None]:
-        """Iterate over messages from now on; each wait is bounded by ``timeout``.
+        """Iterate over messages from now on (optionally only ``types``).
 
-        Registration is immediate, so nothing is missed between this call and
-        the first ``next()``. Iteration ends when the client is closed; the
-        client stops waiting for this consumer once the generator is closed
-        or dropped.
+        Each wait is bounded by ``timeout``. Registration is immediate, so
+        nothing is missed between this call and the first ``next()``.
+        Iteration ends when the client is closed; the client stops waiting
+        for this consumer once the generator is closed or dropped.
         """
-
-        async def open_stream() -> MessageStream:
-            return self._client.messages()
-
-        return self._iterate(self._run(open_stream()), timeout)
+        wanted = list(types) if types is not None else None
+        stream = self._on_loop(lambda: self._client.messages(wanted))
+        return self._iterate(stream, timeout)
 
     def _iterate(
         self, stream: MessageStream, timeout: float | None
@@ -138,13 +177,13 @@ class SyncClient:
         self._run(self._client.reconnect())
 
     def close(self) -> None:
-        """Close the client and stop its thread; calling it twice is harmless."""
+        """Close for good, release everything and stop the thread; harmless twice."""
         if self._closed:
             return
-        self._closed = True
         try:
-            self._run(self._client.close())
+            self._run(self._client.aclose())
         finally:
+            self._closed = True
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
@@ -154,6 +193,10 @@ class SyncClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+#: The earlier name of :class:`SyncWebSocketService`.
+SyncClient = SyncWebSocketService
 
 
 async def _next(stream: MessageStream) -> WebSocketMessage[Any] | None:

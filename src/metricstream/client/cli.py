@@ -1,4 +1,4 @@
-"""``metricstream watch``: print a stream's messages as JSON lines."""
+"""``metricstream watch``: print a stream's messages live, one line each."""
 
 from __future__ import annotations
 
@@ -6,22 +6,58 @@ import argparse
 import os
 from typing import Any
 
-__all__ = ["add_parser", "watch"]
+__all__ = ["add_parser", "summary", "watch"]
 
 
 def _names(value: str) -> list[str]:
     return [item for item in value.split(",") if item]
 
 
+def _flatten(groups: list[list[str]] | None) -> tuple[str, ...] | None:
+    # ``--type a --type b,c``: every occurrence appends a list.
+    return None if groups is None else tuple(name for group in groups for name in group)
+
+
+def summary(message: Any) -> str:
+    """One human-readable line for ``message`` (a ``WebSocketMessage``)."""
+    import time
+
+    import msgspec
+
+    stamp = time.strftime("%H:%M:%S", time.localtime(message.timestamp / 1000))
+    head = f"{stamp}.{message.timestamp % 1000:03d} {message.type}"
+    if message.sequence is not None:
+        head += f" #{message.sequence}"
+    data = msgspec.to_builtins(message.data)
+    if isinstance(data, dict):
+        fields = []
+        for key, value in data.items():
+            if isinstance(value, float):
+                fields.append(f"{key}={value:.4g}")
+            elif isinstance(value, int | str | bool) or value is None:
+                fields.append(f"{key}={value}")
+            elif isinstance(value, list | dict):
+                fields.append(f"{key}=[{len(value)}]")
+        body = " ".join(fields)
+    else:
+        body = "" if data is None else str(data)
+    line = f"{head} {body}".rstrip()
+    return line if len(line) <= _SUMMARY_WIDTH else line[: _SUMMARY_WIDTH - 1] + "…"
+
+
+_SUMMARY_WIDTH = 200
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``watch`` subcommand."""
     parser = subparsers.add_parser(
         "watch",
-        help="print a stream's messages as JSON lines",
+        help="print a stream's messages live",
         description=(
             "Connect to a metrics stream (metricstream's own or a FakeAI server's), "
-            "reconnecting and resuming as needed, and print every message as one JSON "
-            "line. Connection events go to stderr."
+            "reconnecting and resuming as needed, and print every message: a one-line "
+            "summary, or with --json one JSON line. Connection changes go to stderr. "
+            "Ctrl-C exits (status 130)."
         ),
     )
     parser.add_argument("url", help="stream URL, e.g. ws://127.0.0.1:8765/metrics/stream")
@@ -32,9 +68,24 @@ def add_parser(subparsers: Any) -> None:
         help="server protocol (default %(default)s: decided by the first frame)",
     )
     parser.add_argument(
-        "--types", "--type", type=_names, help="comma-separated message types wanted"
+        "--type",
+        "--types",
+        dest="types",
+        action="append",
+        type=_names,
+        metavar="TYPE",
+        help="message type wanted (repeatable, or comma-separated; default: all)",
     )
-    parser.add_argument("--models", "--model", type=_names, help="comma-separated models wanted")
+    parser.add_argument(
+        "--model",
+        "--models",
+        dest="models",
+        action="append",
+        type=_names,
+        metavar="MODEL",
+        help="model wanted (repeatable, or comma-separated; default: all)",
+    )
+    parser.add_argument("--json", action="store_true", help="print each message as one JSON line")
     parser.add_argument(
         "--token",
         default=os.environ.get("METRICSTREAM_TOKEN"),
@@ -42,7 +93,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--count", type=int, default=None, help="exit after this many messages")
     parser.add_argument(
-        "--heartbeat-interval", type=float, default=10.0, help="seconds (default %(default)s)"
+        "--heartbeat-interval", type=float, default=30.0, help="seconds (default %(default)s)"
     )
     parser.add_argument(
         "--heartbeat-timeout", type=float, default=5.0, help="seconds (default %(default)s)"
@@ -60,7 +111,8 @@ def watch(args: argparse.Namespace) -> int:
     """Run ``metricstream watch``; returns the exit status.
 
     0 after ``--count`` messages, 1 when the reconnect attempts ran out, 2 for
-    an invalid option, 3 when the server rejected the client (auth, origin).
+    an invalid option, 3 when the server rejected the client (auth, origin),
+    130 after Ctrl-C.
     """
     import asyncio
     import sys
@@ -69,13 +121,14 @@ def watch(args: argparse.Namespace) -> int:
     from ..protocol import encode
     from ._client import WebSocketService
     from ._config import WebSocketConfig
+    from ._handlers import EventHandlers
 
     try:
         config = WebSocketConfig(
             url=args.url,
             dialect=args.dialect,
-            types=args.types,
-            models=args.models,
+            types=_flatten(args.types),
+            models=_flatten(args.models),
             token=args.token,
             heartbeat_interval=args.heartbeat_interval,
             heartbeat_timeout=args.heartbeat_timeout,
@@ -89,21 +142,27 @@ def watch(args: argparse.Namespace) -> int:
         print(f"metricstream watch: {text}", file=sys.stderr, flush=True)
 
     async def main() -> int:
-        client = WebSocketService(
-            config,
+        handlers = EventHandlers(
             on_connect=lambda: note(f"connected to {config.url}"),
             on_disconnect=lambda reason: note(f"disconnected: {reason}"),
+            on_error=lambda exc: note(f"error: {exc}"),
             on_reconnecting=lambda attempt, delay: note(
                 f"reconnecting in {delay:.2f} s (attempt {attempt})"
             ),
+            on_reconnected=lambda: note("reconnected"),
+            on_max_reconnect_attempts_reached=lambda: note("gave up reconnecting"),
         )
+        client = WebSocketService(config, handlers)
         out = sys.stdout.buffer
         seen = 0
         async with client:
             stream = client.messages()
             runner = asyncio.create_task(client.run())
             async for message in stream:
-                out.write(encode(message) + b"\n")
+                if args.json:
+                    out.write(encode(message) + b"\n")
+                else:
+                    out.write(summary(message).encode() + b"\n")
                 out.flush()
                 seen += 1
                 if args.count is not None and seen >= args.count:
@@ -119,4 +178,9 @@ def watch(args: argparse.Namespace) -> int:
                 return 1
         return 0
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        # asyncio.run cancelled main(), which closed the client on its way out.
+        note("interrupted")
+        return 130
