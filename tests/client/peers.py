@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import ssl
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -121,14 +122,29 @@ def _names(value: str | None) -> set[str] | None:
 class StreamServer:
     """A native-protocol stream server on ``127.0.0.1`` (use ``async with``)."""
 
-    def __init__(self, *, token: str | None = None, replay_limit: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        replay_limit: int = 1000,
+        subprotocols: list[str] | None = None,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.ssl_context = ssl_context
         self.token = token
+        self.subprotocols = subprotocols
+        self._port = port
         self.replay_limit = replay_limit
         self.epoch = "epoch-1"
         self.sequence = 0
         self.log: list[WebSocketMessage[Any]] = []
         #: Query parameters of every accepted handshake, in order.
         self.handshakes: list[dict[str, str]] = []
+        #: Request headers of every accepted handshake, in order.
+        self.request_headers: list[dict[str, str]] = []
+        #: The subprotocol negotiated by every accepted handshake, in order.
+        self.negotiated: list[str | None] = []
         #: Every frame the clients sent, as parsed JSON.
         self.received: list[Any] = []
         #: Misbehaviour knobs.
@@ -158,8 +174,10 @@ class StreamServer:
         self._server = await serve(
             self._handler,
             "127.0.0.1",
-            0,
+            self._port,
             process_request=self._process_request,
+            subprotocols=self.subprotocols,  # type: ignore[arg-type]
+            ssl=self.ssl_context,
             compression=None,
             ping_interval=None,
         )
@@ -231,6 +249,8 @@ class StreamServer:
         assert ws.request is not None
         query = dict(parse_qsl(urlsplit(ws.request.path).query))
         self.handshakes.append(query)
+        self.request_headers.append({k.lower(): v for k, v in ws.request.headers.raw_items()})
+        self.negotiated.append(ws.subprotocol)
         if not self._authorized(ws, query):
             await ws.close(4001, "invalid token")
             return

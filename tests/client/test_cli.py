@@ -66,14 +66,16 @@ async def test_summary_lines_and_repeated_types(server: StreamServer) -> None:
 
 async def test_ctrl_c_exits_130_without_a_traceback(server: StreamServer) -> None:
     process = await _watch(server.url, "--json")
-    await wait_until(lambda: bool(server.peers), within=30)
+    assert process.stdout is not None
+    async with asyncio.timeout(scaled(30)):
+        first = await process.stdout.readline()
+    assert json.loads(first)["type"] == "init"
     process.send_signal(signal.SIGINT)
     async with asyncio.timeout(scaled(30)):
-        out, err = await process.communicate()
+        _, err = await process.communicate()
     assert process.returncode == 130, err
     assert b"Traceback" not in err
     assert b"interrupted" in err
-    assert json.loads(out.decode().splitlines()[0])["type"] == "init"
     await wait_until(lambda: not server.peers, within=30)
 
 

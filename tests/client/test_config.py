@@ -57,8 +57,10 @@ def test_strings_are_coerced_and_sequences_frozen() -> None:
     assert config.queue_overflow is OverflowPolicy.DROP_NEWEST
     assert config.protocols == ("metrics.v1",)
     assert dict(config.headers or {}) == {"X-Trace": "1"}
-    assert WebSocketConfig(url="ws://h/s", queue_overflow="raise").queue_overflow == "raise"
-    assert WebSocketConfig(url="ws://h/s", dialect="native").dialect is Dialect.NATIVE
+    more: dict[str, Any] = {"queue_overflow": "raise", "dialect": "native"}
+    other = WebSocketConfig(url="ws://h/s", **more)
+    assert other.queue_overflow is OverflowPolicy.RAISE
+    assert other.dialect is Dialect.NATIVE
     context = ssl.create_default_context()
     assert WebSocketConfig(url="wss://h/s", ssl=context).ssl is context
     assert config.types == ("a", "b")

@@ -9,6 +9,7 @@ import pytest
 
 from metricstream.client import ConnectionState, SyncClient
 from metricstream.protocol import MessageType, WebSocketMessage, make_message
+from metricstream.sync import EventHandlers, SyncWebSocketService
 
 from ..support import free_port, scaled
 from .conftest import fast_config
@@ -61,3 +62,47 @@ def test_timeouts_raise_and_iteration_ends_on_close() -> None:
     finally:
         client.close()
     assert list(messages) == []
+
+
+def test_the_sync_module_has_the_async_api_minus_await(
+    server_thread: tuple[StreamServer, asyncio.AbstractEventLoop],
+) -> None:
+    server, loop = server_thread
+
+    def publish(request_id: str) -> None:
+        coroutine = server.publish(MessageType.REQUEST_UPDATE, request(request_id))
+        asyncio.run_coroutine_threadsafe(coroutine, loop).result(scaled(10))
+
+    changes: list[tuple[ConnectionState, ConnectionState]] = []
+    handlers = EventHandlers(on_state_change=lambda old, new: changes.append((old, new)))
+    config = fast_config(server.url, auto_connect=False)
+    with SyncWebSocketService(config, handlers) as client:
+        assert client.connection_info().state is ConnectionState.DISCONNECTED
+        assert not client.is_connected
+        seen: list[str] = []
+        sub = client.subscribe("request_update", lambda data, _: seen.append(data.id))
+        messages = client.messages(types=["request_update"], timeout=scaled(10))
+        client.connect()
+        client.connect()  # idempotent
+        client.wait_connected(timeout=scaled(10))
+        assert client.connection_info().state is ConnectionState.CONNECTED
+        publish("a")
+        assert next(messages).data.id == "a"
+        assert client.unsubscribe(sub.id) is True
+        assert client.unsubscribe(sub.id) is False
+        client.disconnect()
+        assert client.connection_info().state is ConnectionState.DISCONNECTED
+        assert client.send(make_message("custom", {"queued": True})) is False
+        assert client.connection_info().queued == 1
+        publish("b")
+        client.connect()
+        client.wait_connected(timeout=scaled(10))
+        assert next(messages).data.id == "b"
+        assert client.connection_info().queued == 0
+    assert seen == ["a"]
+    assert client.state is ConnectionState.CLOSED
+    assert changes[-1] == (ConnectionState.CONNECTED, ConnectionState.CLOSED)
+    assert list(messages) == []
+    assert SyncClient is SyncWebSocketService
+    with pytest.raises(RuntimeError):
+        client.connect()

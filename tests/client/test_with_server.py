@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from metricstream.client import WebSocketService
+from metricstream.client import EventHandlers, WebSocketService
 from metricstream.exceptions import ConnectionRejectedError
 from metricstream.protocol import MessageType, WebSocketMessage
 
@@ -22,9 +22,8 @@ from .peers import TcpProxy, wait_until
 TOKEN = "integration-token"
 
 
-@pytest.fixture
-async def serve() -> AsyncIterator[int]:
-    port = free_port()
+async def _start_server(port: int) -> asyncio.subprocess.Process:
+    """``metricstream serve --demo`` on ``port``, once it answers /healthz."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -53,11 +52,26 @@ async def serve() -> AsyncIterator[int]:
                     pass
                 # Polling: the server announces readiness only by answering.
                 await asyncio.sleep(0.05)
+    except BaseException:
+        await _kill(process)
+        raise
+    return process
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGKILL)
+    await process.wait()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[int]:
+    port = free_port()
+    process = await _start_server(port)
+    try:
         yield port
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-        await process.wait()
+        await _kill(process)
 
 
 async def test_stream_is_contiguous_across_a_cut_connection(serve: int) -> None:
@@ -94,3 +108,34 @@ async def test_wrong_token_is_rejected_for_good(serve: int) -> None:
     with pytest.raises(ConnectionRejectedError) as caught:
         await client.run()
     assert caught.value.code in (401, 4001)
+
+
+async def test_server_killed_and_restarted() -> None:
+    port = free_port()
+    events: list[str] = []
+    handlers = EventHandlers(
+        on_disconnect=lambda reason: events.append("disconnect"),
+        on_reconnected=lambda: events.append("reconnected"),
+    )
+    config = fast_config(f"ws://127.0.0.1:{port}/metrics/stream", token=TOKEN)
+    first = await _start_server(port)
+    try:
+        async with WebSocketService(config, handlers) as client:
+            await client.wait_connected()
+            await wait_until(lambda: (client.connection_info().last_sequence or 0) > 3)
+            old_epoch = client.connection_info().epoch
+            await _kill(first)  # SIGKILL: no close frame, no goodbye
+            await wait_until(lambda: not client.is_connected, within=10)
+            second = await _start_server(port)
+            try:
+                await wait_until(lambda: client.connection_info().connections == 2, within=30)
+                info = client.connection_info()
+                assert info.epoch != old_epoch
+                assert info.resumed is False  # a new process: a fresh snapshot
+                stream = client.messages(types=["metrics_update"])
+                assert (await anext(stream)).type == "metrics_update"
+            finally:
+                await _kill(second)
+    finally:
+        await _kill(first)
+    assert events[:2] == ["disconnect", "reconnected"]
