@@ -1,0 +1,591 @@
+"""The six benchmarks, their baselines and their targets.
+
+Each benchmark starts its servers and load generators as subprocesses (server
+pinned to CPU 0, load on CPU 1), measures, kills them in ``finally`` and
+returns :class:`Row` objects. Time is bounded by the :class:`Config` and by
+every wait's timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._proc import LOAD_CPU, SERVER_CPU, Child, ChildError, spawn
+from ._report import Row
+
+__all__ = ["BENCHMARKS", "FULL", "QUICK", "SMOKE", "Config", "run_all"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Sizes and durations of one run (``FULL``, ``QUICK`` or ``SMOKE``)."""
+
+    name: str
+    #: fan-out: client counts, deliveries per second aimed at, burst for batch=1
+    fanout_sizes: tuple[int, ...] = (100, 1000)
+    fanout_deliveries: int = 20_000
+    fanout_burst: int = 10
+    warmup: float = 1.5
+    measure: float = 6.0
+    #: latency at a fixed rate
+    latency_clients: int = 100
+    latency_rate: float = 100.0
+    latency_seconds: float = 8.0
+    #: idle memory
+    idle_clients: int = 1000
+    idle_settle: float = 2.0
+    #: slow consumer
+    slow_healthy: int = 200
+    slow_rate: float = 200.0
+    slow_seconds: float = 30.0
+    #: bytes added to each message, so the stalled client's kernel buffers
+    #: (about 3 MB on loopback) fill within the run
+    slow_pad: int = 2048
+    #: messages logged before the run: the replay log's capacity (a full log)
+    slow_prefill: int = 10_000
+    #: resume storm
+    storm_clients: int = 1000
+    storm_rate: float = 50.0
+    storm_timeout: float = 30.0
+    storm_outage: float = 1.0
+    #: client
+    client_count: int = 200_000
+    client_warmup: int = 10_000
+
+    @property
+    def lifetime(self) -> float:
+        """Upper bound on any child's life: it exits by itself after this."""
+        return 60.0 + 2 * max(self.measure, self.slow_seconds, self.storm_timeout)
+
+
+FULL = Config(name="full")
+QUICK = Config(
+    name="quick",
+    fanout_sizes=(100, 500),
+    warmup=1.0,
+    measure=2.0,
+    latency_seconds=2.0,
+    idle_clients=500,
+    idle_settle=1.0,
+    slow_seconds=10.0,
+    storm_clients=200,
+    storm_timeout=15.0,
+    client_count=40_000,
+    client_warmup=5_000,
+)
+SMOKE = Config(
+    name="smoke",
+    fanout_sizes=(4,),
+    fanout_deliveries=200,
+    warmup=0.2,
+    measure=0.4,
+    latency_clients=4,
+    latency_rate=50.0,
+    latency_seconds=0.4,
+    idle_clients=4,
+    idle_settle=0.2,
+    slow_healthy=4,
+    slow_rate=50.0,
+    slow_seconds=0.5,
+    slow_pad=0,
+    slow_prefill=0,
+    storm_clients=4,
+    storm_rate=50.0,
+    storm_timeout=10.0,
+    storm_outage=0.2,
+    client_count=300,
+    client_warmup=50,
+)
+
+Runner = Callable[[Config], list[Row]]
+
+
+# -- children -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _server(
+    cfg: Config, kind: str, *, rate: float = 0.0, burst: int = 1, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[Child, int]]:
+    args = [kind, "--rate", str(rate), "--burst", str(burst), "--lifetime", str(cfg.lifetime)]
+    with spawn(f"server {kind}", "benchmarks._servers", [*args, *extra], cpu=SERVER_CPU) as child:
+        ready = child.read_event(timeout=30)
+        yield child, int(ready["port"])
+
+
+@contextlib.contextmanager
+def _loadgen(
+    cfg: Config, port: int, clients: int, *, batch: bool = False, stalled: int = 0
+) -> Iterator[Child]:
+    args = ["--port", str(port), "--clients", str(clients), "--stalled", str(stalled)]
+    args += ["--lifetime", str(cfg.lifetime)]
+    if batch:
+        args.append("--batch")
+    with spawn("loadgen", "benchmarks._loadgen", args, cpu=LOAD_CPU) as child:
+        ready = child.read_event(timeout=30 + clients / 20)
+        if ready["connected"] != clients + stalled:
+            raise ChildError(
+                f"only {ready['connected']} of {clients + stalled} clients connected: "
+                f"{ready.get('errors')} {child.stderr_tail()}"
+            )
+        yield child
+
+
+def _window(server: Child, gen: Child, seconds: float) -> dict[str, Any]:
+    """Server CPU and client deliveries over ``seconds``."""
+    gen.ask("mark")
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    mark = gen.ask("mark")
+    elapsed = t1 - t0
+    messages = mark["messages"]
+    cpu = cpu1 - cpu0
+    return {
+        "seconds": elapsed,
+        "server_cpu_s": cpu,
+        "server_cpu_share": cpu / elapsed,
+        "messages": messages,
+        "frames": mark["frames"],
+        "deliveries_per_s": messages / elapsed,
+        "cpu_us_per_message": cpu / messages * 1e6 if messages else float("nan"),
+        "cpu_us_per_frame": cpu / mark["frames"] * 1e6 if mark["frames"] else float("nan"),
+        "latency_ms": mark["latency_ms"],
+        "gaps": mark["gaps"],
+        "duplicates": mark["duplicates"],
+        "closes": mark["closes"],
+    }
+
+
+def _stream_run(
+    cfg: Config,
+    kind: str,
+    clients: int,
+    rate: float,
+    *,
+    burst: int = 1,
+    batch: bool = False,
+    seconds: float | None = None,
+) -> dict[str, Any]:
+    with (
+        _server(cfg, kind, rate=rate, burst=burst) as (server, port),
+        _loadgen(cfg, port, clients, batch=batch) as gen,
+    ):
+        time.sleep(cfg.warmup)
+        result = _window(server, gen, cfg.measure if seconds is None else seconds)
+    expected = rate * clients * result["seconds"]
+    result.update(
+        kind=kind, clients=clients, rate=rate, burst=burst, batch=batch, expected=expected
+    )
+    result["delivered_fraction"] = result["messages"] / expected if expected else float("nan")
+    return result
+
+
+def _metric(text: str, name: str) -> float:
+    """One sample of a Prometheus text exposition (0 when absent)."""
+    match = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+# -- 1. fan-out -----------------------------------------------------------------
+
+
+def bench_fanout(cfg: Config) -> list[Row]:
+    """Server CPU per delivery and deliveries/s, against broadcast() and FastAPI."""
+    rows: list[Row] = []
+    for clients in cfg.fanout_sizes:
+        rate = max(1.0, cfg.fanout_deliveries / clients)
+        burst = cfg.fanout_burst
+        # Batching only pays when several messages are pending at once, so
+        # the batch comparison publishes bursts; the plain one does not.
+        ms = _stream_run(cfg, "metricstream", clients, rate)
+        bc = _stream_run(cfg, "broadcast", clients, rate)
+        fa = _stream_run(cfg, "fastapi", clients, rate)
+        ms_b = _stream_run(cfg, "metricstream", clients, rate, burst=burst, batch=True)
+        bc_b = _stream_run(cfg, "broadcast", clients, rate, burst=burst)
+        ms_p = _stream_run(cfg, "metricstream", clients, rate, burst=burst)
+        cpu = "cpu_us_per_message"
+        rows.append(
+            Row(
+                "fan-out",
+                f"server CPU/delivery, {clients} clients",
+                ms[cpu],
+                "µs",
+                "broadcast()",
+                bc[cpu],
+                f"≤1.3x and < FastAPI naive ({fa[cpu]:.1f})",
+                ms[cpu] <= 1.3 * bc[cpu] and ms[cpu] < fa[cpu],
+                {"metricstream": ms, "broadcast": bc, "fastapi": fa},
+            )
+        )
+        rows.append(
+            Row(
+                "fan-out",
+                f"FastAPI naive CPU/delivery, {clients} clients",
+                fa[cpu],
+                "µs",
+                "broadcast()",
+                bc[cpu],
+            )
+        )
+        rows.append(
+            Row(
+                "fan-out",
+                f"deliveries/s, {clients} clients",
+                ms["deliveries_per_s"],
+                "/s",
+                "broadcast()",
+                bc["deliveries_per_s"],
+                details={"fastapi": fa["deliveries_per_s"], "expected": rate * clients},
+            )
+        )
+        rows.append(
+            Row(
+                "fan-out",
+                f"CPU/message batch=1, bursts of {burst}, {clients} clients",
+                ms_b[cpu],
+                "µs",
+                f"broadcast() bursts of {burst}",
+                bc_b[cpu],
+                "≤0.3x",
+                ms_b[cpu] <= 0.3 * bc_b[cpu],
+                {"metricstream_batch": ms_b, "broadcast_burst": bc_b},
+            )
+        )
+        rows.append(
+            Row(
+                "fan-out",
+                f"CPU/delivery plain, bursts of {burst}, {clients} clients",
+                ms_p[cpu],
+                "µs",
+                f"broadcast() bursts of {burst}",
+                bc_b[cpu],
+                details={"metricstream_plain_burst": ms_p},
+            )
+        )
+    return rows
+
+
+# -- 2. latency -----------------------------------------------------------------
+
+
+def bench_latency(cfg: Config) -> list[Row]:
+    """End-to-end latency p50/p99 at a fixed publish rate."""
+    clients, rate, seconds = cfg.latency_clients, cfg.latency_rate, cfg.latency_seconds
+    runs = {
+        "metricstream": _stream_run(cfg, "metricstream", clients, rate, seconds=seconds),
+        "metricstream batch=1": _stream_run(
+            cfg, "metricstream", clients, rate, batch=True, seconds=seconds
+        ),
+        "broadcast()": _stream_run(cfg, "broadcast", clients, rate, seconds=seconds),
+        "FastAPI naive": _stream_run(cfg, "fastapi", clients, rate, seconds=seconds),
+    }
+    base = runs["broadcast()"]["latency_ms"]
+    return [
+        Row(
+            "latency",
+            f"{name} {point}, {clients} clients @ {rate:.0f} msg/s",
+            runs[name]["latency_ms"][point],
+            "ms",
+            "broadcast()",
+            base[point],
+            details=runs[name] if point == "p50" else {},
+        )
+        for name in ("metricstream", "metricstream batch=1", "FastAPI naive")
+        for point in ("p50", "p99")
+    ]
+
+
+# -- 3. idle memory -------------------------------------------------------------
+
+
+def _idle_kib(cfg: Config, kind: str) -> dict[str, Any]:
+    clients = cfg.idle_clients
+    with _server(cfg, kind) as (server, port):
+        time.sleep(cfg.idle_settle)
+        before = server.rss()
+        with _loadgen(cfg, port, clients):
+            time.sleep(cfg.idle_settle)
+            after = server.rss()
+    return {
+        "rss_before": before,
+        "rss_after": after,
+        "clients": clients,
+        "kib_per_connection": (after - before) / clients / 1024,
+    }
+
+
+def bench_memory(cfg: Config) -> list[Row]:
+    """RSS per idle connection: RSS with N idle clients minus RSS with none."""
+    ms = _idle_kib(cfg, "metricstream")
+    bc = _idle_kib(cfg, "broadcast")
+    fa = _idle_kib(cfg, "fastapi")
+    n = cfg.idle_clients
+    return [
+        Row(
+            "memory",
+            f"RSS per idle connection, 0 vs {n}",
+            ms["kib_per_connection"],
+            "KiB",
+            "broadcast()",
+            bc["kib_per_connection"],
+            "≤32 KiB",
+            ms["kib_per_connection"] <= 32,
+            {"metricstream": ms, "broadcast": bc, "fastapi": fa},
+        ),
+        Row(
+            "memory",
+            f"FastAPI RSS per idle connection, 0 vs {n}",
+            fa["kib_per_connection"],
+            "KiB",
+            "broadcast()",
+            bc["kib_per_connection"],
+        ),
+    ]
+
+
+# -- 4. slow consumer -----------------------------------------------------------
+
+
+def _slow_run(cfg: Config, kind: str, stalled: int) -> dict[str, Any]:
+    healthy, rate = cfg.slow_healthy, cfg.slow_rate
+    pad = ("--pad", str(cfg.slow_pad), "--prefill", str(cfg.slow_prefill))
+    with (
+        _server(cfg, kind, rate=rate, extra=pad) as (server, port),
+        _loadgen(cfg, port, healthy, stalled=stalled) as gen,
+    ):
+        time.sleep(cfg.warmup)
+        gen.ask("mark")
+        rss0 = peak = server.rss()
+        t0 = time.monotonic()
+        deadline = t0 + cfg.slow_seconds
+        samples = []
+        while (now := time.monotonic()) < deadline:
+            time.sleep(min(0.5, deadline - now))
+            rss = server.rss()
+            samples.append(rss)
+            peak = max(peak, rss)
+        mark = gen.ask("mark")
+        elapsed = time.monotonic() - t0
+        evictions = 0.0
+        if kind == "metricstream":
+            evictions = _metric(server.http_get(port, "/metrics"), "metricstream_evictions_total")
+    expected = rate * healthy * elapsed
+    return {
+        "kind": kind,
+        "stalled": stalled,
+        "latency_ms": mark["latency_ms"],
+        "messages": mark["messages"],
+        "delivered_fraction": mark["messages"] / expected if expected else float("nan"),
+        "rss_start": rss0,
+        "rss_peak": peak,
+        "rss_growth_mb": (peak - rss0) / 1e6,
+        "rss_samples": samples,
+        "gaps": mark["gaps"],
+        "duplicates": mark["duplicates"],
+        "closes": mark["closes"],
+        "evictions": evictions,
+    }
+
+
+def bench_slow_consumer(cfg: Config) -> list[Row]:
+    """One client that never reads beside healthy ones: their p99, server RSS."""
+    rows = []
+    for kind, label in (("metricstream", "metricstream"), ("fastapi", "FastAPI naive")):
+        calm = _slow_run(cfg, kind, 0)
+        stall = _slow_run(cfg, kind, 1)
+        targets = kind == "metricstream"
+        p99, p99_calm = stall["latency_ms"]["p99"], calm["latency_ms"]["p99"]
+        rows.append(
+            Row(
+                "slow consumer",
+                f"{label}: healthy p99 with a stalled client",
+                p99,
+                "ms",
+                "same, no stalled client",
+                p99_calm,
+                "≤2x" if targets else "",
+                (p99 <= 2 * p99_calm) if targets else None,
+                {"with_stalled": stall, "without": calm},
+            )
+        )
+        rows.append(
+            Row(
+                "slow consumer",
+                f"{label}: healthy deliveries with a stalled client",
+                stall["delivered_fraction"] * 100,
+                "% of published",
+                "same, no stalled client",
+                calm["delivered_fraction"] * 100,
+            )
+        )
+        rows.append(
+            Row(
+                "slow consumer",
+                f"{label}: server RSS growth over {cfg.slow_seconds:.0f} s",
+                stall["rss_growth_mb"],
+                "MB",
+                "same, no stalled client",
+                calm["rss_growth_mb"],
+                "<16 MB" if targets else "",
+                (stall["rss_growth_mb"] < 16) if targets else None,
+            )
+        )
+    return rows
+
+
+# -- 5. resume storm ------------------------------------------------------------
+
+
+def bench_resume_storm(cfg: Config) -> list[Row]:
+    """Drop every connection at once while publishing; all resume with since/epoch."""
+    clients = cfg.storm_clients
+    with (
+        _server(cfg, "metricstream", rate=cfg.storm_rate) as (server, port),
+        _loadgen(cfg, port, clients) as gen,
+    ):
+        time.sleep(max(cfg.warmup, 1.0))
+        gen.ask("mark")
+        cpu0 = server.cpu_seconds()
+        gen.ask(f"drop {cfg.storm_outage}")
+        deadline = time.monotonic() + cfg.storm_timeout
+        status = gen.ask("storm")
+        while status["caught_up"] < clients and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = gen.ask("storm")
+        storm_cpu = server.cpu_seconds() - cpu0
+        # A little longer, so that late duplicates or gaps would be seen too.
+        time.sleep(min(1.0, cfg.warmup))
+        final = gen.ask("storm")
+        metrics = server.http_get(port, "/metrics")
+    final["server_cpu_s"] = storm_cpu
+    final["replay_hits"] = _metric(metrics, "metricstream_replay_hits_total")
+    final["replay_misses"] = _metric(metrics, "metricstream_replay_misses_total")
+    done = status["caught_up"] == clients
+    catch_up = status["catch_up_max_s"] - status["outage_s"] if done else float("nan")
+    return [
+        Row(
+            "resume storm",
+            f"all {clients} caught up, after a {cfg.storm_outage:g} s outage",
+            catch_up,
+            "s after reconnect",
+            target="all catch up",
+            passed=done,
+            details=final,
+        ),
+        Row("resume storm", "messages replayed", float(final["replayed"]), "msgs"),
+        Row(
+            "resume storm",
+            "gaps seen (messages missing)",
+            float(final["gaps"]),
+            "",
+            target="0",
+            passed=final["gaps"] == 0 and final["snapshots_after_drop"] == 0,
+            details={"missing": final["missing"], "snapshots": final["snapshots_after_drop"]},
+        ),
+        Row(
+            "resume storm",
+            "duplicates seen",
+            float(final["duplicates"]),
+            "",
+            target="0",
+            passed=final["duplicates"] == 0,
+        ),
+    ]
+
+
+# -- 6. client ------------------------------------------------------------------
+
+
+def _client_run(cfg: Config, kind: str, batch: int) -> dict[str, Any]:
+    extra = ("--batch", str(batch))
+    with _server(cfg, "feed", extra=extra) as (_, port):
+        args = [kind, "--port", str(port), "--count", str(cfg.client_count)]
+        args += ["--warmup", str(cfg.client_warmup), "--lifetime", str(cfg.lifetime)]
+        if batch > 1:
+            args.append("--batch")
+        with spawn(f"client {kind}", "benchmarks._clientbench", args, cpu=LOAD_CPU) as child:
+            result = child.read_event(timeout=cfg.lifetime)
+    if result.get("event") != "result":
+        raise ChildError(f"client {kind}: {result}")
+    return result
+
+
+def bench_client(cfg: Config) -> list[Row]:
+    """Decode + dispatch + sequence tracking per message, against a raw loop."""
+    raw = _client_run(cfg, "raw", 1)
+    ms = _client_run(cfg, "metricstream", 1)
+    raw_b = _client_run(cfg, "raw", 10)
+    ms_b = _client_run(cfg, "metricstream", 10)
+    key = "cpu_us_per_message"
+    return [
+        Row(
+            "client",
+            "CPU/message (decode, dispatch, sequence)",
+            ms[key],
+            "µs",
+            "websockets + json.loads",
+            raw[key],
+            "≤1.5x",
+            ms[key] <= 1.5 * raw[key],
+            {"metricstream": ms, "raw": raw},
+        ),
+        Row(
+            "client",
+            "messages/s on one core",
+            ms["messages_per_s"],
+            "/s",
+            "websockets + json.loads",
+            raw["messages_per_s"],
+        ),
+        Row(
+            "client",
+            "CPU/message, batch=1 frames of 10",
+            ms_b[key],
+            "µs",
+            "websockets + json.loads",
+            raw_b[key],
+            details={"metricstream": ms_b, "raw": raw_b},
+        ),
+    ]
+
+
+BENCHMARKS: dict[str, Runner] = {
+    "fanout": bench_fanout,
+    "latency": bench_latency,
+    "memory": bench_memory,
+    "slow": bench_slow_consumer,
+    "storm": bench_resume_storm,
+    "client": bench_client,
+}
+
+
+def run_all(
+    cfg: Config,
+    only: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[Row], dict[str, str]]:
+    """Run the chosen benchmarks; return their rows and the errors by benchmark.
+
+    A benchmark that fails is reported as an error and the others still run;
+    an interrupt (Ctrl-C) propagates after its children are killed.
+    """
+    rows: list[Row] = []
+    errors: dict[str, str] = {}
+    for name in only or list(BENCHMARKS):
+        started = time.monotonic()
+        if progress:
+            progress(f"{name}: running")
+        try:
+            rows.extend(BENCHMARKS[name](cfg))
+        except (ChildError, OSError, KeyError, ValueError) as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            rows.append(Row(name, "FAILED (see errors)", float("nan"), "", passed=False))
+        if progress:
+            progress(f"{name}: {time.monotonic() - started:.0f} s")
+    return rows, errors
