@@ -418,11 +418,23 @@ async def test_silent_server_is_abandoned_before_init(server: StreamServer) -> N
     assert len(server.handshakes) == 2
 
 
-async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> None:
+async def test_oversized_frame_is_skipped_and_the_connection_stays(server: StreamServer) -> None:
+    async with WebSocketService(fast_config(server.url, max_message_size=4096)) as client:
+        stream = client.messages(types=["request_update"])
+        await client.wait_connected()
+        await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 10_000 + '"}')
+        await server.publish(MessageType.REQUEST_UPDATE, request("after"))
+        assert (await anext(stream)).data.id == "after"
+        info = client.connection_info()
+    assert (info.parse_errors, info.unknown_messages, info.connections) == (1, 0, 1)
+
+
+async def test_huge_frame_closes_and_reconnects(server: StreamServer) -> None:
+    # Beyond 4 times max_message_size the frame is not even buffered.
     async with WebSocketService(fast_config(server.url, max_message_size=4096)) as client:
         stream = client.messages()
         await client.wait_connected()
-        await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 10_000 + '"}')
+        await server.send_raw('{"type":"x","timestamp":1,"data":"' + "a" * 20_000 + '"}')
         await wait_until(lambda: client.connection_info().connections == 2)
         await server.publish(MessageType.REQUEST_UPDATE, request("after"))
         async for message in stream:
@@ -430,6 +442,7 @@ async def test_oversized_frame_closes_and_reconnects(server: StreamServer) -> No
                 break
     assert message.data.id == "after"
     assert "1009" in (client.connection_info().last_error or "")
+    assert client.connection_info().parse_errors == 1
 
 
 async def test_close_ends_iteration_and_stops_reconnecting(server: StreamServer) -> None:

@@ -73,6 +73,11 @@ STATE_CHANGES: Final = "state"
 # How much of a raw frame a debug log shows.
 _RAW_LOG_LIMIT: Final = 2048
 
+# A frame above max_message_size is read and skipped, up to this many times
+# the limit; beyond it the connection is failed (1009) so that no single frame
+# can make the client buffer without bound.
+_OVERSIZE_CEILING: Final = 4
+
 # Model-scoped message types: the ``models`` filter applies to them.
 _MODEL_SCOPED: Final = frozenset(
     {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
@@ -703,7 +708,7 @@ class WebSocketService:
                 # answer; protocol-level pings would be a second, weaker timer.
                 ping_interval=None,
                 ping_timeout=None,
-                max_size=config.max_message_size,
+                max_size=config.max_message_size * _OVERSIZE_CEILING,
                 # Frames are small JSON: deflate costs more CPU and memory than
                 # it saves (docs/performance.md).
                 compression=None,
@@ -743,7 +748,9 @@ class WebSocketService:
                 code, reason = frame.code, frame.reason
             if exc.rcvd is None and exc.sent is not None and exc.sent.code == 1009:
                 self._parse_errors += 1
-                logger.warning("a frame exceeded max_message_size; reconnecting")
+                logger.warning(
+                    "a frame exceeded %d times max_message_size; reconnecting", _OVERSIZE_CEILING
+                )
         finally:
             if self._conn is conn:
                 self._conn = None
@@ -806,6 +813,16 @@ class WebSocketService:
                     ws.transport.abort()
                     raise ConnectionClosed(None, None) from None
             self._bytes_received += len(frame)
+            if len(frame) > self._config.max_message_size:
+                self._parse_errors += 1
+                logger.warning(
+                    "skipped a %d-byte frame (max_message_size is %d)",
+                    len(frame),
+                    self._config.max_message_size,
+                )
+                if self._config.debug:
+                    logger.debug("raw oversized frame starts: %r", frame[:_RAW_LOG_LIMIT])
+                continue
             for message in self._decode(conn, frame):
                 if not conn.connected:
                     self._connect(conn)

@@ -170,7 +170,7 @@ class WebSocketConfig:
     open_timeout: float = 10.0
     """Seconds allowed for the TCP connect and WebSocket handshake."""
     max_message_size: int = 8 * 1024 * 1024
-    """Largest inbound frame, in bytes; a bigger one closes the connection with 1009."""
+    """Largest inbound frame, in bytes; a bigger one is skipped (over 4 times: 1009, reconnect)."""
     ssl: _ssl.SSLContext | None = None
     """TLS settings for ``wss://`` (``None``: the system's default verification)."""
     types: tuple[str, ...] | None = None
