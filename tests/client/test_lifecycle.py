@@ -436,3 +436,19 @@ def test_handlers_are_validated() -> None:
         WebSocketService(_refused_url(), on_conect=lambda: None)
     with pytest.raises(ConfigError):
         WebSocketService(_refused_url(), handlers=object())  # type: ignore[arg-type]
+
+
+async def test_run_returns_when_disconnected_or_closed_while_dialling() -> None:
+    errors: list[BaseException] = []
+    client = WebSocketService(fast_config(_refused_url()), on_error=errors.append)
+    runner = asyncio.create_task(client.run())
+    await wait_until(lambda: bool(errors))
+    await client.disconnect()
+    async with asyncio.timeout(scaled(10)):
+        await runner  # returns, no exception
+    runner = asyncio.create_task(client.run())
+    await wait_until(lambda: len(errors) >= 2)
+    await client.aclose()
+    async with asyncio.timeout(scaled(10)):
+        await runner
+    assert client.state is S.CLOSED

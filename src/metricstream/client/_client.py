@@ -467,7 +467,9 @@ class WebSocketService:
         await self.start()
         generation = self._generation
         assert self._task is not None
-        await asyncio.shield(self._task)
+        # wait(), not the task itself: a loop cancelled by disconnect() or
+        # close() ends run() normally, and cancelling run() leaves the loop be.
+        await asyncio.wait({self._task})
         if not self._stop_requested(generation):
             self._raise_stopped()
 
@@ -659,6 +661,8 @@ class WebSocketService:
                     self._finish(ConnectionState.ERROR)
                     return
                 self._set_state(ConnectionState.RECONNECTING)
+                if self._config.debug:
+                    logger.debug("reconnect attempt %d in %.3f s", self._backoff.attempt, delay)
                 self._call(self._handlers.on_reconnecting, self._backoff.attempt, delay)
                 if not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
