@@ -452,3 +452,44 @@ async def test_run_returns_when_disconnected_or_closed_while_dialling() -> None:
     async with asyncio.timeout(scaled(10)):
         await runner
     assert client.state is S.CLOSED
+
+
+async def test_disconnect_from_a_callback_then_connect_again(server: StreamServer) -> None:
+    # A long close timeout: a disconnect() that waited for its own task would sit it out.
+    client = WebSocketService(fast_config(server.url, close_timeout=60.0))
+    seen: list[str] = []
+
+    async def disconnect_on_first(data: Any, message: WebSocketMessage[Any]) -> None:
+        seen.append(data.id)
+        if data.id == "one":
+            await client.disconnect()
+
+    client.subscribe(MessageType.REQUEST_UPDATE, disconnect_on_first)
+    await client.connect()
+    await client.wait_connected()
+    await server.publish(MessageType.REQUEST_UPDATE, request("one"))
+    async with asyncio.timeout(scaled(5)):
+        await client.run()
+    assert client.state is S.DISCONNECTED
+    await wait_until(lambda: not server.peers)
+    await server.publish(MessageType.REQUEST_UPDATE, request("two"))
+    await client.connect()
+    await wait_until(lambda: seen == ["one", "two"])  # resumed from "one"
+    assert len(server.handshakes) == 2
+    await client.aclose()
+
+
+async def test_aclose_from_an_async_handler(server: StreamServer) -> None:
+    client = WebSocketService(fast_config(server.url, close_timeout=60.0))
+    done = asyncio.Event()
+
+    async def close_on_connect() -> None:
+        await client.aclose()  # must not wait for itself
+        done.set()
+
+    client.handlers.on_connect = close_on_connect
+    await client.connect()
+    async with asyncio.timeout(scaled(5)):
+        await done.wait()
+    assert client.state is S.CLOSED
+    await wait_until(lambda: not server.peers)
