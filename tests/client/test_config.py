@@ -41,6 +41,8 @@ def test_repr_shows_changes_but_never_secrets() -> None:
     assert "X-Api-Key" in text
     assert "heartbeat_interval=2" in text
     assert "token='***'" in text
+    in_url = WebSocketConfig(url="ws://user:pw@h:1/s?types=a,b&token=s3cret")
+    assert repr(in_url) == "WebSocketConfig(url='ws://user:***@h:1/s?types=a,b&token=***')"
 
 
 def test_strings_are_coerced_and_sequences_frozen() -> None:

@@ -41,7 +41,7 @@ from ..protocol import (
     make_message,
     now_ms,
 )
-from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names
+from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names, redact_url
 from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
 from ._handlers import EventHandlers
 from ._policy import Retry, build_url, retry_for_close, retry_for_status
@@ -421,7 +421,7 @@ class WebSocketService:
         self._wake.clear()
         self._connected_event = asyncio.Event()
         if self._config.debug:
-            logger.debug("connecting to %s", self._config.url)
+            logger.debug("connecting to %s", redact_url(self._config.url))
         self._task = asyncio.create_task(self._run(self._generation), name="metricstream-client")
 
     async def start(self) -> None:
@@ -729,7 +729,9 @@ class WebSocketService:
             return Retry.FATAL
         except (OSError, TimeoutError, WebSocketException) as exc:
             self._error(
-                ConnectionError(f"cannot connect to {config.url}: {str(exc) or type(exc).__name__}")
+                ConnectionError(
+                    f"cannot connect to {redact_url(config.url)}: {str(exc) or type(exc).__name__}"
+                )
             )
             return Retry.BACKOFF
         if config.debug:

@@ -120,7 +120,7 @@ def watch(args: argparse.Namespace) -> int:
     from ..exceptions import ConfigError, ConnectionRejectedError
     from ..protocol import encode
     from ._client import WebSocketService
-    from ._config import WebSocketConfig
+    from ._config import WebSocketConfig, redact_url
     from ._handlers import EventHandlers
 
     try:
@@ -143,7 +143,7 @@ def watch(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         handlers = EventHandlers(
-            on_connect=lambda: note(f"connected to {config.url}"),
+            on_connect=lambda: note(f"connected to {redact_url(config.url)}"),
             on_disconnect=lambda reason: note(f"disconnected: {reason}"),
             on_error=lambda exc: note(f"error: {exc}"),
             on_reconnecting=lambda attempt, delay: note(
