@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from ..support import free_port, scaled
 
 
@@ -35,9 +37,9 @@ def test_demo_without_a_terminal_prints_live_summaries_and_stops_its_server() ->
     lines = [line for line in result.stdout.splitlines() if line.startswith("seq")]
     assert len(lines) >= 2, result.stdout
     assert "req/s" in lines[-1]
-    # The server is gone: the port can be bound again.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+    # The server is gone: nothing listens on its port any more.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_demo_moves_to_a_free_port_when_its_port_is_taken() -> None:
