@@ -172,14 +172,6 @@ def test_unknown_and_connection_messages_change_nothing() -> None:
     assert store.state.last_update is None
 
 
-def test_paused_store_ignores_messages() -> None:
-    store = MetricsStore()
-    store.paused = True
-    assert not store.apply(msg(MessageType.METRICS_UPDATE, METRICS, seq=1))
-    store.paused = False
-    assert store.apply(msg(MessageType.METRICS_UPDATE, METRICS, seq=1))
-
-
 def test_watch_calls_back_only_when_the_selected_value_changes() -> None:
     store = MetricsStore()
     seen: list[int | None] = []

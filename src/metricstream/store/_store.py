@@ -234,7 +234,6 @@ class MetricsStore:
         self._watches: set[Watch[Any]] = set()
         self._listeners: dict[int, _Listener] = {}
         self._bindings: list[_Cancellable] = []
-        self.paused = False
         if service is not None:
             self._connection_state = str(service.connection_info().state)
             self._bindings.append(service.subscribe("*", self._on_message))
@@ -244,8 +243,6 @@ class MetricsStore:
 
     def apply(self, message: WebSocketMessage[Any]) -> bool:
         """Apply one message; returns whether the state changed."""
-        if self.paused:
-            return False
         changed = self._reducer.apply(message)
         if changed:
             for listener in list(self._listeners.values()):
