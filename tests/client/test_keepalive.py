@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import WebSocketService
+from metricstream.client import ConnectionState, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
-from ..support import require
+from ..support import require, scaled
 from .conftest import fast_config
-from .peers import StreamServer, request, wait_until
+from .peers import StreamServer, TcpProxy, request, wait_until
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -82,3 +82,29 @@ async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: Strea
         await wait_until(lambda: client.connection_info().message_count >= 2)
         assert client.connection_info().connections == 1
         assert client.connected
+
+
+@pytest.mark.parametrize(("interval", "silence"), [(0.4, 0.2), (0.2, 0.4)])
+async def test_half_open_peer_is_detected_within_interval_plus_timeout(
+    server: StreamServer, interval: float, silence: float
+) -> None:
+    # A link that stops forwarding without closing (a dead host, a pulled
+    # cable): no FIN, no RST, only silence. The protocol promises detection
+    # within heartbeat_interval + heartbeat_timeout of the last frame.
+    async with TcpProxy(server.port) as proxy:
+        config = fast_config(proxy.url(), heartbeat_interval=interval, heartbeat_timeout=silence)
+        left: list[float] = []
+        async with WebSocketService(config) as client:
+            await client.wait_connected()
+            loop = asyncio.get_running_loop()
+            client.watch_state(lambda old, new: left.append(loop.time()))
+            await server.publish(MessageType.REQUEST_UPDATE, request("last"))
+            await wait_until(lambda: client.connection_info().last_sequence == 1)
+            frozen_at = loop.time()
+            proxy.freeze()
+            await wait_until(lambda: bool(left), within=scaled(10))
+            elapsed = left[0] - frozen_at
+            assert client.state is not ConnectionState.CONNECTED
+            # The bound, plus a scheduling allowance for a loaded machine.
+            assert elapsed <= interval + silence + scaled(0.5), elapsed
+            await wait_until(lambda: client.is_connected, within=scaled(10))
