@@ -75,6 +75,15 @@ def _ready(port: int, **extra: object) -> None:
     print(json.dumps({"event": "ready", "port": port, "pid": os.getpid(), **extra}), flush=True)
 
 
+def _stop_before_lifetime(server: Any, lifetime: float) -> None:
+    """Ask a uvicorn server to shut down gracefully a little before ``lifetime``."""
+
+    def stop() -> None:
+        server.should_exit = True
+
+    asyncio.get_running_loop().call_later(max(0.0, lifetime - 5.0), stop)
+
+
 async def _publish_forever(rate: float, burst: int, publish: Callable[[int], object]) -> None:
     """Call ``publish(i)`` ``burst`` times per tick, ``rate`` messages per second.
 
@@ -121,6 +130,7 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
         uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", backlog=4096), hub
     )
     serving = asyncio.create_task(server.serve())
+    _stop_before_lifetime(server, args.lifetime)
     while not server.started:
         if serving.done():
             serving.result()
@@ -198,6 +208,7 @@ async def _serve_fastapi(args: argparse.Namespace) -> None:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", backlog=4096)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
+    _stop_before_lifetime(server, args.lifetime)
     while not server.started:
         if serving.done():
             serving.result()

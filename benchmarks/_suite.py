@@ -139,14 +139,16 @@ def _loadgen(
 def _window(server: Child, gen: Child, seconds: float) -> dict[str, Any]:
     """Server CPU and client deliveries over ``seconds``."""
     gen.ask("mark")
-    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    (user0, sys0), cpu0, t0 = server.cpu_split(), server.cpu_seconds(), time.monotonic()
     time.sleep(seconds)
-    cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    (user1, sys1), cpu1, t1 = server.cpu_split(), server.cpu_seconds(), time.monotonic()
     mark = gen.ask("mark")
     elapsed = t1 - t0
     messages = mark["messages"]
     cpu = cpu1 - cpu0
     return {
+        "server_user_s": user1 - user0,
+        "server_system_s": sys1 - sys0,
         "seconds": elapsed,
         "server_cpu_s": cpu,
         "server_cpu_share": cpu / elapsed,
