@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,15 @@ def test_importing_the_protocol_loads_no_io_library() -> None:
         "print(','.join(bad))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
     ).stdout.strip()
     assert out == ""
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without coverage's subprocess hook, which imports I/O modules."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
