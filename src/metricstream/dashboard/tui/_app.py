@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
+from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from ...store import MetricsStore, RealtimeMetricsState
@@ -55,6 +56,15 @@ _STATS = (
     ("gaps", "Gaps"),
     ("last_error", "Last error"),
 )
+
+
+W = TypeVar("W", bound=Widget)
+
+
+def _titled(widget: W, title: str) -> W:
+    """``widget`` with a title in its border."""
+    widget.border_title = title
+    return widget
 
 
 class HelpScreen(ModalScreen[None]):
@@ -137,36 +147,18 @@ class MetricsDashboard(App[None]):
             yield ConnectionStatus(id="status")
         yield MetricsOverview()
         with Horizontal(id="middle"):
-            models = ModelTable(id="models")
-            models.border_title = "Models"
-            yield models
-            trends = TrendPanel(id="trends")
-            trends.border_title = "Trends"
-            yield trends
+            yield _titled(ModelTable(id="models"), "Models")
+            yield _titled(TrendPanel(id="trends"), "Trends")
         with Horizontal(id="bottom"):
-            requests = RequestTable(id="requests")
-            requests.border_title = "Recent requests"
-            yield requests
+            yield _titled(RequestTable(id="requests"), "Recent requests")
             with Vertical(id="right"):
-                errors = ErrorFeed(id="errors")
-                errors.border_title = "Errors"
-                yield errors
-                limits = RateLimitPanel(id="rate-limits")
-                limits.border_title = "Rate limits"
-                yield limits
+                yield _titled(ErrorFeed(id="errors"), "Errors")
+                yield _titled(RateLimitPanel(id="rate-limits"), "Rate limits")
             with VerticalScroll(id="side"):
-                system = SystemHealthPanel(id="system")
-                system.border_title = "System health"
-                yield system
-                cache = KVCachePanel(id="kv-cache")
-                cache.border_title = "KV cache"
-                yield cache
-                costs = CostPanel(id="costs")
-                costs.border_title = "Costs"
-                yield costs
-                stats = ConnectionStats(id="connection-stats")
-                stats.border_title = "Connection"
-                yield stats
+                yield _titled(SystemHealthPanel(id="system"), "System health")
+                yield _titled(KVCachePanel(id="kv-cache"), "KV cache")
+                yield _titled(CostPanel(id="costs"), "Costs")
+                yield _titled(ConnectionStats(id="connection-stats"), "Connection")
         yield Footer()
 
     def on_mount(self) -> None:
