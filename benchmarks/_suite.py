@@ -146,8 +146,10 @@ def _window(server: Child, gen: Child, seconds: float) -> dict[str, Any]:
     """Server CPU and client deliveries over ``seconds``."""
     gen.ask("mark")
     (user0, sys0), cpu0, t0 = server.cpu_split(), server.cpu_seconds(), time.monotonic()
+    gen0 = gen.cpu_seconds()
     time.sleep(seconds)
     (user1, sys1), cpu1, t1 = server.cpu_split(), server.cpu_seconds(), time.monotonic()
+    gen1 = gen.cpu_seconds()
     mark = gen.ask("mark")
     elapsed = t1 - t0
     messages = mark["messages"]
@@ -158,6 +160,9 @@ def _window(server: Child, gen: Child, seconds: float) -> dict[str, Any]:
         "seconds": elapsed,
         "server_cpu_s": cpu,
         "server_cpu_share": cpu / elapsed,
+        # The load generator's own share of its CPU: near 1 would mean it,
+        # not the server, limits the figures.
+        "loadgen_cpu_share": (gen1 - gen0) / elapsed,
         "messages": messages,
         "frames": mark["frames"],
         "deliveries_per_s": messages / elapsed,
