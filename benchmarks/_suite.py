@@ -612,7 +612,7 @@ def run_all(
             progress(f"{name}: running")
         try:
             rows.extend(BENCHMARKS[name](cfg))
-        except (ChildError, OSError, KeyError, ValueError) as exc:
+        except Exception as exc:  # a failed benchmark must not stop the others
             errors[name] = f"{type(exc).__name__}: {exc}"
             rows.append(Row(name, "FAILED (see errors)", float("nan"), "", passed=False))
         if progress:
