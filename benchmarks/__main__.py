@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SMOKE if args.smoke else QUICK if args.quick else FULL
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C must reach the ``finally`` blocks even when started from a shell
+    # that left SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     atexit.register(kill_all)
     nofile = raise_nofile_limit()
     before = machine()
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         rows, errors = run_all(
             cfg, args.only, progress=lambda line: print(f"  {line}", file=sys.stderr, flush=True)
         )
+    except KeyboardInterrupt:
+        print("interrupted: every process started was killed", file=sys.stderr)
+        return 130
     finally:
         kill_all()
     after = machine()

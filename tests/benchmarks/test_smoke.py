@@ -25,6 +25,7 @@ from tests.support import scaled
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
+_RUN = (sys.executable, "-m", "benchmarks", "--smoke")
 
 
 def _descendants() -> set[int]:
@@ -64,10 +65,9 @@ def test_storm_sees_no_gaps_or_duplicates() -> None:
     assert by_figure["duplicates seen"].value == 0
 
 
-def test_command_line_saves_json_and_cleans_up_on_sigterm(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "benchmarks", "--smoke", "--results", str(tmp_path)]
+def test_command_line_prints_the_table_and_saves_json(tmp_path: Path) -> None:
     done = subprocess.run(
-        [*command, "--only", "memory"],
+        [*_RUN, "--results", str(tmp_path), "--only", "memory"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -80,11 +80,16 @@ def test_command_line_saves_json_and_cleans_up_on_sigterm(tmp_path: Path) -> Non
     payload = json.loads(saved.read_text())
     assert payload["config"] == "smoke"
     assert payload["machine"]["nproc"] == os.cpu_count()
+    assert len(payload["machine"]["load_average"]) == 3
     assert {row["benchmark"] for row in payload["rows"]} == {"memory"}
 
-    # Interrupted mid-run, the runner still kills every process it started.
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_runner_kills_every_process_it_started(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
     runner = subprocess.Popen(
-        [*command, "--only", "slow"],
+        [*_RUN, "--results", str(tmp_path), "--only", "slow"],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -98,8 +103,8 @@ def test_command_line_saves_json_and_cleans_up_on_sigterm(tmp_path: Path) -> Non
             children = parent.children(recursive=True)
             time.sleep(0.05)
         assert len(children) >= 2, "the runner never started its server and load generator"
-        runner.send_signal(signal.SIGTERM)
-        runner.wait(timeout=scaled(30))
+        runner.send_signal(signum)
+        assert runner.wait(timeout=scaled(30)) != 0
         _, alive = psutil.wait_procs(children, timeout=scaled(10))
         assert alive == []
     finally:
