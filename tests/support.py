@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["TIMEOUT_FACTOR", "free_port", "require", "require_executable", "scaled"]
+__all__ = [
+    "TIMEOUT_FACTOR",
+    "fakeai_chat",
+    "free_port",
+    "require",
+    "require_executable",
+    "scaled",
+]
 
 #: Multiply every test deadline by this (``METRICSTREAM_TEST_TIMEOUT_FACTOR``),
 #: for slow or loaded machines.
@@ -52,3 +59,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def fakeai_chat(port: int, count: int) -> None:
+    """Send ``count`` chat completions to a FakeAI server, for it to report."""
+    import httpx
+
+    body = {"model": "openai/gpt-oss-120b", "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient(timeout=scaled(30)) as http:
+        for _ in range(count):
+            response = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+            response.raise_for_status()

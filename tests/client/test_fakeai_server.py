@@ -3,72 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from metricstream.client import Dialect, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
-from ..support import free_port, require, require_executable, scaled
+from ..support import fakeai_chat, scaled
 from .conftest import fast_config
 from .peers import wait_until
 
 pytestmark = [pytest.mark.fakeai, pytest.mark.slow]
-
-_DEFAULT = Path(__file__).resolve().parents[2] / ".venv-fakeai" / "bin" / "fakeai"
-
-
-@pytest.fixture
-async def fakeai() -> AsyncIterator[int]:
-    executable = require_executable(
-        os.environ.get("METRICSTREAM_FAKEAI", str(_DEFAULT)), "run `make fakeai`"
-    )
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        executable,
-        "server",
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with httpx.AsyncClient() as http:
-            async with asyncio.timeout(scaled(60)):
-                while True:
-                    if process.returncode is not None:
-                        assert process.stderr is not None
-                        tail = (await process.stderr.read()).decode(errors="replace")[-400:]
-                        require(False, f"the FakeAI server exited at startup: {tail}")
-                    try:
-                        if (await http.get(f"http://127.0.0.1:{port}/health")).is_success:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    # Polling: the server announces readiness only by answering.
-                    await asyncio.sleep(0.1)
-        yield port
-    finally:
-        # FakeAI ignores SIGTERM.
-        if process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-        await process.wait()
-        if process.stderr is not None:
-            await process.stderr.read()
-
-
-async def _chat(port: int, count: int) -> None:
-    body = {"model": "openai/gpt-oss-120b", "messages": [{"role": "user", "content": "hi"}]}
-    async with httpx.AsyncClient(timeout=scaled(30)) as http:
-        for _ in range(count):
-            response = await http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
-            response.raise_for_status()
 
 
 async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
@@ -80,7 +26,7 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
         stream = client.messages()
         await client.wait_connected()
         first = await anext(stream)
-        await _chat(fakeai, 3)
+        await fakeai_chat(fakeai, 3)
         async with asyncio.timeout(scaled(30)):
             async for message in stream:
                 if (

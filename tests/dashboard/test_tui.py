@@ -22,7 +22,7 @@ from metricstream.protocol import MessageType, make_message
 from metricstream.store import MetricsStore
 
 from ..protocol.test_messages import COST, ERROR, KV, METRICS, MODEL, RATE, REQUEST, SYSTEM
-from ..support import free_port, scaled
+from ..support import fakeai_chat, free_port, scaled
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("METRICSTREAM_UPDATE_SNAPSHOTS") == "1"
@@ -207,14 +207,8 @@ async def test_live_dashboard_follows_a_server_that_dies_and_returns(
     service = WebSocketService(
         WebSocketConfig(url=url, reconnect_interval=0.1, max_reconnect_interval=0.5)
     )
-    store = MetricsStore(service)
-    app = MetricsDashboard(
-        store,
-        source=url,
-        connection_info=service.connection_info,
-        reconnect=service.reconnect,
-        refresh_interval=0.1,
-    )
+    app = MetricsDashboard.for_service(service, source=url, refresh_interval=0.1)
+    store = app.store
     await service.start()
     try:
         async with app.run_test(size=SIZE) as pilot:
@@ -252,5 +246,34 @@ async def test_live_dashboard_follows_a_server_that_dies_and_returns(
             assert epoch is not None
             await wait_for(lambda: card() != first, 20, "fresh metrics after the restart")
     finally:
-        store.close()
-        await service.close()
+        await service.aclose()
+
+
+@pytest.mark.fakeai
+@pytest.mark.slow
+async def test_dashboard_on_a_fakeai_server(fakeai: int) -> None:
+    # The real FakeAI server's own stream, adapted by the client's fakeai dialect.
+    url = f"ws://127.0.0.1:{fakeai}/metrics/stream"
+    service = WebSocketService(
+        WebSocketConfig(url=url, dialect="fakeai", heartbeat_interval=0.5, reconnect_interval=0.1)
+    )
+    app = MetricsDashboard.for_service(service, source=url, refresh_interval=0.1)
+    await service.start()
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await fakeai_chat(fakeai, 3)
+            await wait_for(
+                lambda: (
+                    app.store.state.metrics is not None
+                    and app.store.state.metrics.requests_per_second > 0
+                ),
+                30,
+                "FakeAI's request rate on the dashboard",
+            )
+            await pilot.pause(0.3)
+            text = screen_text(app)
+            assert "Connected" in text
+            assert "Requests/s" in text
+            assert service.connection_info().parse_errors == 0
+    finally:
+        await service.aclose()

@@ -77,24 +77,16 @@ def add_parser(subparsers: Any) -> None:
 async def run_dashboard(url: str, *, dialect: str = "auto", token: str | None = None) -> None:
     """Connect to ``url`` and run the terminal dashboard until the user quits."""
     from ..client import WebSocketConfig, WebSocketService
-    from ..store import MetricsStore
     from .tui import MetricsDashboard
 
     config = WebSocketConfig(url=url, dialect=dialect, token=token)  # type: ignore[arg-type]
     service = WebSocketService(config)
-    store = MetricsStore(service)
-    app = MetricsDashboard(
-        store,
-        source=url,
-        connection_info=service.connection_info,
-        reconnect=service.reconnect,
-    )
+    app = MetricsDashboard.for_service(service, source=url)
     await service.start()
     try:
         await app.run_async()
     finally:
-        store.close()
-        await service.close()
+        await service.aclose()
 
 
 def dashboard(args: argparse.Namespace) -> int:

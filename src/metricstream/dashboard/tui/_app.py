@@ -139,6 +139,24 @@ class MetricsDashboard(App[None]):
         self._refresh_interval = refresh_interval
         self.paused = False
         self._last_metrics: object = None
+        self._owns_store = False
+
+    @classmethod
+    def for_service(cls, service: Any, *, source: str = "", **options: Any) -> MetricsDashboard:
+        """A dashboard on a client (a ``WebSocketService``), with a store bound to it.
+
+        The caller starts and closes the client; the store is closed with the app.
+        """
+        store = MetricsStore(service)
+        app = cls(
+            store,
+            source=source,
+            connection_info=service.connection_info,
+            reconnect=service.reconnect,
+            **options,
+        )
+        app._owns_store = True
+        return app
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="top"):
@@ -171,6 +189,8 @@ class MetricsDashboard(App[None]):
 
     def on_unmount(self) -> None:
         self._watch.cancel()
+        if self._owns_store:
+            self.store.close()
 
     def _draw(self, state: RealtimeMetricsState) -> None:
         if self.paused:
