@@ -113,6 +113,7 @@ class LoadGenerator:
     # receiving ----------------------------------------------------------------
 
     def on_message(self, conn: WSConnection, payload: bytes, now: float) -> None:
+        """Count a frame's messages, check their sequence, record their latency."""
         client: _Client = conn.tag  # type: ignore[assignment]
         self.frames += 1
         try:
@@ -230,6 +231,7 @@ class LoadGenerator:
     # reporting ----------------------------------------------------------------
 
     def mark(self) -> dict[str, Any]:
+        """Figures of the window since the last mark (then a new window starts)."""
         now = time.monotonic()
         p50, p99, p999 = percentiles(self.latencies, (50, 99, 99.9))
         report = {
@@ -253,6 +255,7 @@ class LoadGenerator:
         return report
 
     def totals(self) -> dict[str, Any]:
+        """Counters since the start: gaps, duplicates, closes, open connections."""
         return {
             "gaps": self.gaps,
             "missing": self.missing,
@@ -267,6 +270,7 @@ class LoadGenerator:
         }
 
     def storm(self) -> dict[str, Any]:
+        """Progress of the resume storm started by :meth:`drop_and_resume`."""
         dropped_at = self.dropped_at or 0.0
         times = [c.caught_up_at - dropped_at for c in self.clients if c.caught_up_at is not None]
         return {
