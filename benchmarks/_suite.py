@@ -60,6 +60,8 @@ class Config:
     #: client
     client_count: int = 200_000
     client_warmup: int = 10_000
+    #: collector: requests recorded per timed pass
+    record_count: int = 200_000
 
     @property
     def lifetime(self) -> float:
@@ -82,6 +84,7 @@ QUICK = Config(
     storm_timeout=15.0,
     client_count=40_000,
     client_warmup=5_000,
+    record_count=50_000,
 )
 SMOKE = Config(
     name="smoke",
@@ -106,6 +109,7 @@ SMOKE = Config(
     storm_outage=0.2,
     client_count=300,
     client_warmup=50,
+    record_count=500,
 )
 
 Runner = Callable[[Config], list[Row]]
@@ -584,6 +588,26 @@ def bench_client(cfg: Config) -> list[Row]:
     ]
 
 
+def bench_record(cfg: Config) -> list[Row]:
+    """The collector's cost per recorded request, against prometheus-client."""
+    from ._recordbench import measure
+
+    result = measure(cfg.record_count)
+    return [
+        Row(
+            "collector",
+            "CPU/record_request (windows, costs, event published)",
+            result["collector_us"],
+            "µs",
+            "prometheus-client counters + histogram",
+            result["prometheus_us"],
+            "≤2x",
+            result["collector_us"] <= 2 * result["prometheus_us"],
+            result,
+        )
+    ]
+
+
 BENCHMARKS: dict[str, Runner] = {
     "fanout": bench_fanout,
     "latency": bench_latency,
@@ -591,6 +615,7 @@ BENCHMARKS: dict[str, Runner] = {
     "slow": bench_slow_consumer,
     "storm": bench_resume_storm,
     "client": bench_client,
+    "record": bench_record,
 }
 
 
