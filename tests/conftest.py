@@ -23,22 +23,24 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 _FAKEAI = Path(__file__).resolve().parents[1] / ".venv-fakeai" / "bin" / "fakeai"
 
 
-@pytest.fixture
-async def fakeai() -> AsyncIterator[int]:
-    """A real FakeAI server (``make fakeai`` installs it) on a free port; yields the port."""
-    executable = require_executable(
-        os.environ.get("METRICSTREAM_FAKEAI", str(_FAKEAI)), "run `make fakeai`"
-    )
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        executable,
-        "server",
-        "--port",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+class FakeAI:
+    """A real FakeAI server process on a fixed port, which a test may kill and restart."""
+
+    def __init__(self, executable: str, port: int) -> None:
+        self.executable = executable
+        self.port = port
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Start it and wait until it answers ``/health``."""
+        process = self.process = await asyncio.create_subprocess_exec(
+            self.executable,
+            "server",
+            "--port",
+            str(self.port),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
         async with httpx.AsyncClient() as http, asyncio.timeout(scaled(60)):
             while True:
                 if process.returncode is not None:
@@ -46,17 +48,41 @@ async def fakeai() -> AsyncIterator[int]:
                     tail = (await process.stderr.read()).decode(errors="replace")[-400:]
                     require(False, f"the FakeAI server exited at startup: {tail}")
                 try:
-                    if (await http.get(f"http://127.0.0.1:{port}/health")).is_success:
-                        break
+                    if (await http.get(f"http://127.0.0.1:{self.port}/health")).is_success:
+                        return
                 except httpx.TransportError:
                     pass
                 # Polling: the server announces readiness only by answering.
                 await asyncio.sleep(0.1)
-        yield port
-    finally:
-        # FakeAI ignores SIGTERM.
+
+    async def kill(self) -> None:
+        """SIGKILL it (FakeAI ignores SIGTERM) and reap it."""
+        process = self.process
+        if process is None:
+            return
         if process.returncode is None:
             process.send_signal(signal.SIGKILL)
         await process.wait()
         if process.stderr is not None:
             await process.stderr.read()
+        self.process = None
+
+
+@pytest.fixture
+async def fakeai_server() -> AsyncIterator[FakeAI]:
+    """A real FakeAI server (``make fakeai`` installs it) on a free port."""
+    executable = require_executable(
+        os.environ.get("METRICSTREAM_FAKEAI", str(_FAKEAI)), "run `make fakeai`"
+    )
+    server = FakeAI(executable, free_port())
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.kill()
+
+
+@pytest.fixture
+def fakeai(fakeai_server: FakeAI) -> int:
+    """The port of a running FakeAI server."""
+    return fakeai_server.port

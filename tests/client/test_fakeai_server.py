@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import Dialect, WebSocketService
+from metricstream.client import Dialect, EventHandlers, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
+from ..conftest import FakeAI
 from ..support import fakeai_chat, scaled
 from .conftest import fast_config
 from .peers import wait_until
@@ -48,3 +49,25 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
     assert client.connection_info().connections == 1
     assert client.connection_info().parse_errors == 0
     assert errors == []
+
+
+async def test_reconnects_after_fakeai_is_killed_and_restarted(fakeai_server: FakeAI) -> None:
+    url = f"ws://127.0.0.1:{fakeai_server.port}/metrics/stream"
+    config = fast_config(url, dialect="fakeai", heartbeat_interval=0.5)
+    events: list[str] = []
+    handlers = EventHandlers(
+        on_disconnect=lambda reason: events.append("disconnect"),
+        on_reconnected=lambda: events.append("reconnected"),
+    )
+    async with WebSocketService(config, handlers) as client:
+        await client.wait_connected()
+        await fakeai_server.kill()
+        await wait_until(lambda: not client.is_connected, within=scaled(10))
+        await fakeai_server.start()
+        await wait_until(lambda: client.connection_info().connections == 2, within=scaled(30))
+        # And the stream flows again.
+        updates = client.messages(types=["metrics_update"])
+        async with asyncio.timeout(scaled(15)):
+            assert (await anext(updates)).type is MessageType.METRICS_UPDATE
+        assert client.connection_info().parse_errors == 0
+    assert events[:2] == ["disconnect", "reconnected"]
