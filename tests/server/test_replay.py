@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import msgspec
 import pytest
 
 from metricstream.exceptions import ConfigError
@@ -21,8 +24,8 @@ class Clock:
 
 
 def entry(seq: int) -> LogEntry:
-    message = request(str(seq))
-    return LogEntry(seq, message, EncodedFrame(encode(message)))
+    message = msgspec.structs.replace(request(str(seq)), sequence=seq)
+    return LogEntry.of(message, EncodedFrame(encode(message)))
 
 
 def fill(log: MemoryReplayLog, first: int, last: int) -> None:
@@ -98,3 +101,17 @@ def test_repr_names_the_bounds() -> None:
     text = repr(MemoryReplayLog(max_entries=7, max_age=3.0, epoch="e"))
     assert "max_entries=7" in text
     assert "'e'" in text
+
+
+def test_entry_keeps_the_frame_type_and_model_not_the_message() -> None:
+    message = msgspec.structs.replace(request("r", model="m7"), sequence=3)
+    got = LogEntry.of(message, EncodedFrame(encode(message)))
+    assert (got.sequence, got.type, got.model) == (3, "request_update", "m7")
+    assert got.size == len(encode(message))
+    kept = [getattr(got, f.name) for f in dataclasses.fields(got)]
+    assert not any(v is message or v is message.data for v in kept)
+
+
+def test_entry_of_a_message_without_sequence_is_refused() -> None:
+    with pytest.raises(ValueError, match="sequence"):
+        LogEntry.of(request("r"), EncodedFrame(encode(request("r"))))

@@ -18,6 +18,7 @@ from tests.server.conftest import (
     recv_type,
     request,
     running,
+    wait_for,
 )
 from tests.support import scaled
 
@@ -219,3 +220,39 @@ async def test_empty_filter_parameters_mean_no_filter() -> None:
         server.hub.publish(metrics())
         server.hub.publish(request("r", model="any"))
         assert [(await recv(ws))["type"] for _ in range(2)] == ["metrics_update", "request_update"]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-write", "asgi"])
+async def test_clients_flushed_together_each_get_their_own_frames(direct: bool) -> None:
+    # A flush builds the bytes once for every client holding the same
+    # messages; a filtered client, and a plain one next to batch ones, must
+    # still get exactly their own.
+    async with running(settings=ServerSettings(direct_write=direct)) as server:
+        hub = server.hub
+        async with (
+            open_client(server.url("batch=1")) as batch_a,
+            open_client(server.url("batch=1")) as batch_b,
+            open_client(server.url("batch=1&models=m2")) as batch_m2,
+            open_client(server.url()) as plain_a,
+            open_client(server.url()) as plain_b,
+        ):
+            for ws in (batch_a, batch_b, batch_m2, plain_a, plain_b):
+                first = await recv(ws)
+                assert (first[0] if isinstance(first, list) else first)["type"] == "init"
+            await wait_for(lambda: hub.connection_count == 5, what="five subscribers")
+            for i in range(10):
+                hub.publish(request(str(i), model=f"m{1 + i % 2}"))
+            ids = [str(i) for i in range(10)]
+            for ws in (batch_a, batch_b):
+                array = await recv(ws)
+                assert [m["data"]["id"] for m in array] == ids
+                assert [m["sequence"] for m in array] == list(range(1, 11))
+            assert [m["data"]["id"] for m in await recv(batch_m2)] == ids[1::2]
+            for ws in (plain_a, plain_b):
+                assert [(await recv(ws))["data"]["id"] for _ in ids] == ids
+            # One message alone: a one-element array, and the plain frame.
+            hub.publish(request("last"))
+            for ws in (batch_a, batch_b):
+                assert [m["data"]["id"] for m in await recv(ws)] == ["last"]
+            for ws in (plain_a, plain_b):
+                assert (await recv(ws))["data"]["id"] == "last"

@@ -33,6 +33,19 @@ def test_encoded_frame_holds_every_form_of_one_message() -> None:
     assert "ping" in repr(frame)
 
 
+@pytest.mark.parametrize("size", [10, 200, 70_000])
+def test_encoded_frame_keeps_one_copy_and_derives_the_others(size: int) -> None:
+    document = b'{"type":"ping","note":"' + b"x" * size + b'"}'
+    frame = EncodedFrame(document)
+    # Only the wire bytes are stored; the JSON is a view into them.
+    assert not hasattr(frame, "__dict__")
+    assert frame.data.obj is frame.wire
+    assert frame.data == document
+    assert frame.text == document.decode()
+    assert frame.size == len(document)
+    assert frame.wire == text_frame(document)
+
+
 async def _receive() -> dict[str, str]:
     return {"type": "websocket.disconnect"}
 

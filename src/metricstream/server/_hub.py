@@ -9,14 +9,17 @@ together (one JSON array per flush for ``batch=1`` subscribers).
 
 Writing without a task per client
 ---------------------------------
-Each message is encoded once into an :class:`EncodedFrame`: JSON text, its
-bytes, and the complete WebSocket frame. A subscriber is written to in one of
-two ways, both synchronous for a client that keeps up:
+Each message is encoded once into an :class:`EncodedFrame`, which keeps the
+complete WebSocket frame only (the JSON bytes and text are derived on the
+paths that need them). A subscriber is written to in one of two ways, both
+synchronous for a client that keeps up:
 
 - **Direct** (uvicorn, sans-I/O websockets, no compression; see
   :class:`DirectWriter`): everything pending for the client goes to its
   transport in one ``write`` of shared, pre-framed bytes, as
-  ``websockets.broadcast()`` does. While the transport is paused (its buffer
+  ``websockets.broadcast()`` does; when several messages are pending, the
+  joined frames or the ``batch=1`` array are built once per flush for all
+  the clients holding the same ones. While the transport is paused (its buffer
   over the high-water mark) a small task waits for it to resume.
 - **Through ASGI** (any other server): writing is a coroutine
   (``await send(...)``) that, on uvicorn, suspends only when the transport
@@ -87,6 +90,11 @@ _MODEL_SCOPED: Final = frozenset(
 
 #: Sends one text frame; returns the (not yet started) send coroutine.
 SendText = Callable[[str], Coroutine[Any, Any, None]]
+
+# What a direct flush built for one subscriber, reusable for the next one
+# holding the same frames: (batch, frames, wire bytes, payload bytes,
+# messages, frames written).
+_Shared = tuple[bool, list[EncodedFrame], bytes, int, int, int]
 
 
 class _Transport(Protocol):
@@ -245,21 +253,26 @@ class Subscriber:
         if not self.batch:
             frame = pending[0]
             del pending[0]
-            size = len(frame.data)
+            size = frame.size
             self._pending_bytes -= size
             return frame.text, size, 1
         count = len(pending)
-        text = "[" + ",".join([f.text for f in pending]) + "]"
+        # One decode for the whole array: frames keep only their wire bytes.
+        text = "[" + b",".join([f.data for f in pending]).decode() + "]"
         size = self._pending_bytes + count + 1
         pending.clear()
         self._pending_bytes = 0
         return text, size, count
 
-    def _take_wire(self) -> tuple[bytes, int, int, int]:
-        """Everything pending as wire bytes: (bytes, payload bytes, messages, frames).
+    def _take_wire(self) -> tuple[list[EncodedFrame], bytes, int, int, int]:
+        """Everything pending as wire bytes: (the frames taken, bytes, payload
+        bytes, messages, frames).
 
         A plain subscriber gets its frames back to back in one write (one
         system call for the lot); a ``batch=1`` subscriber gets one array.
+        The outbox list itself is handed back (a fresh one replaces it), so
+        that the flush can recognise other subscribers holding the very same
+        frames and give them the same bytes (see ``MetricsHub._pump_direct``).
         """
         pending = self._pending
         count = len(pending)
@@ -276,9 +289,9 @@ class Subscriber:
         else:
             data = b"".join([f.wire for f in pending])
             frames = count
-        pending.clear()
+        self._pending = []
         self._pending_bytes = 0
-        return data, size, count, frames
+        return pending, data, size, count, frames
 
 
 class MetricsHub:
@@ -334,6 +347,9 @@ class MetricsHub:
         self._subscribers: set[Subscriber] = set()
         self._dirty: list[Subscriber] = []
         self._flush_handle: asyncio.Handle | None = None
+        # The wire bytes last built in this flush, with what they were built
+        # from: (batch, frames taken, bytes, payload bytes, messages, frames).
+        self._shared: _Shared | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing = False
         # Set whenever no subscriber is attached (close_all waits on it).
@@ -421,7 +437,9 @@ class MetricsHub:
             metadata=message.metadata,
         )
         frame = EncodedFrame(encode(message))
-        self._log.append(LogEntry(seq, message, frame))
+        self._log.append(
+            LogEntry(seq, mtype, data.model if mtype in _MODEL_SCOPED else None, frame)
+        )
         self._fold(mtype, data)
         self._snapshot_cache = None
         self.stats.published += 1
@@ -452,7 +470,7 @@ class MetricsHub:
         self, loop: asyncio.AbstractEventLoop, mtype: MessageType, data: Any, frame: EncodedFrame
     ) -> None:
         model = data.model if mtype in _MODEL_SCOPED else None
-        size = len(frame.data)
+        size = frame.size
         limit = self._max_buffer
         dirty = self._dirty
         evicted: list[Subscriber] = []
@@ -621,7 +639,7 @@ class MetricsHub:
         init = self._init_frame(resumed=replay is not None, types=tset, models=mset)
         self._enqueue(sub, init, bounded=False)
         for entry in replay or ():
-            if self._accepts(sub, entry.message):
+            if self._accepts(sub, entry.type, entry.model):
                 self._enqueue(sub, entry.frame, bounded=False)
         # The snapshot and the replay may exceed the live bound once; they are
         # allowed for until the outbox first drains below the bound.
@@ -643,13 +661,12 @@ class MetricsHub:
             sub.closed.set_result(None)
 
     @staticmethod
-    def _accepts(sub: Subscriber, message: WebSocketMessage[Any]) -> bool:
+    def _accepts(sub: Subscriber, mtype: str, model: str | None) -> bool:
         types = sub.types
-        if types is not None and message.type not in types:
+        if types is not None and mtype not in types:
             return False
         models = sub.models
-        if models is not None and message.type in _MODEL_SCOPED:
-            model = message.data.model
+        if models is not None and mtype in _MODEL_SCOPED:
             return model is None or model in models
         return True
 
@@ -676,7 +693,7 @@ class MetricsHub:
 
     def _enqueue(self, sub: Subscriber, frame: EncodedFrame, *, bounded: bool = True) -> None:
         sub._pending.append(frame)
-        sub._pending_bytes += len(frame.data)
+        sub._pending_bytes += frame.size
         if bounded and self._over_bound(sub):
             self._evict(sub)
             return
@@ -690,10 +707,15 @@ class MetricsHub:
         self._flush_handle = None
         dirty = self._dirty
         self._dirty = []
-        for sub in dirty:
-            sub.dirty = False
-            if sub._task is None:
-                self._pump(sub)
+        self._shared = None
+        try:
+            for sub in dirty:
+                sub.dirty = False
+                if sub._task is None:
+                    self._pump(sub)
+        finally:
+            # Only shared within one flush: do not pin the bytes afterwards.
+            self._shared = None
 
     def _pump(self, sub: Subscriber) -> None:
         """Write what ``sub`` has pending, stepping each send by hand until one
@@ -739,7 +761,21 @@ class MetricsHub:
             self.stats.send_suspensions += 1
             sub._task = asyncio.get_running_loop().create_task(self._await_writable(sub, direct))
             return
-        data, size, count, frames = sub._take_wire()
+        pending = sub._pending
+        shared = self._shared
+        if shared is not None and shared[0] is sub.batch and shared[1] == pending:
+            # The same frames as the previous subscriber of this flush (list
+            # equality is identity of the frames here): unfiltered clients
+            # that keep up all hold the same outbox, so the array (or the
+            # joined frames) is built once per flush and every one of them
+            # is written the same bytes object, as single frames always are.
+            _, _, data, size, count, frames = shared
+            sub._pending = []
+            sub._pending_bytes = 0
+        else:
+            taken, data, size, count, frames = sub._take_wire()
+            if count > 1 or sub.batch:
+                self._shared = (sub.batch, taken, data, size, count, frames)
         try:
             direct.write(data)
         except Exception as exc:  # pragma: no cover - transports buffer, they do not raise
@@ -761,6 +797,7 @@ class MetricsHub:
         finally:
             sub._task = None
         self._pump(sub)
+        self._shared = None
 
     def _start_writer(
         self,

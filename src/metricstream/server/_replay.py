@@ -33,12 +33,26 @@ class LogEntry:
     """One published stream message, as the log keeps it.
 
     ``frame`` is the message encoded once: every client that is sent this
-    message (live or replayed) is sent these very bytes.
+    message (live or replayed) is sent these very bytes. The message Struct
+    itself is not kept (the snapshot folds it in separately): a replay needs
+    only the frame, and a subscriber's filter only the ``type`` and, for
+    model-scoped types, the ``model``.
     """
 
     sequence: int
-    message: WebSocketMessage[Any]
+    type: str
+    model: str | None
     frame: EncodedFrame
+
+    @classmethod
+    def of(cls, message: WebSocketMessage[Any], frame: EncodedFrame) -> LogEntry:
+        """The entry of a published ``message`` (its ``sequence`` set) and its frame."""
+        if message.sequence is None:
+            raise ValueError("a logged message must have a sequence")
+        model = getattr(message.data, "model", None)
+        # ``type`` as given: a ``MessageType`` member is shared by every
+        # entry, where ``str()`` of it would be a new string per entry.
+        return cls(message.sequence, message.type, model if isinstance(model, str) else None, frame)
 
     @property
     def size(self) -> int:

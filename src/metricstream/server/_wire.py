@@ -1,10 +1,12 @@
 """Frames encoded once, and the direct path to uvicorn's transport.
 
-An :class:`EncodedFrame` holds one message in every form a connection may
-need: the JSON text (for ASGI ``websocket.send``), its UTF-8 bytes (for
-``batch=1`` arrays) and the complete WebSocket text frame as it goes on the
-wire (server frames are not masked, so with no extension negotiated the very
-same bytes are valid on every connection).
+An :class:`EncodedFrame` holds one message as the complete WebSocket text
+frame that goes on the wire (server frames are not masked, so with no
+extension negotiated the very same bytes are valid on every connection). The
+other forms a connection may need, the JSON bytes for ``batch=1`` arrays and
+the JSON text for ASGI ``websocket.send``, are derived from it on the path
+that needs them: the replay log keeps thousands of frames, and one copy of
+each is all it should pay for.
 
 :class:`DirectWriter` writes such wire bytes straight to the transport of a
 uvicorn connection, skipping the per-client ASGI ``send`` call chain; see
@@ -22,30 +24,35 @@ __all__ = ["DirectWriter", "EncodedFrame", "text_frame"]
 _OP_TEXT_FIN: Final = 0x81
 
 
+def _header(n: int) -> bytes:
+    if n < 126:
+        return bytes((_OP_TEXT_FIN, n))
+    if n < 65536:
+        return struct.pack("!BBH", _OP_TEXT_FIN, 126, n)
+    return struct.pack("!BBQ", _OP_TEXT_FIN, 127, n)
+
+
 def text_frame(payload: bytes) -> bytes:
     """A complete, unmasked, final WebSocket text frame carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((_OP_TEXT_FIN, n))
-    elif n < 65536:
-        header = struct.pack("!BBH", _OP_TEXT_FIN, 126, n)
-    else:
-        header = struct.pack("!BBQ", _OP_TEXT_FIN, 127, n)
-    return header + payload
+    return _header(len(payload)) + payload
 
 
 class EncodedFrame:
-    """One message, encoded once, in the three forms a connection may need."""
+    """One message, encoded and framed once.
 
-    __slots__ = ("data", "text", "wire")
+    Only :attr:`wire` is stored; :attr:`data` and :attr:`text` are computed
+    on each access (the ``batch=1`` and ASGI paths, respectively), so a frame
+    held by the replay log costs one copy of the message.
+    """
+
+    __slots__ = ("_offset", "wire")
 
     def __init__(self, data: bytes) -> None:
-        #: The JSON document, UTF-8.
-        self.data = data
-        #: The same document as ``str`` (what ASGI ``websocket.send`` takes).
-        self.text = data.decode()
-        #: The whole WebSocket frame: header and ``data``.
-        self.wire = text_frame(data)
+        header = _header(len(data))
+        #: The whole WebSocket frame: header and JSON document.
+        self.wire = header + data
+        # Where the JSON document starts in ``wire`` (2, 4 or 10).
+        self._offset = len(header)
 
     @classmethod
     def of_text(cls, text: str) -> EncodedFrame:
@@ -53,12 +60,27 @@ class EncodedFrame:
         return cls(text.encode())
 
     @property
+    def data(self) -> memoryview:
+        """The JSON document, UTF-8: a view into :attr:`wire` (no copy)."""
+        return memoryview(self.wire)[self._offset :]
+
+    @property
+    def text(self) -> str:
+        """The JSON document as ``str`` (what ASGI ``websocket.send`` takes).
+
+        Decoded on every access and not kept: only connections that do not
+        take direct writes need it, and each of those sends it once.
+        """
+        return self.wire[self._offset :].decode()
+
+    @property
     def size(self) -> int:
         """Bytes of the JSON document (what buffer bounds count)."""
-        return len(self.data)
+        return len(self.wire) - self._offset
 
     def __repr__(self) -> str:
-        return f"EncodedFrame({self.text[:60]!r}{'...' if len(self.text) > 60 else ''})"
+        text = self.text
+        return f"EncodedFrame({text[:60]!r}{'...' if len(text) > 60 else ''})"
 
 
 class DirectWriter:
