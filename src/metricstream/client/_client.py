@@ -1011,6 +1011,11 @@ class WebSocketService:
                 logger.exception("a %s callback failed", message.type)
         if broadcast:
             self._call(self._handlers.on_message, message)
+        # Checked first: iterating a WeakSet (a copy under an iteration
+        # guard) costs over a microsecond per message even when empty, and
+        # most clients never open a ``messages()`` iterator.
+        if not self._streams:
+            return
         for stream in list(self._streams):
             if not stream.wants(message, broadcast=broadcast):
                 continue
