@@ -1,10 +1,15 @@
 """Encoding and decoding of wire frames.
 
-Decoding happens in two steps with one reused decoder each: the envelope is
-decoded with ``data`` left as raw JSON (``msgspec.Raw``, no copy, no parse),
-then ``data`` is decoded with the decoder of the payload type that ``type``
-names. That keeps unknown types cheap to skip and lets every error name the
-message type it happened in.
+A valid message of a known type is decoded in one pass: a tagged union of
+one envelope Struct per type (tag ``type``, ``data`` typed with that type's
+payload) parses the envelope and its payload together. Anything that pass
+refuses (an unknown type, an invalid message, a ``data`` of ``null``) is
+decoded again by the reference path, in two steps with one reused decoder
+each: the envelope with ``data`` left as raw JSON (``msgspec.Raw``, no copy,
+no parse), then ``data`` with the decoder of the payload type that ``type``
+names. That path decides every such case, so unknown types are still kept
+and every error still names the message type it happened in; the fast pass
+only ever accepts what it would accept, with the same result.
 
 Whatever bytes come in, :func:`decode` returns a message or raises
 :class:`~metricstream.exceptions.ProtocolError`; it never raises anything else.
@@ -13,7 +18,7 @@ Whatever bytes come in, :func:`decode` returns a message or raises
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Any, Final, Union
 
 import msgspec
 
@@ -104,6 +109,43 @@ _payload_decoders: Final[dict[MessageType, msgspec.json.Decoder[Any]]] = {
 _KNOWN: Final[dict[str, MessageType]] = {t.value: t for t in MessageType}
 
 
+def _typed_envelope(mtype: MessageType, payload: type[Any] | None) -> type[Any]:
+    """The envelope Struct of one known type, for the one-pass decoders.
+
+    Mirrors what :func:`_finish` accepts: ``data`` required unless the type
+    is in :data:`DATA_OPTIONAL_TYPES` (then absent means an empty payload),
+    and ignored (any JSON) for types without a payload.
+    """
+    data: tuple[str, Any] | tuple[str, Any, Any]
+    if payload is None:
+        data = ("data", msgspec.Raw, msgspec.field(default_factory=msgspec.Raw))
+    elif mtype in DATA_OPTIONAL_TYPES:
+        data = ("data", payload, msgspec.field(default_factory=payload))
+    else:
+        data = ("data", payload)
+    return msgspec.defstruct(
+        f"_{mtype.name.title().replace('_', '')}Envelope",
+        [
+            ("timestamp", int | float, 0),
+            data,
+            ("sequence", int | None, None),
+            ("metadata", dict[str, Any] | None, None),
+        ],
+        kw_only=True,
+        tag_field="type",
+        tag=mtype.value,
+    )
+
+
+# Each one-pass envelope class, with the type it stands for.
+_TYPED: Final[dict[type[Any], MessageType]] = {
+    _typed_envelope(t, p): t for t, p in PAYLOAD_TYPES.items()
+}
+_typed_union: Any = Union[tuple(_TYPED)]  # noqa: UP007 - built from a tuple at run time
+_typed_decoder: Final = msgspec.json.Decoder(_typed_union)
+_typed_batch_decoder: Final = msgspec.json.Decoder(list[_typed_union] | _typed_union)
+
+
 def encode(message: WebSocketMessage[Any]) -> bytes:
     """Encode one message as a JSON object (UTF-8 bytes)."""
     return _encoder.encode(message)
@@ -135,6 +177,14 @@ def decode(frame: bytes | str) -> WebSocketMessage[Any]:
     else that is not a valid message raises :class:`ProtocolError`.
     """
     try:
+        typed = _typed_decoder.decode(frame)
+    except (msgspec.MsgspecError, RecursionError, TypeError):
+        # Not a plainly valid message of a known type: the two-step path
+        # decides (an unknown type is kept, an error is worded there).
+        pass
+    else:
+        return _finish_typed(typed)
+    try:
         envelope = _envelope_decoder.decode(frame)
     except (msgspec.MsgspecError, RecursionError, TypeError) as exc:
         raise ProtocolError(f"invalid message: {_describe(exc)}") from exc
@@ -147,6 +197,16 @@ def decode_frame(frame: bytes | str) -> list[WebSocketMessage[Any]]:
     Raises :class:`ProtocolError` when the frame, or any message in it, is
     invalid: a batch is accepted or rejected whole.
     """
+    try:
+        typed = _typed_batch_decoder.decode(frame)
+    except (msgspec.MsgspecError, RecursionError, TypeError):
+        # Some message is not plainly valid or of a known type: the whole
+        # frame goes through the two-step path, which decides.
+        pass
+    else:
+        if isinstance(typed, list):
+            return [_finish_typed(envelope) for envelope in typed]
+        return [_finish_typed(typed)]
     try:
         decoded = _batch_decoder.decode(frame)
     except (msgspec.MsgspecError, RecursionError, TypeError) as exc:
@@ -184,6 +244,23 @@ def _finish(envelope: _Envelope) -> WebSocketMessage[Any]:
         type=mtype if mtype is not None else envelope.type,
         timestamp=normalize_timestamp(envelope.timestamp),
         data=data,
+        sequence=sequence,
+        metadata=envelope.metadata,
+    )
+
+
+def _finish_typed(envelope: Any) -> WebSocketMessage[Any]:
+    """The message of a one-pass envelope: the checks :func:`_finish` makes
+    after the payload, in the same order, with the same errors."""
+    mtype = _TYPED[type(envelope)]
+    sequence = envelope.sequence
+    if sequence is not None and sequence < 0:
+        raise ProtocolError(f"invalid {mtype.value} message: negative sequence {sequence}")
+    return WebSocketMessage(
+        type=mtype,
+        timestamp=normalize_timestamp(envelope.timestamp),
+        # Types without a payload ignore whatever ``data`` they carried.
+        data=None if PAYLOAD_TYPES[mtype] is None else envelope.data,
         sequence=sequence,
         metadata=envelope.metadata,
     )
