@@ -30,10 +30,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# fakeai 0.3.2 imports Pillow without declaring it.
 $(FAKEAI_STAMP):
 	test -x $(FAKEAI_VENV)/bin/python || $(PYTHON) -m venv $(FAKEAI_VENV)
 	$(FAKEAI_VENV)/bin/python -m pip install --quiet --upgrade pip
-	# fakeai 0.3.2 imports Pillow without declaring it.
 	$(FAKEAI_VENV)/bin/python -m pip install --quiet 'fakeai==0.3.2' pillow
 	touch $@
 
