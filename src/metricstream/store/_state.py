@@ -14,6 +14,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..protocol import (
+    PAYLOAD_TYPES,
+    STATE_TYPES,
     CostUpdatePayload,
     ErrorUpdatePayload,
     InitPayload,
@@ -150,7 +152,7 @@ class StateReducer:
             if not self._newer(message, data.endpoint):
                 return False
             self._put(self._rate_limits, MessageType.RATE_LIMIT_UPDATE, data.endpoint, data)
-        elif mtype in _SINGLETONS and isinstance(data, _SINGLETONS[mtype]):
+        elif mtype in _SINGLETONS and _has_payload_of(mtype, data):
             if not self._newer(message, ""):
                 return False
             self._singletons[MessageType(mtype)] = data
@@ -217,9 +219,11 @@ class StateReducer:
             self._last_update = timestamp
 
 
-_SINGLETONS: Final[dict[str, type[Any]]] = {
-    MessageType.METRICS_UPDATE: MetricsUpdatePayload,
-    MessageType.SYSTEM_UPDATE: SystemUpdatePayload,
-    MessageType.COST_UPDATE: CostUpdatePayload,
-    MessageType.KV_CACHE_UPDATE: KVCacheUpdatePayload,
-}
+# State messages with one value for the whole stream (the others are keyed).
+_SINGLETONS: Final = STATE_TYPES - {MessageType.MODEL_UPDATE, MessageType.RATE_LIMIT_UPDATE}
+
+
+def _has_payload_of(mtype: str, data: Any) -> bool:
+    """Whether ``data`` is the payload Struct of ``mtype`` (not a raw dict, say)."""
+    payload = PAYLOAD_TYPES.get(MessageType(mtype))
+    return payload is not None and isinstance(data, payload)
