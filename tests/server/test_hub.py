@@ -11,6 +11,7 @@ import asyncio
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from metricstream.exceptions import ConfigError
@@ -92,6 +93,39 @@ def test_publish_converts_a_dict_payload_and_rejects_a_bad_one() -> None:
     assert isinstance(published.data, RateLimitUpdatePayload)
     with pytest.raises(ValueError, match="invalid rate_limit_update payload"):
         hub.publish(make_message(MessageType.RATE_LIMIT_UPDATE, {**fields, "percentage_used": 500}))
+    assert hub.sequence == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("error_rate", 150.0, "error_rate"),  # a percentage above 100
+        ("avg_latency_ms", float("nan"), "avg_latency_ms"),  # sent as null
+        ("total_requests", -1, "total_requests"),
+    ],
+)
+def test_publish_rejects_a_struct_payload_clients_would_reject(
+    field: str, value: Any, expected: str
+) -> None:
+    # Structs built in Python are not validated; the hub checks what it sends.
+    hub = MetricsHub()
+    hub.publish(metrics(total=1))
+    before = hub.snapshot()
+    bad = msgspec.structs.replace(metrics(total=2).data, **{field: value})
+    with pytest.raises(ValueError, match=expected):
+        hub.publish(make_message(MessageType.METRICS_UPDATE, bad))
+    assert hub.sequence == 1
+    assert hub.snapshot() == before
+    assert [e.sequence for e in hub.log.entries_after(0)] == [1]
+
+
+def test_publish_rejects_a_message_larger_than_a_clients_buffer() -> None:
+    hub = MetricsHub(max_buffer_bytes=4096)
+    huge = msgspec.structs.replace(request("r1").data, error_message="x" * 10_000)
+    with pytest.raises(ValueError, match="larger than the per-client buffer"):
+        hub.publish(make_message(MessageType.REQUEST_UPDATE, huge))
+    assert hub.sequence == 0
+    hub.publish(request("r2"))
     assert hub.sequence == 1
 
 

@@ -49,7 +49,7 @@ from typing import Any, Final, Protocol
 import msgspec
 
 from .. import __version__
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, ProtocolError
 from ..protocol import (
     PAYLOAD_TYPES,
     STREAM_TYPES,
@@ -65,6 +65,7 @@ from ..protocol import (
     RequestUpdatePayload,
     SystemUpdatePayload,
     WebSocketMessage,
+    decode,
     encode,
     make_message,
 )
@@ -404,7 +405,9 @@ class MetricsHub:
         """Publish one stream message; returns it with its ``sequence`` set.
 
         Raises ``ValueError`` for a type that is not a stream type (state or
-        event) or a payload that does not fit its type; a dict payload is
+        event), a payload that does not fit its type (checked with the same
+        decoder the clients use: ranges, NaN, missing fields), or a message
+        larger than the per-client buffer bound; a dict payload is
         converted to the type's Struct; ``RuntimeError`` when called off the
         event loop thread while clients are attached (from another thread,
         use ``loop.call_soon_threadsafe(hub.publish, message)``). Nothing
@@ -427,8 +430,7 @@ class MetricsHub:
         # Fails (RuntimeError) before anything changes when called off the
         # event loop thread while clients are attached.
         loop = asyncio.get_running_loop() if self._subscribers else None
-        self._sequence += 1
-        seq = self._sequence
+        seq = self._sequence + 1
         message = WebSocketMessage(
             type=mtype,
             timestamp=message.timestamp,
@@ -436,7 +438,24 @@ class MetricsHub:
             sequence=seq,
             metadata=message.metadata,
         )
-        frame = EncodedFrame(encode(message))
+        encoded = encode(message)
+        # Structs are not validated when built in Python, so a payload with a
+        # percentage of 150 or a NaN latency would reach every client, which
+        # rejects it, and stay in the snapshot that every new client's init
+        # carries. Check the bytes once, here, with the clients' own decoder.
+        try:
+            decode(encoded)
+        except ProtocolError as exc:
+            raise ValueError(f"cannot publish: {exc}") from None
+        frame = EncodedFrame(encoded)
+        # A message bigger than a client's whole buffer would evict every
+        # client at once, and no resume could ever carry it.
+        if frame.size > self._max_buffer:
+            raise ValueError(
+                f"cannot publish a {frame.size}-byte {mtype.value} message: "
+                f"larger than the per-client buffer ({self._max_buffer} bytes)"
+            )
+        self._sequence = seq
         self._log.append(
             LogEntry(seq, mtype, data.model if mtype in _MODEL_SCOPED else None, frame)
         )
