@@ -56,6 +56,10 @@ def build_app(collector: MetricsCollector, gate: Gate) -> FastAPI:
                 {"error": {"message": "Too many requests", "type": "rate_limit_exceeded"}},
                 status_code=429,
             )
+        if body.get("model") == "verbose":
+            # An upstream that puts a whole page into its error.
+            error = {"message": "upstream said: " + "x" * 100_000, "type": "t" * 5000}
+            return JSONResponse({"error": error}, status_code=503)
         if body.get("stream"):
 
             async def events() -> AsyncIterator[bytes]:
@@ -198,6 +202,23 @@ async def test_streamed_completion_passes_through_and_records_usage(
     assert snap.ttft.count == 1
     assert 0 < snap.ttft.p50 <= record.latency_ms
     assert snap.metrics.streaming_percentage == 100.0
+
+
+async def test_huge_error_texts_from_a_response_are_cut(
+    served: tuple[str, MetricsCollector, Gate], publisher: RecordingPublisher
+) -> None:
+    # They go into every client's stream: a 100 kB message must not.
+    url, _, _ = served
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "verbose"})
+        assert response.status_code == 503
+    (record,) = _requests(publisher)
+    assert record.error_message is not None
+    assert record.error_message.startswith("upstream said: xxx")
+    assert len(record.error_message) == 2000
+    (error,) = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
+    assert len(error.error_message) == 2000
+    assert len(error.error_type) == 200
 
 
 async def test_plain_requests_errors_and_exceptions_are_recorded(

@@ -28,6 +28,11 @@ _MAX_SSE_LINE: Final = 1 << 20
 # Names taken from request or response bodies are cut to this length: they
 # end up in every client's stream.
 _MAX_NAME: Final = 200
+# Texts taken from responses and exceptions go into every client's stream
+# too; past these lengths they are cut (a stack trace keeps its end, where
+# the error is).
+_MAX_MESSAGE: Final = 2000
+_MAX_TRACE: Final = 8000
 #: Service of a request that matched no route (a 404 scan must not create
 #: one service per probed path).
 UNMATCHED: Final = "(unmatched)"
@@ -115,10 +120,10 @@ class _Exchange:
         error = obj.get("error")
         if isinstance(error, dict):
             message = error.get("message")
-            self.error_message = message if isinstance(message, str) else "error"
+            self.error_message = message[:_MAX_MESSAGE] if isinstance(message, str) else "error"
             etype = error.get("type") or error.get("code")
             if isinstance(etype, str) and etype:
-                self.error_type = etype
+                self.error_type = etype[:_MAX_NAME]
         has_content = False
         choices = obj.get("choices")
         if isinstance(choices, list):
@@ -314,7 +319,7 @@ class MetricsMiddleware:
             elif failure is not None:
                 error_message = type(failure).__name__
                 if self.expose_exception_details and str(failure):
-                    error_message = f"{error_message}: {failure}"
+                    error_message = f"{error_message}: {failure}"[:_MAX_MESSAGE]
             else:
                 error_message = exchange.error_message or f"HTTP {status}"
         ttft_ms = None
@@ -350,7 +355,7 @@ class MetricsMiddleware:
                 severity="critical",
                 request_id=recorded.id,
                 stack_trace=(
-                    "".join(traceback.format_exception(failure))
+                    "".join(traceback.format_exception(failure))[-_MAX_TRACE:]
                     if self.expose_exception_details
                     else None
                 ),
