@@ -100,7 +100,7 @@ def test_full_init_replaces_state_and_resumed_init_keeps_it() -> None:
     snapshot = InitPayload(
         metrics=METRICS,
         models={MODEL.model: MODEL},
-        recent_requests=[request(3), request(2)],
+        recent_requests=[request(2), request(3)],  # oldest first, as sent
         recent_errors=[ERROR],
         system=SYSTEM,
     )
@@ -153,6 +153,36 @@ def test_each_request_is_held_once_and_histories_are_bounded() -> None:
     assert len(store.state.recent_errors) == 2
     # An evicted id may come back (it is history, not a duplicate any more).
     assert store.apply(msg(MessageType.REQUEST_UPDATE, request(0), seq=201))
+
+
+def test_init_history_is_oldest_first_and_keeps_the_newest() -> None:
+    store = MetricsStore(max_recent_requests=3)
+    store.apply(init(5, InitPayload(recent_requests=[request(i) for i in range(1, 6)])))
+    assert [r.id for r in store.state.recent_requests] == ["r5", "r4", "r3"]
+    store.apply(msg(MessageType.REQUEST_UPDATE, request(6), seq=6))
+    assert [r.id for r in store.state.recent_requests] == ["r6", "r5", "r4"]
+
+
+def test_a_later_record_of_a_request_replaces_it_in_place() -> None:
+    store = MetricsStore()
+    started = replace(REQUEST, id="r1", status="in_progress")
+    done = replace(REQUEST, id="r1", status="success")
+    history = store.request_history()
+    store.apply(msg(MessageType.REQUEST_UPDATE, started, seq=1))
+    store.apply(msg(MessageType.REQUEST_UPDATE, request(2), seq=2))
+    assert store.apply(msg(MessageType.REQUEST_UPDATE, done, seq=3))
+    assert [(r.id, r.status) for r in store.state.recent_requests] == [
+        ("r2", "success"),
+        ("r1", "success"),
+    ]
+    assert [r.status for r in history.requests if r.id == "r1"] == ["success", "in_progress"]
+    # A snapshot holding both records of one request shows it once.
+    fresh = MetricsStore()
+    fresh.apply(init(3, InitPayload(recent_requests=[started, request(2), done])))
+    assert [(r.id, r.status) for r in fresh.state.recent_requests] == [
+        ("r2", "success"),
+        ("r1", "success"),
+    ]
 
 
 def test_keyed_state_is_bounded() -> None:

@@ -69,8 +69,9 @@ class StateReducer:
       snapshot or a new epoch); a resumed ``init`` keeps it.
     - A state message never overwrites a newer one for the same key: it is
       compared by ``sequence`` (timestamps when the dialect has none).
-    - ``request_update`` events are kept once per ``id``; both histories are
-      bounded.
+    - ``request_update`` events are kept once per ``id`` (a later record of
+      the same request, such as its final status, replaces the earlier one);
+      both histories are bounded.
     """
 
     def __init__(self, *, max_recent_requests: int = 50, max_recent_errors: int = 20) -> None:
@@ -136,12 +137,8 @@ class StateReducer:
         if mtype == MessageType.INIT and isinstance(data, InitPayload):
             return self._apply_init(message, data)
         if mtype == MessageType.REQUEST_UPDATE and isinstance(data, RequestUpdatePayload):
-            if data.id in self._request_ids:
+            if not self._add_request(data):
                 return False
-            if len(self._requests) == self._requests.maxlen:
-                self._request_ids.discard(self._requests[0].id)
-            self._requests.append(data)
-            self._request_ids.add(data.id)
         elif mtype == MessageType.ERROR_UPDATE and isinstance(data, ErrorUpdatePayload):
             self._errors.append(data)
         elif mtype == MessageType.MODEL_UPDATE and isinstance(data, ModelUpdatePayload):
@@ -182,13 +179,27 @@ class StateReducer:
         for endpoint, limit in list(data.rate_limits.items())[-_MAX_KEYS:]:
             self._rate_limits[endpoint] = limit
             self._versions[(MessageType.RATE_LIMIT_UPDATE, endpoint)] = version
-        # The snapshot lists events newest first, like the state does.
-        for request in reversed(data.recent_requests[: self.max_recent_requests]):
-            self._requests.append(request)
-            self._request_ids.add(request.id)
-        for error in reversed(data.recent_errors[: self.max_recent_errors]):
-            self._errors.append(error)
+        # The snapshot lists events oldest first, in the order they happened.
+        for request in data.recent_requests[-self.max_recent_requests :]:
+            self._add_request(request)
+        self._errors.extend(data.recent_errors[-self.max_recent_errors :])
         self._touch(message.timestamp)
+        return True
+
+    def _add_request(self, data: RequestUpdatePayload) -> bool:
+        """Hold a request once per ``id``; a later record of it (its final
+        status after ``in_progress``) replaces the earlier one in place."""
+        if data.id in self._request_ids:
+            for i, held in enumerate(self._requests):
+                if held.id == data.id:
+                    if held == data:
+                        return False
+                    self._requests[i] = data
+                    return True
+        if len(self._requests) == self._requests.maxlen:
+            self._request_ids.discard(self._requests[0].id)
+        self._requests.append(data)
+        self._request_ids.add(data.id)
         return True
 
     def _newer(self, message: WebSocketMessage[Any], key: str) -> bool:
