@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import ConnectionState, EventHandlers, WebSocketService
-from metricstream.protocol import MessageType, WebSocketMessage, make_message
+from metricstream.client import ConnectionState, EventHandlers, WebSocketConfig, WebSocketService
+from metricstream.exceptions import ConfigError
+from metricstream.protocol import MessageType, SubscribePayload, WebSocketMessage, make_message
 
 from ..support import require_executable, scaled
 from .conftest import fast_config
@@ -220,3 +221,16 @@ async def test_open_timeout_bounds_a_handshake_that_never_completes() -> None:
         await tcp.wait_closed()
     assert client.state is ConnectionState.ERROR
     assert "cannot connect" in str(errors[0])
+
+
+async def test_set_filter_validates_both_names_before_changing_either() -> None:
+    client = WebSocketService(WebSocketConfig(url="ws://127.0.0.1:9/metrics/stream"))
+    with pytest.raises(ConfigError, match="models"):
+        await client.set_filter(types=["metrics_update"], models=["bad,name"])
+    assert client.filter == SubscribePayload(types=None, models=None)
+    # One string is not a list of one type (it would filter out everything).
+    with pytest.raises(ConfigError, match="not one string"):
+        await client.set_filter(types="metrics_update")  # type: ignore[arg-type]
+    assert client.filter == SubscribePayload(types=None, models=None)
+    assert await client.set_filter(types=["metrics_update"]) is None  # not connected
+    assert client.filter.types == ["metrics_update"]

@@ -595,8 +595,11 @@ class WebSocketService:
         A server that does not answer within the heartbeat timeout, or a
         connection lost meanwhile, also gives ``None``.
         """
-        self._types = _names("types", tuple(types) if types is not None else None)
-        self._models = _names("models", tuple(models) if models is not None else None)
+        # Validate both before changing either: a bad ``models`` must not
+        # leave a new ``types`` behind. ``_names`` also refuses a lone string.
+        new_types = _names("types", types)
+        new_models = _names("models", models)
+        self._types, self._models = new_types, new_models
         conn = self._conn
         if conn is None or not conn.connected:
             return None

@@ -51,7 +51,7 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be a positive finite number of seconds, got {value!r}")
 
 
-def _names(name: str, value: Sequence[str] | None) -> tuple[str, ...] | None:
+def _names(name: str, value: Iterable[str] | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
