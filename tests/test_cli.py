@@ -65,3 +65,10 @@ def test_unknown_command_exits_with_usage() -> None:
     result = run("no-such-command")
     assert result.returncode == 2
     assert "usage: metricstream" in result.stderr
+
+
+def test_a_bad_option_value_is_reported_without_a_traceback() -> None:
+    result = run("dashboard", "http://not-a-websocket-url")
+    assert result.returncode == 2
+    assert "metricstream dashboard: url must be a ws:// or wss:// URL" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .exceptions import ConfigError
 
 __all__ = ["main"]
 
@@ -64,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader (``| head``) went away: not an error worth a traceback.
         sys.stderr.close()
         return 0
+    except ConfigError as exc:
+        # A bad option value (URL, token, interval): say what, not a traceback.
+        print(f"metricstream {args.command}: {exc}", file=sys.stderr)
+        return 2
     except ImportError as exc:
         # An optional extra is missing: say which, not a traceback.
         print(
