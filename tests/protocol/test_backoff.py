@@ -74,6 +74,11 @@ def test_huge_attempt_numbers_stay_at_the_cap() -> None:
         {"jitter": 1.5},
         {"jitter": -0.1},
         {"initial": float("nan")},
+        {"jitter": "0.5"},
+        {"jitter": True},
+        {"factor": None},
+        {"max_attempts": "3"},
+        {"max_attempts": 1.5},
     ],
 )
 def test_invalid_parameters_are_rejected(kwargs: dict[str, float]) -> None:

@@ -37,6 +37,18 @@ class Backoff:
         jitter: float = 0.5,
         rng: random.Random | None = None,
     ) -> None:
+        for name, value in (
+            ("initial", initial),
+            ("factor", factor),
+            ("max_delay", max_delay),
+            ("jitter", jitter),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int)
+        ):
+            raise ConfigError(f"max_attempts must be None or an integer, got {max_attempts!r}")
         if not initial > 0:
             raise ConfigError(f"initial delay must be positive, got {initial!r}")
         if not factor >= 1:
