@@ -408,6 +408,29 @@ def test_a_failing_publisher_does_not_break_recording(
     assert "publishing request_update failed" in caplog.text
 
 
+def test_state_a_publisher_refused_is_offered_again(
+    clock: ManualClock, wall: ManualClock, publisher: RecordingPublisher
+) -> None:
+    class Flaky:
+        down = True
+
+        def publish(self, message: WebSocketMessage[Any]) -> None:
+            if self.down:
+                raise RuntimeError("hub restarting")
+            publisher.publish(message)
+
+    flaky = Flaky()
+    collector = MetricsCollector(flaky, system_stats=False, clock=clock, wall_clock=wall)
+    collector.update_rate_limit("/v1/chat/completions", limit=10, remaining=4, reset_time=0)
+    assert collector.flush() == []
+    flaky.down = False
+    clock.advance(1.0)
+    wall.advance(1.0)
+    # Unchanged since, yet not published before: it goes out now.
+    assert MessageType.RATE_LIMIT_UPDATE in {m.type for m in collector.flush()}
+    assert publisher.of_type(MessageType.RATE_LIMIT_UPDATE)
+
+
 async def test_calls_from_other_threads_are_published_on_the_loop(
     publisher: RecordingPublisher,
 ) -> None:

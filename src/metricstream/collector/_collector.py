@@ -432,7 +432,8 @@ class MetricsCollector:
             # aggregates (and snapshot()) stay right.
             apply(item, False)
 
-    def _publish(self, message: WebSocketMessage[Any]) -> None:
+    def _publish(self, message: WebSocketMessage[Any]) -> bool:
+        """Hand ``message`` to the publisher; returns whether it took it."""
         try:
             self._publisher.publish(message)
         except Exception:
@@ -444,6 +445,8 @@ class MetricsCollector:
                     message.type,
                     self._publish_failures,
                 )
+            return False
+        return True
 
     def _timestamp_ms(self) -> int:
         return int(self._wall_clock() * 1000)
@@ -847,8 +850,10 @@ class MetricsCollector:
             slot = (mtype.value, key)
             if self._last_published.get(slot) == payload:
                 continue
-            self._last_published[slot] = payload
             message = make_message(mtype, payload, metadata=metadata, timestamp=timestamp)
-            self._publish(message)
-            published.append(message)
+            # Remembered only once published: a value the publisher refused
+            # is offered again next interval, not held back until it changes.
+            if self._publish(message):
+                self._last_published[slot] = payload
+                published.append(message)
         return published
