@@ -153,6 +153,11 @@ async def test_subscribe_replaces_the_filter_and_unsubscribe_clears_it() -> None
         assert answer["data"] == {}
         hub.publish(request("seen"))
         assert (await recv(ws))["data"]["id"] == "seen"
+        # An empty list is no filter, as an empty query parameter is.
+        await ws.send(json.dumps({"type": "subscribe", "data": {"types": []}}))
+        assert (await recv(ws))["data"] == {}
+        hub.publish(request("still seen"))
+        assert (await recv(ws))["data"]["id"] == "still seen"
 
 
 @pytest.mark.parametrize(
@@ -163,6 +168,7 @@ async def test_subscribe_replaces_the_filter_and_unsubscribe_clears_it() -> None
         ('{"type": "heartbeat", "data": {"client_time": "soon"}}', "invalid_message"),
         ('{"type": "subscribe", "data": {"types": "metrics_update"}}', "invalid_message"),
         ('{"type": "no_such_type"}', "unknown_type"),
+        ('{"type": "subscribe", "data": {"types": ["metric_update"]}}', "invalid_filter"),
         (
             '{"type": "metrics_update", "data": {"total_requests": 1}}',
             "invalid_message",

@@ -27,6 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import ProtocolError
 from ..protocol import (
+    STREAM_TYPES,
     ErrorPayload,
     MessageType,
     PongPayload,
@@ -68,6 +69,9 @@ _CLIENT_TYPES: Final = frozenset(
 def _error_frame(code: str, message: str) -> str:
     payload = ErrorPayload(code=code, message=message)
     return encode(make_message(MessageType.ERROR, payload)).decode()
+
+
+_STREAM_TYPE_NAMES: Final = frozenset(t.value for t in STREAM_TYPES)
 
 
 def _split(values: list[str] | None) -> frozenset[str] | None:
@@ -305,8 +309,16 @@ class StreamEndpoint:
             sub.send_local(_pong(message))
         elif mtype is MessageType.SUBSCRIBE:
             data: SubscribePayload = message.data
-            types = None if data.types is None else frozenset(data.types)
-            models = None if data.models is None else frozenset(data.models)
+            # An empty list means "no filter", as an empty query parameter does.
+            types = frozenset(data.types or ()) or None
+            models = frozenset(data.models or ()) or None
+            unknown = sorted(types - _STREAM_TYPE_NAMES) if types else []
+            if unknown:
+                # A typo would otherwise install a filter that matches nothing.
+                sub.send_local(
+                    _error_frame("invalid_filter", f"not stream message types: {unknown}")
+                )
+                return
             sub.set_filter(types, models)
             sub.send_local(_subscribed(types, models))
         else:  # unsubscribe
