@@ -38,6 +38,7 @@ from ..protocol import (
     PongPayload,
     SubscribePayload,
     WebSocketMessage,
+    make_message,
     normalize_timestamp,
 )
 
@@ -154,23 +155,27 @@ class FakeAIAdapter:
             return self._snapshot(kind, parsed, timestamp)
         msg: WebSocketMessage[Any]
         if kind == "pong":
-            msg = self._message(MessageType.PONG, PongPayload(server_time=timestamp), timestamp)
+            msg = make_message(
+                MessageType.PONG, PongPayload(server_time=timestamp), timestamp=timestamp
+            )
         elif kind == "error":
             message = parsed.message or "unspecified server error"
-            msg = self._message(
-                MessageType.ERROR, ErrorPayload(code="server_error", message=message), timestamp
+            msg = make_message(
+                MessageType.ERROR,
+                ErrorPayload(code="server_error", message=message),
+                timestamp=timestamp,
             )
         elif kind == "subscribed":
             models = (parsed.filters or {}).get("models")
             wanted = [m for m in models if isinstance(m, str)] if isinstance(models, list) else []
-            msg = self._message(
-                MessageType.SUBSCRIBED, SubscribePayload(models=wanted or None), timestamp
+            msg = make_message(
+                MessageType.SUBSCRIBED, SubscribePayload(models=wanted or None), timestamp=timestamp
             )
         elif kind == "unsubscribed":
-            msg = self._message(MessageType.SUBSCRIBED, SubscribePayload(), timestamp)
+            msg = make_message(MessageType.SUBSCRIBED, SubscribePayload(), timestamp=timestamp)
         else:
             data = _any_decoder.decode(parsed.data) if parsed.data else None
-            msg = self._message(kind, data, timestamp)
+            msg = make_message(kind, data, timestamp=timestamp)
         return [msg]
 
     def _snapshot(
@@ -206,11 +211,22 @@ class FakeAIAdapter:
         if kind == "historical_data":
             init = InitPayload(metrics=metrics, kv_cache=kv_cache)
             return [
-                self._message(MessageType.INIT, init, timestamp, {**metadata, "resumed": False})
+                make_message(
+                    MessageType.INIT,
+                    init,
+                    timestamp=timestamp,
+                    metadata={**metadata, "resumed": False},
+                )
             ]
-        messages = [self._message(MessageType.METRICS_UPDATE, metrics, timestamp, metadata)]
+        messages: list[WebSocketMessage[Any]] = [
+            make_message(
+                MessageType.METRICS_UPDATE, metrics, timestamp=timestamp, metadata=metadata
+            )
+        ]
         if kv_cache is not None:
-            messages.append(self._message(MessageType.KV_CACHE_UPDATE, kv_cache, timestamp))
+            messages.append(
+                make_message(MessageType.KV_CACHE_UPDATE, kv_cache, timestamp=timestamp)
+            )
         return messages
 
     @staticmethod
@@ -231,17 +247,6 @@ class FakeAIAdapter:
             evictions=0,
             avg_lookup_time_ms=0.0,
         )
-
-    @staticmethod
-    def _message(
-        kind: str,
-        data: Any,
-        timestamp: int | None,
-        metadata: dict[str, Any] | None = None,
-    ) -> WebSocketMessage[Any]:
-        if timestamp is None:
-            return WebSocketMessage(type=kind, data=data, metadata=metadata)
-        return WebSocketMessage(type=kind, data=data, timestamp=timestamp, metadata=metadata)
 
     @staticmethod
     def subscribe_frames(models: tuple[str, ...] | None) -> list[bytes]:
