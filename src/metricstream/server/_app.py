@@ -35,9 +35,8 @@ class HubCollector(Collector):
     scraped keeps the per-delivery path free of metric-library calls.
     """
 
-    def __init__(self, hub: MetricsHub, endpoint: StreamEndpoint | None = None) -> None:
+    def __init__(self, hub: MetricsHub) -> None:
         self._hub = hub
-        self._endpoint = endpoint
 
     def collect(self) -> Iterator[Metric]:
         """Yield the current figures."""
@@ -133,7 +132,7 @@ def create_router(
     settings = settings if settings is not None else ServerSettings()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     endpoint = StreamEndpoint(hub, settings)
-    registry.register(HubCollector(hub, endpoint))
+    registry.register(HubCollector(hub))
     router = APIRouter()
     router.routes.append(WebSocketRoute(settings.path, endpoint, name="metrics_stream"))
 
