@@ -17,7 +17,7 @@ import pytest
 from msgspec.structs import replace
 
 from metricstream.client import WebSocketConfig, WebSocketService
-from metricstream.dashboard.tui import ConnectionStatus, MetricsDashboard
+from metricstream.dashboard.tui import STATE_COLOURS, ConnectionStatus, MetricsDashboard
 from metricstream.protocol import MessageType, make_message
 from metricstream.store import MetricsStore
 
@@ -277,3 +277,28 @@ async def test_dashboard_on_a_fakeai_server(fakeai: int) -> None:
             assert service.connection_info().parse_errors == 0
     finally:
         await service.aclose()
+
+
+@pytest.mark.parametrize(
+    ("state", "attempts", "latency", "full", "compact"),
+    [
+        ("CONNECTED", 0, 0.012, "● Connected  12 ms", "● 12 ms"),
+        ("RECONNECTING", 3, None, "● Reconnecting (attempt 3)", "●"),
+        ("ERROR", 0, None, "● Error", "●"),
+        ("DISCONNECTED", 0, None, "● Disconnected", "●"),
+    ],
+)
+async def test_connection_status_full_and_compact(
+    state: str, attempts: int, latency: float | None, full: str, compact: str
+) -> None:
+    from metricstream.store import ConnectionStatus as Status
+
+    status = Status(state, state == "CONNECTED", attempts, latency)
+    widgets = [ConnectionStatus(), ConnectionStatus(compact=True)]
+    for widget in widgets:
+        widget.status = status
+    assert widgets[0].render().plain == full
+    assert widgets[1].render().plain == compact
+    # The seed's colours: green, orange, red, gray.
+    colour = str(widgets[0].render().spans[0].style)
+    assert STATE_COLOURS[state].lower() in colour.lower()
