@@ -350,7 +350,10 @@ class MetricsHub:
         self._flush_handle: asyncio.Handle | None = None
         # The wire bytes last built in this flush, with what they were built
         # from: (batch, frames taken, bytes, payload bytes, messages, frames).
-        self._shared: _Shared | None = None
+        # Bytes built in this flush, by (batch, first frame, frame count):
+        # several kinds of client (batch=1, plain, filtered) interleave in
+        # one flush, and one slot would rebuild at every change of kind.
+        self._shared: dict[tuple[bool, int, int], _Shared] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing = False
         # Set whenever no subscriber is attached (close_all waits on it).
@@ -726,7 +729,7 @@ class MetricsHub:
         self._flush_handle = None
         dirty = self._dirty
         self._dirty = []
-        self._shared = None
+        self._shared.clear()
         try:
             for sub in dirty:
                 sub.dirty = False
@@ -734,7 +737,7 @@ class MetricsHub:
                     self._pump(sub)
         finally:
             # Only shared within one flush: do not pin the bytes afterwards.
-            self._shared = None
+            self._shared.clear()
 
     def _pump(self, sub: Subscriber) -> None:
         """Write what ``sub`` has pending, stepping each send by hand until one
@@ -781,9 +784,10 @@ class MetricsHub:
             sub._task = asyncio.get_running_loop().create_task(self._await_writable(sub, direct))
             return
         pending = sub._pending
-        shared = self._shared
-        if shared is not None and shared[0] is sub.batch and shared[1] == pending:
-            # The same frames as the previous subscriber of this flush (list
+        key = (sub.batch, id(pending[0]), len(pending))
+        shared = self._shared.get(key)
+        if shared is not None and shared[1] == pending:
+            # The same frames as an earlier subscriber of this flush (list
             # equality is identity of the frames here): unfiltered clients
             # that keep up all hold the same outbox, so the array (or the
             # joined frames) is built once per flush and every one of them
@@ -794,7 +798,7 @@ class MetricsHub:
         else:
             taken, data, size, count, frames = sub._take_wire()
             if count > 1 or sub.batch:
-                self._shared = (sub.batch, taken, data, size, count, frames)
+                self._shared[key] = (sub.batch, taken, data, size, count, frames)
         try:
             direct.write(data)
         except Exception as exc:  # pragma: no cover - transports buffer, they do not raise
@@ -816,7 +820,7 @@ class MetricsHub:
         finally:
             sub._task = None
         self._pump(sub)
-        self._shared = None
+        self._shared.clear()
 
     def _start_writer(
         self,
