@@ -111,6 +111,30 @@ SEED_FIELDS: dict[type[Any], set[str]] = {
     HeartbeatPayload: {"server_time", "uptime_seconds", "client_time"},
 }
 
+# Fields this protocol adds to the seed's payloads. Every one is optional, so
+# the seed's TypeScript client and older publishers and clients keep working.
+_STREAM_PERCENTILES = {
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "ttft_p99_ms",
+    "itl_p50_ms",
+    "itl_p95_ms",
+    "itl_p99_ms",
+}
+EXTENSION_FIELDS: dict[type[Any], set[str]] = {
+    MetricsUpdatePayload: _STREAM_PERCENTILES,
+    ModelUpdatePayload: _STREAM_PERCENTILES,
+    RequestUpdatePayload: {
+        "endpoint",
+        "time_to_first_token_ms",
+        "inter_token_latency_ms",
+        "inter_token_latency_p50_ms",
+        "inter_token_latency_p95_ms",
+        "time_per_output_token_ms",
+        "finish_reason",
+    },
+}
+
 SEED_OPTIONAL: dict[type[Any], set[str]] = {
     RequestUpdatePayload: {"error_message", "user_id", "organization_id"},
     ErrorUpdatePayload: {"model", "stack_trace", "request_id"},
@@ -245,7 +269,8 @@ def test_message_types_are_the_seeds_eleven_plus_control() -> None:
 
 @pytest.mark.parametrize(("payload_type", "fields"), SEED_FIELDS.items(), ids=lambda x: str(x))
 def test_payload_field_names_are_the_seeds(payload_type: type[Any], fields: set[str]) -> None:
-    assert set(payload_type.__struct_fields__) == fields
+    extensions = EXTENSION_FIELDS.get(payload_type, set())
+    assert set(payload_type.__struct_fields__) == fields | extensions
     info = msgspec.inspect.type_info(payload_type)
     assert isinstance(info, msgspec.inspect.StructType)
     optional = {f.name for f in info.fields if not f.required}
@@ -253,7 +278,28 @@ def test_payload_field_names_are_the_seeds(payload_type: type[Any], fields: set[
         # Both directions share it: every field is optional.
         assert optional == fields
     else:
-        assert optional == SEED_OPTIONAL.get(payload_type, set())
+        assert optional == SEED_OPTIONAL.get(payload_type, set()) | extensions
+
+
+@pytest.mark.parametrize("payload_type", list(EXTENSION_FIELDS), ids=lambda x: x.__name__)
+def test_a_seed_shaped_payload_decodes_and_encodes_without_the_extensions(
+    payload_type: type[Any],
+) -> None:
+    # What the seed's client sends and expects: no extension field at all.
+    seed_example = {
+        MetricsUpdatePayload: METRICS,
+        ModelUpdatePayload: MODEL,
+        RequestUpdatePayload: REQUEST,
+    }[payload_type]
+    obj = msgspec.to_builtins(seed_example)
+    assert set(obj) <= SEED_FIELDS[payload_type]
+    assert msgspec.convert(obj, payload_type) == seed_example
+
+
+def test_streaming_timings_must_not_be_negative() -> None:
+    obj = msgspec.to_builtins(REQUEST) | {"time_to_first_token_ms": -1.0}
+    with pytest.raises(msgspec.ValidationError, match="time_to_first_token_ms"):
+        msgspec.convert(obj, RequestUpdatePayload)
 
 
 @pytest.mark.parametrize("mtype", list(MessageType), ids=str)

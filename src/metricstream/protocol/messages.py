@@ -46,6 +46,8 @@ P = TypeVar("P")
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 Percentage = Annotated[float, msgspec.Meta(ge=0, le=100)]
+#: A duration in milliseconds (never negative).
+Millis = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class MessageType(enum.StrEnum):
@@ -126,6 +128,14 @@ class MetricsUpdatePayload(_Payload, kw_only=True):
     requests_per_second: float
     tokens_per_second: float
     active_connections: NonNegInt
+    # Streaming latency percentiles over the rolling window (protocol.md,
+    # "Streaming latency"); absent when no streamed request was measured.
+    ttft_p50_ms: Millis | None = None
+    ttft_p95_ms: Millis | None = None
+    ttft_p99_ms: Millis | None = None
+    itl_p50_ms: Millis | None = None
+    itl_p95_ms: Millis | None = None
+    itl_p99_ms: Millis | None = None
 
 
 class ModelUpdatePayload(_Payload, kw_only=True):
@@ -142,6 +152,13 @@ class ModelUpdatePayload(_Payload, kw_only=True):
     error_rate: Percentage
     total_cost: float
     tokens_per_second: float
+    # Same meaning as in ``metrics_update``, for this model only.
+    ttft_p50_ms: Millis | None = None
+    ttft_p95_ms: Millis | None = None
+    ttft_p99_ms: Millis | None = None
+    itl_p50_ms: Millis | None = None
+    itl_p95_ms: Millis | None = None
+    itl_p99_ms: Millis | None = None
 
 
 class RequestUpdatePayload(_Payload, kw_only=True):
@@ -160,6 +177,15 @@ class RequestUpdatePayload(_Payload, kw_only=True):
     cost: float
     user_id: str | None = None
     organization_id: str | None = None
+    # Streaming timings of this request (protocol.md, "Streaming latency").
+    # Optional: absent for non-streamed requests and from older publishers.
+    endpoint: str | None = None
+    time_to_first_token_ms: Millis | None = None
+    inter_token_latency_ms: Millis | None = None
+    inter_token_latency_p50_ms: Millis | None = None
+    inter_token_latency_p95_ms: Millis | None = None
+    time_per_output_token_ms: Millis | None = None
+    finish_reason: str | None = None
 
 
 class ErrorUpdatePayload(_Payload, kw_only=True):
