@@ -68,6 +68,20 @@ def add_parser(subparsers: Any) -> None:
         help="negotiate permessage-deflate (off by default: it costs CPU and memory)",
     )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--scrape",
+        action="append",
+        metavar="URL",
+        default=None,
+        help="an inference engine's Prometheus endpoint (vLLM, SGLang, TGI) whose figures "
+        "to publish, e.g. http://localhost:8000/metrics (repeatable)",
+    )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=1.0,
+        help="seconds between two scrapes of an engine (default %(default)s)",
+    )
     parser.set_defaults(func=serve)
 
 
@@ -93,6 +107,13 @@ def serve(args: argparse.Namespace) -> int:
         )
         if not args.interval > 0:
             raise ConfigError(f"--interval must be positive, got {args.interval}")
+        engines = None
+        if args.scrape:
+            if args.demo:
+                raise ConfigError("--scrape and --demo do not combine: both publish the KV cache")
+            from ..collector import EngineScraper
+
+            engines = EngineScraper(hub, args.scrape, interval=args.scrape_interval)
     except ConfigError as exc:
         print(f"metricstream serve: {exc}")
         return 2
@@ -126,6 +147,14 @@ def serve(args: argparse.Namespace) -> int:
                 demo.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await demo
+        elif engines is not None:
+            # The collector publishes through the scraper, which adds the
+            # engines' figures to its messages: one source of totals.
+            async with (
+                engines,
+                MetricsCollector(engines, interval=args.interval, connections=connections),
+            ):
+                await server.serve()
         else:
             async with MetricsCollector(hub, interval=args.interval, connections=connections):
                 await server.serve()
