@@ -89,9 +89,12 @@ def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted; returns the exit status."""
     import asyncio
 
+    from prometheus_client import CollectorRegistry
+
     from ..exceptions import ConfigError
     from ._app import create_app
     from ._hub import MetricsHub
+    from ._prometheus import LLMExporter
     from ._settings import ServerSettings
     from ._uvicorn import StreamServer, uvicorn_config
 
@@ -99,6 +102,9 @@ def serve(args: argparse.Namespace) -> int:
         hub = MetricsHub(
             max_buffer_bytes=args.max_buffer_bytes, heartbeat_interval=args.heartbeat_interval
         )
+        # /metrics exports the LLM figures of every request published: the
+        # collector (the demo's, or the scraper's) publishes through it.
+        exporter = LLMExporter(hub)
         settings = ServerSettings(
             token=args.token or None,
             allowed_origins=tuple(args.allowed_origins) if args.allowed_origins else None,
@@ -113,11 +119,13 @@ def serve(args: argparse.Namespace) -> int:
                 raise ConfigError("--scrape and --demo do not combine: both publish the KV cache")
             from ..collector import EngineScraper
 
-            engines = EngineScraper(hub, args.scrape, interval=args.scrape_interval)
+            engines = EngineScraper(exporter, args.scrape, interval=args.scrape_interval)
     except ConfigError as exc:
         print(f"metricstream serve: {exc}")
         return 2
-    app = create_app(hub, settings)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(exporter)
+    app = create_app(hub, settings, registry=registry)
     config = uvicorn_config(
         app,
         host=args.host,
@@ -139,7 +147,7 @@ def serve(args: argparse.Namespace) -> int:
             # run_demo drives a collector of its own (system statistics
             # included); a second collector would publish competing totals.
             demo = asyncio.get_running_loop().create_task(
-                run_demo(hub, interval=args.interval, seed=args.seed, connections=connections)
+                run_demo(exporter, interval=args.interval, seed=args.seed, connections=connections)
             )
             try:
                 await server.serve()
@@ -156,7 +164,7 @@ def serve(args: argparse.Namespace) -> int:
             ):
                 await server.serve()
         else:
-            async with MetricsCollector(hub, interval=args.interval, connections=connections):
+            async with MetricsCollector(exporter, interval=args.interval, connections=connections):
                 await server.serve()
 
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
