@@ -126,6 +126,7 @@ EXTENSION_FIELDS: dict[type[Any], set[str]] = {
     MetricsUpdatePayload: _STREAM_PERCENTILES | _ENGINE_THROUGHPUT,
     ModelUpdatePayload: _STREAM_PERCENTILES | _ENGINE_THROUGHPUT,
     KVCacheUpdatePayload: {"usage_percentage"},
+    CostUpdatePayload: {"projection_available"},
     RequestUpdatePayload: {
         "endpoint",
         "time_to_first_token_ms",
@@ -293,6 +294,7 @@ def test_a_seed_shaped_payload_decodes_and_encodes_without_the_extensions(
         ModelUpdatePayload: MODEL,
         RequestUpdatePayload: REQUEST,
         KVCacheUpdatePayload: KV,
+        CostUpdatePayload: COST,
     }[payload_type]
     obj = msgspec.to_builtins(seed_example)
     assert set(obj) <= SEED_FIELDS[payload_type]

@@ -238,6 +238,9 @@ class CostUpdatePayload(_Payload, kw_only=True):
     breakdown_by_model: dict[str, float]
     breakdown_by_service: dict[str, float]
     projected_monthly_cost: float
+    # False while too little spend history has been seen to extrapolate a
+    # month from (protocol.md, "Cost projection"); absent from older publishers.
+    projection_available: bool | None = None
 
 
 class KVCacheUpdatePayload(_Payload, kw_only=True):
