@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from metricstream.collector import EngineScraper, MetricsCollector
 from metricstream.exceptions import ConfigError
@@ -441,6 +442,16 @@ async def test_a_failing_target_is_one_error_then_stale_then_it_resumes(
     assert errors[0].data.error_type == "engine_scrape_failed"
     assert "HTTP 500" in errors[0].data.error_message
     assert url in errors[0].data.error_message
+    registry = CollectorRegistry()
+    registry.register(scraper)
+    assert (
+        registry.get_sample_value("metricstream_engine_up", {"target": url, "engine": "vllm"})
+        == 0.0
+    )
+    assert (
+        registry.get_sample_value("metricstream_engine_scrape_failures_total", {"target": url})
+        == 5.0
+    )
     status = scraper.targets[0]
     assert not status.up
     assert status.failures == 5
@@ -481,6 +492,10 @@ async def test_a_failing_target_is_one_error_then_stale_then_it_resumes(
     assert scraper.targets[0].failures == 0
     assert last(publisher, MessageType.METRICS_UPDATE).data.generation_tokens_per_second == 50.0
     assert len(of(publisher, MessageType.ERROR_UPDATE)) == 1
+    assert (
+        registry.get_sample_value("metricstream_engine_up", {"target": url, "engine": "vllm"})
+        == 1.0
+    )
 
 
 async def test_the_collector_keeps_its_totals_and_gets_the_engine_figures(

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
@@ -101,6 +103,8 @@ async def test_serve_scrape_publishes_the_engines_figures() -> None:
                 )
 
             frames = await frames_until(port, done)
+            async with httpx.AsyncClient(timeout=scaled(10)) as http:
+                exposition = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
         finally:
             os.killpg(server.pid, signal.SIGKILL)
             await server.wait()
@@ -108,6 +112,13 @@ async def test_serve_scrape_publishes_the_engines_figures() -> None:
     assert metrics is not None
     assert metrics["metadata"]["engines"][engine.url]["engine"] == "vllm"
     assert engine.requests.count("/metrics") >= 2
+    # /metrics says the engine is up.
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(exposition)
+        for s in f.samples
+    }
+    assert samples[("metricstream_engine_up", (("engine", "vllm"), ("target", engine.url)))] == 1
 
 
 def test_scrape_and_demo_do_not_combine() -> None:

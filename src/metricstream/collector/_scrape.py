@@ -24,13 +24,15 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..exceptions import ConfigError
 from ..protocol import (
@@ -110,6 +112,7 @@ class _Target:
     model: str | None = None  # for engines without a model label
     up: bool = False
     failures: int = 0
+    failed_total: int = 0
     last_error: str | None = None
     last_success: float | None = None
     reading: EngineReading | None = None
@@ -173,7 +176,7 @@ def _base_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-class EngineScraper:
+class EngineScraper(Collector):
     """Polls inference engines' Prometheus endpoints and adds their figures to the stream.
 
     ``targets`` are URLs of engines' ``/metrics`` (vLLM, SGLang, TGI and
@@ -261,6 +264,25 @@ class EngineScraper:
     def running(self) -> bool:
         """Whether the scraping tasks are running."""
         return any(not task.done() for task in self._tasks)
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus metrics of the targets' health (register the scraper in
+        the registry served at ``/metrics``)."""
+        up = GaugeMetricFamily(
+            "metricstream_engine_up",
+            "Whether the last scrape of an engine's /metrics succeeded",
+            labels=["target", "engine"],
+        )
+        failed = CounterMetricFamily(
+            "metricstream_engine_scrape_failures",
+            "Failed scrapes of an engine's /metrics",
+            labels=["target"],
+        )
+        for target in self._targets:
+            up.add_metric([target.url, target.engine or ""], 1.0 if target.up else 0.0)
+            failed.add_metric([target.url], target.failed_total)
+        yield up
+        yield failed
 
     # --- Publisher --------------------------------------------------------------
 
@@ -404,6 +426,7 @@ class EngineScraper:
         first = target.up or target.failures == 0
         target.up = False
         target.failures += 1
+        target.failed_total += 1
         target.last_error = reason
         # Its figures are no longer known: drop them, and start from a fresh
         # baseline when it answers again.

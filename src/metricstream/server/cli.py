@@ -125,6 +125,8 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     registry = CollectorRegistry(auto_describe=True)
     registry.register(exporter)
+    if engines is not None:
+        registry.register(engines)  # each engine's up/failure figures
     app = create_app(hub, settings, registry=registry)
     config = uvicorn_config(
         app,
