@@ -6,6 +6,7 @@ and percentiles are exact; one test runs the scraper's own loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -584,9 +585,97 @@ async def test_the_scraper_runs_by_itself(engine: EngineServer) -> None:
         (["http://127.0.0.1:1/metrics"], {"interval": 0}),
         (["http://127.0.0.1:1/metrics"], {"window": float("nan")}),
         (["http://127.0.0.1:1/metrics"], {"timeout": -1.0}),
+        (["http://127.0.0.1:1/metrics"], {"max_exposition_bytes": 0}),
         ("http://127.0.0.1:1/metrics", {}),
     ],
 )
 def test_invalid_options_are_a_config_error(targets: Any, options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         EngineScraper(RecordingPublisher(), targets, **options)
+
+
+async def test_a_silent_engine_times_out_and_the_loop_goes_on(
+    engine: EngineServer, publisher: RecordingPublisher
+) -> None:
+    # A peer that accepts the connection and never answers.
+    accepted = asyncio.Event()
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        accepted.set()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent_url = f"http://127.0.0.1:{port}/metrics"
+    engine.serve(
+        vllm(
+            prompt=0,
+            generation=0,
+            ttft=zeros(TTFT_BOUNDS),
+            itl=zeros(ITL_BOUNDS),
+            e2e=zeros(E2E_BOUNDS),
+            usage=0.2,
+        )
+    )
+    try:
+        async with EngineScraper(
+            publisher, [silent_url, engine.url], interval=0.05, timeout=0.3
+        ) as scraper:
+            await publisher.wait_for(
+                lambda: any(
+                    e.data.error_type == "engine_scrape_failed"
+                    for e in of(publisher, MessageType.ERROR_UPDATE)
+                )
+            )
+            await publisher.wait_for(lambda: scraper.targets[0].failures >= 3)
+            # The healthy engine kept being read meanwhile.
+            served = len(engine.requests)
+            await publisher.wait_for(lambda: len(engine.requests) > served + 2)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert accepted.is_set()
+    errors = of(publisher, MessageType.ERROR_UPDATE)
+    assert len(errors) == 1
+    assert silent_url in errors[0].data.error_message
+    assert scraper.targets[1].up
+
+
+async def test_an_oversized_exposition_is_refused(
+    engine: EngineServer, publisher: RecordingPublisher
+) -> None:
+    text = vllm(
+        prompt=0,
+        generation=0,
+        ttft=zeros(TTFT_BOUNDS),
+        itl=zeros(ITL_BOUNDS),
+        e2e=zeros(E2E_BOUNDS),
+    )
+    engine.serve(text + "# padding\n" * 2000)
+    scraper = EngineScraper(publisher, [engine.url], max_exposition_bytes=len(text) + 100)
+    try:
+        await scraper.scrape_once()
+    finally:
+        await scraper.aclose()
+    status = scraper.targets[0]
+    assert not status.up
+    assert "larger than" in (status.last_error or "")
+
+
+async def test_tgi_without_info_is_named_after_its_address(
+    engine: EngineServer, clock: ManualClock, publisher: RecordingPublisher
+) -> None:
+    scraper = EngineScraper(publisher, [engine.url], clock=clock)
+    try:
+        engine.serve(tgi(generated=0.0, durations=zeros(E2E_BOUNDS), queue=0, batch=0))
+        await scraper.scrape_once()
+        clock.advance(1.0)
+        engine.serve(tgi(generated=64.0, durations=zeros(E2E_BOUNDS), queue=0, batch=1))
+        await scraper.scrape_once()
+    finally:
+        await scraper.aclose()
+    model = last(publisher, MessageType.MODEL_UPDATE, f"127.0.0.1:{engine.port}").data
+    assert model.generation_tokens_per_second == 64.0

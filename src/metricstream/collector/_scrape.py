@@ -188,7 +188,8 @@ class EngineScraper(Collector):
                 ...
 
     Every ``interval`` seconds each target is scraped (each with its own
-    deadline, ``timeout``). Throughput, percentiles and the prefix-cache hit
+    deadline, ``timeout``; an answer larger than ``max_exposition_bytes`` is
+    refused). Throughput, percentiles and the prefix-cache hit
     rate cover the scrapes of the last ``window`` seconds (counter and
     bucket deltas; counter resets are counted from zero, never as negative
     rates). ``client`` is an ``httpx.AsyncClient`` to use (one is made and
@@ -205,6 +206,7 @@ class EngineScraper(Collector):
         interval: float = 1.0,
         window: float = 60.0,
         timeout: float | None = None,
+        max_exposition_bytes: int = MAX_EXPOSITION_BYTES,
         client: Any = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -214,6 +216,12 @@ class EngineScraper(Collector):
                 raise ConfigError(f"{name} must be a finite number of seconds > 0, got {value!r}")
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if isinstance(max_exposition_bytes, bool) or not (
+            isinstance(max_exposition_bytes, int) and max_exposition_bytes > 0
+        ):
+            raise ConfigError(
+                f"max_exposition_bytes must be an integer > 0, got {max_exposition_bytes!r}"
+            )
         if isinstance(targets, str):
             raise ConfigError("targets must be a sequence of URLs, not one string")
         urls: list[str] = []
@@ -230,6 +238,7 @@ class EngineScraper(Collector):
         self._interval = float(interval)
         self._window = float(window)
         self._timeout = float(timeout) if timeout is not None else max(2.0, 2 * self._interval)
+        self._max_bytes = max_exposition_bytes
         self._client = client
         self._own_client = False
         self._clock = clock
@@ -384,8 +393,8 @@ class EngineScraper(Collector):
             size = 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
-                if size > MAX_EXPOSITION_BYTES:
-                    raise _ScrapeError(f"exposition larger than {MAX_EXPOSITION_BYTES} bytes")
+                if size > self._max_bytes:
+                    raise _ScrapeError(f"exposition larger than {self._max_bytes} bytes")
                 chunks.append(chunk)
         return b"".join(chunks).decode("utf-8", errors="replace")
 
