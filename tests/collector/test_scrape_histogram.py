@@ -87,5 +87,7 @@ def test_engines_are_told_apart_by_their_names() -> None:
     assert detect_engine(["python_gc_objects_collected"]) is None
     with pytest.raises(UnknownEngineError):
         parse_exposition("# TYPE up gauge\nup 1\n")
-    with pytest.raises(ValueError):  # not the text format at all
+    with pytest.raises(ValueError, match="not the Prometheus text format"):
         parse_exposition("<html><body>login</body></html>\n")
+    with pytest.raises(ValueError, match="not the Prometheus text format"):
+        parse_exposition('{"requests": {}}')  # FakeAI's /metrics is JSON

@@ -335,14 +335,17 @@ def parse_exposition(text: str, *, default_model: str | None = None) -> EngineRe
     """
     families: dict[str, list[Sample]] = {}
     kinds: dict[str, str] = {}
-    for family in text_string_to_metric_families(text):
-        name = family.name
-        if family.type == "unknown" and name.endswith("_total"):
-            # A counter sample whose TYPE line was missing or named it
-            # differently: read it under the counter's family name.
-            name = name[: -len("_total")]
-        families.setdefault(name, []).extend(family.samples)
-        kinds.setdefault(name, family.type)
+    try:
+        for family in text_string_to_metric_families(text):
+            name = family.name
+            if family.type == "unknown" and name.endswith("_total"):
+                # A counter sample whose TYPE line was missing or named it
+                # differently: read it under the counter's family name.
+                name = name[: -len("_total")]
+            families.setdefault(name, []).extend(family.samples)
+            kinds.setdefault(name, family.type)
+    except ValueError as exc:  # the parser's own words are cryptic alone
+        raise ValueError(f"not the Prometheus text format ({exc})") from exc
     engine = detect_engine(families)
     if engine is None:
         raise UnknownEngineError(
