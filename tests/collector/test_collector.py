@@ -121,8 +121,14 @@ def test_aggregates_match_hand_computed_values(
     assert costs.total_cost == pytest.approx(0.5007)
     assert costs.breakdown_by_model == {"a": pytest.approx(0.0006), "b": pytest.approx(0.5001)}
     assert costs.breakdown_by_service == {"inference": pytest.approx(0.5007)}
-    # 0.5007 spent in 5 s, extrapolated to 30 days.
-    assert costs.projected_monthly_cost == pytest.approx(0.5007 / 5 * 30 * 86400)
+    # 5 s of spend say nothing about a month: no projection yet.
+    assert costs.projection_available is False
+    assert costs.projected_monthly_cost == 0.0
+    # After 15 minutes, the hour's spend so far is extrapolated to 30 days.
+    clock.advance(15 * 60 - 5)
+    later = collector.snapshot().costs
+    assert later.projection_available is True
+    assert later.projected_monthly_cost == pytest.approx(0.5007 / (15 * 60) * 30 * 86400)
 
 
 def test_request_updates_are_published_as_they_happen(

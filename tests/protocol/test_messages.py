@@ -121,9 +121,12 @@ _STREAM_PERCENTILES = {
     "itl_p95_ms",
     "itl_p99_ms",
 }
+_ENGINE_THROUGHPUT = {"prompt_tokens_per_second", "generation_tokens_per_second"}
 EXTENSION_FIELDS: dict[type[Any], set[str]] = {
-    MetricsUpdatePayload: _STREAM_PERCENTILES,
-    ModelUpdatePayload: _STREAM_PERCENTILES,
+    MetricsUpdatePayload: _STREAM_PERCENTILES | _ENGINE_THROUGHPUT,
+    ModelUpdatePayload: _STREAM_PERCENTILES | _ENGINE_THROUGHPUT,
+    KVCacheUpdatePayload: {"usage_percentage"},
+    CostUpdatePayload: {"projection_available"},
     RequestUpdatePayload: {
         "endpoint",
         "time_to_first_token_ms",
@@ -290,6 +293,8 @@ def test_a_seed_shaped_payload_decodes_and_encodes_without_the_extensions(
         MetricsUpdatePayload: METRICS,
         ModelUpdatePayload: MODEL,
         RequestUpdatePayload: REQUEST,
+        KVCacheUpdatePayload: KV,
+        CostUpdatePayload: COST,
     }[payload_type]
     obj = msgspec.to_builtins(seed_example)
     assert set(obj) <= SEED_FIELDS[payload_type]

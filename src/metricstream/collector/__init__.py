@@ -5,6 +5,8 @@
   :class:`Publisher` (the stream hub).
 - :class:`MetricsMiddleware` records every request of a FastAPI/Starlette app.
 - :class:`DemoTraffic` and :func:`run_demo` generate a plausible workload.
+- :class:`EngineScraper` adds inference engines' own Prometheus figures
+  (vLLM, SGLang, TGI) to the stream.
 """
 
 from ._collector import (
@@ -19,6 +21,7 @@ from ._demo import DEFAULT_PROFILES, DemoTraffic, ModelProfile, run_demo
 from ._errors import InvalidMetricError
 from ._middleware import UNMATCHED, MetricsMiddleware
 from ._prices import DEFAULT_PRICES, ModelPrice
+from ._scrape import EngineScraper, EngineStatus
 from ._system import SystemSample, SystemSampler
 from ._window import LatencyStats
 
@@ -31,6 +34,8 @@ __all__ = [
     "CollectorSnapshot",
     "CostPeriod",
     "DemoTraffic",
+    "EngineScraper",
+    "EngineStatus",
     "InvalidMetricError",
     "LatencyStats",
     "MetricsCollector",

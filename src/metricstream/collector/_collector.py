@@ -61,6 +61,10 @@ _PERIOD_SECONDS: Final[dict[str, float]] = {
     "month": 30 * 86400.0,
 }
 _MONTH_SECONDS: Final = 30 * 86400.0
+#: Spend history needed before a monthly projection is published (or the
+#: whole cost period, if shorter): a few seconds of traffic say nothing
+#: about a month.
+MIN_PROJECTION_SECONDS: Final = 15 * 60.0
 _STATUSES: Final = frozenset(get_args(RequestStatus))
 _SEVERITIES: Final = frozenset(get_args(ErrorSeverity))
 
@@ -762,13 +766,18 @@ class MetricsCollector:
                 )
             by_model, by_service = self._costs.breakdown(now)
             period_cost = sum(by_model.values())
-            cost_span = self._span(now, _PERIOD_SECONDS[self._cost_period])
+            period_seconds = _PERIOD_SECONDS[self._cost_period]
+            cost_span = self._span(now, period_seconds)
+            projectable = now - self._started_at >= min(period_seconds, MIN_PROJECTION_SECONDS)
             costs = CostUpdatePayload(
                 period=self._cost_period,
                 total_cost=_money(period_cost),
                 breakdown_by_model={k: _money(v) for k, v in sorted(by_model.items())},
                 breakdown_by_service={k: _money(v) for k, v in sorted(by_service.items())},
-                projected_monthly_cost=_money(period_cost / cost_span * _MONTH_SECONDS),
+                projected_monthly_cost=(
+                    _money(period_cost / cost_span * _MONTH_SECONDS) if projectable else 0.0
+                ),
+                projection_available=projectable,
             )
             system: SystemUpdatePayload | None = None
             sample = self._system_sample

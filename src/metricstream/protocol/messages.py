@@ -136,6 +136,9 @@ class MetricsUpdatePayload(_Payload, kw_only=True):
     itl_p50_ms: Millis | None = None
     itl_p95_ms: Millis | None = None
     itl_p99_ms: Millis | None = None
+    # Engine throughput split by phase (protocol.md, "Engine figures").
+    prompt_tokens_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    generation_tokens_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class ModelUpdatePayload(_Payload, kw_only=True):
@@ -159,6 +162,9 @@ class ModelUpdatePayload(_Payload, kw_only=True):
     itl_p50_ms: Millis | None = None
     itl_p95_ms: Millis | None = None
     itl_p99_ms: Millis | None = None
+    # Engine throughput split by phase (protocol.md, "Engine figures").
+    prompt_tokens_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    generation_tokens_per_second: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 class RequestUpdatePayload(_Payload, kw_only=True):
@@ -232,6 +238,9 @@ class CostUpdatePayload(_Payload, kw_only=True):
     breakdown_by_model: dict[str, float]
     breakdown_by_service: dict[str, float]
     projected_monthly_cost: float
+    # False while too little spend history has been seen to extrapolate a
+    # month from (protocol.md, "Cost projection"); absent from older publishers.
+    projection_available: bool | None = None
 
 
 class KVCacheUpdatePayload(_Payload, kw_only=True):
@@ -244,6 +253,8 @@ class KVCacheUpdatePayload(_Payload, kw_only=True):
     cache_entries: NonNegInt
     evictions: NonNegInt
     avg_lookup_time_ms: float
+    # Share of the engine's KV-cache blocks in use (protocol.md, "Engine figures").
+    usage_percentage: Percentage | None = None
 
 
 class HeartbeatPayload(_Payload, kw_only=True):

@@ -6,6 +6,8 @@
   reconnecting client resumes without loss.
 - :func:`create_router` (include in any FastAPI app) and :func:`create_app`
   serve ``/metrics/stream``, ``/healthz`` and ``/metrics``.
+- :class:`LLMExporter` exports the LLM figures of the published requests
+  at ``/metrics`` (Prometheus).
 - :class:`StreamServer` and :func:`uvicorn_config` run it on uvicorn;
   ``metricstream serve`` does all of that from the command line.
 """
@@ -13,6 +15,7 @@
 from ._app import HubCollector, create_app, create_router
 from ._endpoint import StreamEndpoint
 from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub, Subscriber
+from ._prometheus import LLM_METRIC_NAMES, LLMExporter
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from ._settings import ServerSettings
 from ._uvicorn import StreamServer, uvicorn_config
@@ -20,10 +23,12 @@ from ._wire import DirectWriter, EncodedFrame, text_frame
 
 __all__ = [
     "DEFAULT_MAX_BUFFER_BYTES",
+    "LLM_METRIC_NAMES",
     "DirectWriter",
     "EncodedFrame",
     "HubCollector",
     "HubStats",
+    "LLMExporter",
     "LogEntry",
     "MemoryReplayLog",
     "MetricsHub",

@@ -161,9 +161,14 @@ def create_app(
     settings: ServerSettings | None = None,
     *,
     dashboard: bool = True,
+    registry: CollectorRegistry | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A standalone FastAPI app around :func:`create_router`.
+
+    ``registry`` is the Prometheus registry served at ``/metrics`` (the
+    hub's figures are added to it); register an
+    :class:`~metricstream.server.LLMExporter` in it to export the LLM figures.
 
     On lifespan shutdown the hub's clients are closed with 1001 (when the
     ASGI server has not closed them already). ``app.state.hub`` is the hub.
@@ -186,7 +191,7 @@ def create_app(
         **fastapi_kwargs,
     )
     app.state.hub = hub
-    app.include_router(create_router(hub, settings))
+    app.include_router(create_router(hub, settings, registry=registry))
     if dashboard:
         # Imported here: the page's router lives with the dashboards.
         from ..dashboard.web import create_web_router

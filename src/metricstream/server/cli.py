@@ -68,6 +68,20 @@ def add_parser(subparsers: Any) -> None:
         help="negotiate permessage-deflate (off by default: it costs CPU and memory)",
     )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.add_argument(
+        "--scrape",
+        action="append",
+        metavar="URL",
+        default=None,
+        help="an inference engine's Prometheus endpoint (vLLM, SGLang, TGI) whose figures "
+        "to publish, e.g. http://localhost:8000/metrics (repeatable)",
+    )
+    parser.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=1.0,
+        help="seconds between two scrapes of an engine (default %(default)s)",
+    )
     parser.set_defaults(func=serve)
 
 
@@ -75,9 +89,12 @@ def serve(args: argparse.Namespace) -> int:
     """Run the server until interrupted; returns the exit status."""
     import asyncio
 
+    from prometheus_client import CollectorRegistry
+
     from ..exceptions import ConfigError
     from ._app import create_app
     from ._hub import MetricsHub
+    from ._prometheus import LLMExporter
     from ._settings import ServerSettings
     from ._uvicorn import StreamServer, uvicorn_config
 
@@ -85,6 +102,9 @@ def serve(args: argparse.Namespace) -> int:
         hub = MetricsHub(
             max_buffer_bytes=args.max_buffer_bytes, heartbeat_interval=args.heartbeat_interval
         )
+        # /metrics exports the LLM figures of every request published: the
+        # collector (the demo's, or the scraper's) publishes through it.
+        exporter = LLMExporter(hub)
         settings = ServerSettings(
             token=args.token or None,
             allowed_origins=tuple(args.allowed_origins) if args.allowed_origins else None,
@@ -93,10 +113,21 @@ def serve(args: argparse.Namespace) -> int:
         )
         if not args.interval > 0:
             raise ConfigError(f"--interval must be positive, got {args.interval}")
+        engines = None
+        if args.scrape:
+            if args.demo:
+                raise ConfigError("--scrape and --demo do not combine: both publish the KV cache")
+            from ..collector import EngineScraper
+
+            engines = EngineScraper(exporter, args.scrape, interval=args.scrape_interval)
     except ConfigError as exc:
         print(f"metricstream serve: {exc}")
         return 2
-    app = create_app(hub, settings)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(exporter)
+    if engines is not None:
+        registry.register(engines)  # each engine's up/failure figures
+    app = create_app(hub, settings, registry=registry)
     config = uvicorn_config(
         app,
         host=args.host,
@@ -118,7 +149,7 @@ def serve(args: argparse.Namespace) -> int:
             # run_demo drives a collector of its own (system statistics
             # included); a second collector would publish competing totals.
             demo = asyncio.get_running_loop().create_task(
-                run_demo(hub, interval=args.interval, seed=args.seed, connections=connections)
+                run_demo(exporter, interval=args.interval, seed=args.seed, connections=connections)
             )
             try:
                 await server.serve()
@@ -126,8 +157,16 @@ def serve(args: argparse.Namespace) -> int:
                 demo.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await demo
+        elif engines is not None:
+            # The collector publishes through the scraper, which adds the
+            # engines' figures to its messages: one source of totals.
+            async with (
+                engines,
+                MetricsCollector(engines, interval=args.interval, connections=connections),
+            ):
+                await server.serve()
         else:
-            async with MetricsCollector(hub, interval=args.interval, connections=connections):
+            async with MetricsCollector(exporter, interval=args.interval, connections=connections):
                 await server.serve()
 
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:

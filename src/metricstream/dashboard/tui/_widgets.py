@@ -373,7 +373,12 @@ class CostPanel(Static):
             return
         text = Text(f"This {costs.period}: ", style="bold")
         text.append(fmt_money(costs.total_cost), style=f"bold {NVIDIA_GREEN}")
-        text.append(f"\nProjected month: {fmt_money(costs.projected_monthly_cost)}\n")
+        if costs.projection_available is False:
+            # Too little history to extrapolate a month from: say so, not $0.
+            text.append("\nProjected month: ")
+            text.append("not enough data yet\n", style="dim")
+        else:
+            text.append(f"\nProjected month: {fmt_money(costs.projected_monthly_cost)}\n")
         for model, cost in sorted(costs.breakdown_by_model.items(), key=lambda kv: -kv[1])[:6]:
             text.append(f"  {model[:28]:<28} {fmt_money(cost):>10}\n", style="dim")
         self.update(text)

@@ -515,7 +515,12 @@ export class CostPanel {
     setText(this.period, typeof c.period === "string" ? `over the last ${c.period}` : "no data yet");
     setText(
       this.projected,
-      finite(c.projected_monthly_cost) ? `≈ ${fmt.usd(c.projected_monthly_cost)} / month` : "",
+      // projection_available false: too little history to extrapolate a month.
+      c.projection_available === false
+        ? "projection: not enough data yet"
+        : finite(c.projected_monthly_cost)
+          ? `≈ ${fmt.usd(c.projected_monthly_cost)} / month`
+          : "",
     );
     breakdown(this.byModel, c.breakdown_by_model);
     breakdown(this.byService, c.breakdown_by_service);
