@@ -107,12 +107,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str = "warning", fmt: str = "text", *, stream: TextIO | None = None
+    level: str = "warning",
+    fmt: str = "text",
+    *,
+    stream: TextIO | None = None,
+    prefix: str | None = None,
 ) -> logging.Handler:
     """Send every log record at ``level`` or above to stderr, once, in ``fmt``.
 
-    Calling it again replaces the handler it installed before. ``warnings``
-    are routed through logging too, so they reach stderr in the same format.
+    Text lines carry time, level and logger; with ``prefix`` (an interactive
+    command's name) they read ``prefix: message`` instead, like the
+    command's own notes. Calling it again replaces the handler it installed
+    before. ``warnings`` are routed through logging too, so they reach
+    stderr in the same format.
     """
     global _handler
     if fmt not in LOG_FORMATS:
@@ -124,11 +131,14 @@ def configure_logging(
     if _handler is not None:
         root.removeHandler(_handler)
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    formatter: logging.Formatter
+    if fmt == "json":
+        formatter = JsonFormatter()
+    elif prefix is not None:
+        formatter = logging.Formatter(prefix.replace("%", "%%") + ": %(message)s")
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
     handler.addFilter(RedactFilter())
     root.addHandler(handler)
     root.setLevel(numeric)

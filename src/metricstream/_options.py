@@ -71,6 +71,8 @@ class Option:
     """Never shown: not in help defaults, not in error messages."""
     group: str = "options"
     """Section of the ``--help`` output and of the reference."""
+    aliases: tuple[str, ...] = ()
+    """Other flags accepted for it (older spellings)."""
 
     @property
     def flag(self) -> str:
@@ -206,6 +208,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
             kwargs["action"] = "append"
         group.add_argument(
             option.flag,
+            *option.aliases,
             type=_argparse_type(option),
             metavar=option.metavar or _METAVARS[option.kind],
             help=help_text,
@@ -225,7 +228,7 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
 
 
 def _default_text(option: Option) -> str:
-    if option.secret or option.default is None:
+    if option.secret or option.default is None or option.default == "":
         return "default: none"
     if option.kind == "bool":
         return f"default: {'on' if option.default else 'off'}"

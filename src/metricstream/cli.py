@@ -135,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = getattr(args, "options", None)
         if options is not None:
             resolve_options(args, command, options)
-        configure_logging(
-            getattr(args, "log_level", "warning"), getattr(args, "log_format", "text")
-        )
+        if hasattr(args, "log_format"):
+            configure_logging(args.log_level, args.log_format)
+        else:
+            # Interactive commands: warnings and errors, worded like their notes.
+            configure_logging("warning", "text", prefix=f"metricstream {command}")
         status: int = args.func(args)
     except KeyboardInterrupt:
         return 130

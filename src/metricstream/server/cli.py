@@ -98,6 +98,7 @@ OPTIONS: tuple[Option, ...] = (
         kind="str",
         default=None,
         secret=True,
+        metavar="TOKEN",
         help="require this bearer token on the stream (header, subprotocol or ?token=)",
         check=_check_token,
         group=_SEC,
@@ -118,6 +119,7 @@ OPTIONS: tuple[Option, ...] = (
         "comma-separated), e.g. https://dash.example.com",
         check=_check_origins,
         group=_SEC,
+        aliases=("--allowed-origin",),
     ),
     Option(
         name="max_connections",
