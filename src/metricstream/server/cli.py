@@ -221,6 +221,10 @@ def add_parser(subparsers: Any) -> None:
         ),
     )
     add_options(parser, OPTIONS)
+    # Internal (used by ``metricstream demo``): the read end of a pipe whose
+    # write end the parent holds. When the parent dies, however it dies
+    # (SIGKILL included), the kernel closes that end and the server stops.
+    parser.add_argument("--exit-with-fd", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=serve, options=OPTIONS)
 
 
@@ -283,6 +287,9 @@ def serve(args: argparse.Namespace) -> int:
         # Imported here: the collector is a separate part of the package.
         from ..collector import MetricsCollector, run_demo
 
+        if args.exit_with_fd is not None:
+            _exit_with_parent(args.exit_with_fd, server)
+
         def connections() -> int:
             return hub.connection_count
 
@@ -312,3 +319,30 @@ def serve(args: argparse.Namespace) -> int:
     with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
         runner.run(main())
     return 0 if server.started else 1
+
+
+def _exit_with_parent(fd: int, server: Any) -> None:
+    """Shut ``server`` down (gracefully, like SIGTERM) once ``fd`` reads end-of-file.
+
+    ``fd`` is the read end of a pipe nobody writes to: it becomes readable
+    only when the last write end closes, i.e. when the parent process has
+    exited, whichever way.
+    """
+    import asyncio
+    import os
+
+    loop = asyncio.get_running_loop()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 1)
+        except BlockingIOError:  # pragma: no cover - spurious wake-up
+            return
+        if not data:
+            loop.remove_reader(fd)
+            os.close(fd)
+            logger.info("the parent process is gone: stopping")
+            server.should_exit = True
+
+    os.set_blocking(fd, False)
+    loop.add_reader(fd, on_readable)
