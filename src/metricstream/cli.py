@@ -74,9 +74,11 @@ def _add_unavailable(
         help=f"{help_text} (needs the '{extra}' extra)",
         description=message,
         add_help=False,
+        # No option prefix: whatever follows (even --help) is an argument,
+        # and running it gets the one-line answer.
+        prefix_chars="\0",
     )
-    # Whatever follows (even --help) gets the one-line answer.
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
 
     def unavailable(_: argparse.Namespace) -> int:
         print(message, file=sys.stderr)
