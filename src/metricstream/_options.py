@@ -303,9 +303,6 @@ def _load_table(path: Path, command: str, options: Sequence[Option]) -> dict[str
 BEGIN_MARK = "<!-- BEGIN generated configuration reference -->"
 END_MARK = "<!-- END generated configuration reference -->"
 
-# Modules whose OPTIONS table is documented, as command -> module.
-_DOCUMENTED_MODULES: tuple[str, ...] = ("metricstream.server.cli",)
-
 
 def reference_markdown(tables: Mapping[str, Sequence[Option]]) -> str:
     """The configuration reference of ``tables`` (command -> options), in Markdown."""
@@ -339,11 +336,20 @@ def reference_markdown(tables: Mapping[str, Sequence[Option]]) -> str:
 
 
 def documented_tables() -> dict[str, Sequence[Option]]:
-    """Every command's OPTIONS table, from the modules that define one."""
+    """Every command's OPTIONS table, from the command modules that define one.
+
+    A command module (listed in ``metricstream.cli``) opts in by defining
+    ``COMMAND`` (its name) and ``OPTIONS`` (its table); nothing else to
+    register.
+    """
+    from .cli import command_modules
+
     tables: dict[str, Sequence[Option]] = {}
-    for name in _DOCUMENTED_MODULES:
+    for name in command_modules():
         module = importlib.import_module(name)
-        tables[module.COMMAND] = module.OPTIONS
+        options = getattr(module, "OPTIONS", None)
+        if options is not None:
+            tables[module.COMMAND] = options
     return tables
 
 

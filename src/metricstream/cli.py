@@ -38,6 +38,12 @@ _COMMAND_MODULES: tuple[tuple[str, dict[str, str], str | None], ...] = (
     ),
 )
 
+
+def command_modules() -> tuple[str, ...]:
+    """The modules that add subcommands, in --help order."""
+    return tuple(module for module, _, _ in _COMMAND_MODULES)
+
+
 # Top-level module of a third-party library -> the extra that installs it.
 _EXTRA_OF: dict[str, str] = {
     "fastapi": "server",
