@@ -201,3 +201,32 @@ def test_configuring_twice_keeps_one_handler(tmp_path: Path) -> None:
                 root.removeHandler(handler)
         root.setLevel(level)
         logging.captureWarnings(False)
+
+
+def test_library_modules_log_through_named_loggers_only() -> None:
+    """No root-logger calls, handlers or prints outside the command-line modules."""
+    import ast
+
+    package = ROOT / "src" / "metricstream"
+    # Modules that are the command line (they may print and configure).
+    commands = {"cli.py", "_logging.py", "_options.py", "__main__.py"}
+    root_calls = {"debug", "info", "warning", "error", "exception", "critical", "log"}
+    problems = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in commands:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            where = f"{path.relative_to(package)}:{node.lineno}"
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                if func.value.id == "logging" and func.attr in root_calls | {"basicConfig"}:
+                    problems.append(f"{where} logging.{func.attr}()")
+                if func.attr == "addHandler":
+                    problems.append(f"{where} addHandler()")
+            if isinstance(func, ast.Attribute) and func.attr == "getLogger" and not node.args:
+                problems.append(f"{where} getLogger() (the root logger)")
+            if isinstance(func, ast.Name) and func.id == "print":
+                problems.append(f"{where} print()")
+    assert problems == []
