@@ -214,3 +214,27 @@ def test_minimum_constraints_match_the_declared_lower_bounds() -> None:
         )
         # A pin above the declared floor must say why the real floor is higher.
         assert same or why.startswith("floor raised"), f"{name}: {version} vs >={floor}"
+
+
+def test_the_generator_rewrites_only_the_marked_block(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "# Title\n\nkept\n\n<!-- BEGIN generated configuration reference -->\nold\n"
+        "<!-- END generated configuration reference -->\n\ntail\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "metricstream._options", str(doc)],
+        env=command_env(),
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nkept\n\n<!-- BEGIN")
+    assert text.endswith("END generated configuration reference -->\n\ntail\n")
+    assert "\nold\n" not in text
+    assert "`METRICSTREAM_PORT`" in text
+    with pytest.raises(ValueError, match="no generated configuration reference"):
+        rewrite_reference("no markers\n", "x")

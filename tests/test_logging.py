@@ -133,6 +133,15 @@ def test_each_line_once_and_json_lines_for_log_shippers() -> None:
     assert stdout == ""
 
 
+def test_no_access_log_drops_the_request_lines_only() -> None:
+    with serve("--no-access-log") as (port, output), httpx.Client() as http:
+        assert http.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+    stderr = output[1]
+    assert "GET /metrics" not in stderr
+    assert "GET /healthz" not in stderr
+    assert "Uvicorn running on" in stderr
+
+
 def test_a_configuration_error_goes_to_stderr_with_status_2() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "metricstream", "serve", "--interval", "0"],
