@@ -211,7 +211,7 @@ def test_page_loads_streams_and_updates(
     serve: ServeProcess, open_page: Callable[..., tuple[Page, Console]]
 ) -> None:
     serve.start(seed=1)
-    with urllib.request.urlopen(serve.base + "/") as response:
+    with urllib.request.urlopen(f"{serve.base}/?token={TOKEN}") as response:
         assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
         assert response.headers["Content-Type"] == "text/html; charset=utf-8"
     page, console = open_page(f"{serve.base}/?token={TOKEN}")
