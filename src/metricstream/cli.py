@@ -57,7 +57,7 @@ _EXTRA_OF: dict[str, str] = {
 }
 
 
-def missing_extra(exc: ImportError) -> str | None:
+def _missing_extra(exc: ImportError) -> str | None:
     """The extra that would install the module ``exc`` failed to import, if known."""
     name = (getattr(exc, "name", None) or "").partition(".")[0]
     return _EXTRA_OF.get(name)
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ImportError as exc:
         # An optional extra is missing: say which, not a traceback.
-        extra = missing_extra(exc)
+        extra = _missing_extra(exc)
         if extra is None:
             raise
         print(_needs_extra_message(command, extra, exc.name), file=sys.stderr)
