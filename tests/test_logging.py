@@ -190,6 +190,33 @@ def test_redaction_covers_queries_headers_and_registered_secrets() -> None:
     assert record.getMessage() == "a - ?token=***"
 
 
+def test_warnings_go_through_the_handler_not_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        with (tmp_path / "log").open("w") as stream:
+            handler = configure_logging("warning", "json", stream=stream)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.warn("deprecated thing, token=abc", DeprecationWarning, stacklevel=1)
+            handler.flush()
+        [record] = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    finally:
+        for extra in list(root.handlers):
+            if extra not in before:
+                root.removeHandler(extra)
+        root.setLevel(level)
+        logging.captureWarnings(False)
+    assert record["logger"] == "py.warnings"
+    assert "DeprecationWarning: deprecated thing, token=***" in record["message"]
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "")
+
+
 def test_configuring_twice_keeps_one_handler(tmp_path: Path) -> None:
     root = logging.getLogger()
     before = list(root.handlers)
