@@ -142,6 +142,10 @@ def configure_logging(
     handler.addFilter(RedactFilter())
     root.addHandler(handler)
     root.setLevel(numeric)
+    # Off then on: captureWarnings(True) does nothing when logging believes
+    # it is on already, even if warnings.showwarning was restored since
+    # (as warnings.catch_warnings does on exit).
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     _handler = handler
     return handler

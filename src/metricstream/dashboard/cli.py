@@ -184,7 +184,7 @@ def demo(args: argparse.Namespace) -> int:
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
     try:
-        # A session of its own: a Ctrl-C in the terminal reaches this process
+        # Its own POSIX session: a Ctrl-C in the terminal reaches this process
         # only, which then stops the server in order.
         server = subprocess.Popen(command, start_new_session=True, pass_fds=(watch_fd,))
     finally:
