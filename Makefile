@@ -13,28 +13,31 @@ FAKEAI_STAMP := $(FAKEAI_VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: help install demo test check lint typecheck pytest bench fakeai clean
+.PHONY: help install demo test test-min check lint typecheck pytest bench fakeai clean
 
 help:
 	@echo "make demo   - set up and run the live demo (server + dashboard)"
 	@echo "make test   - set up and run every check: ruff, mypy --strict, pytest"
+	@echo "make test-min - run the tests on the lowest dependency versions allowed"
 	@echo "make bench  - run the benchmarks against their baselines"
 	@echo "make clean  - remove the virtualenvs and caches"
 
+# The development tools are a PEP 735 dependency group, not a published
+# extra; `pip install --group` needs pip 25.1 or newer, hence the upgrade.
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "metricstream needs Python 3.11 or newer (set PYTHON=...)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet -e '.[all,gpu]' --group dev
 	touch $@
 
 install: $(STAMP)
 
-# fakeai 0.3.2 imports Pillow without declaring it.
+# The `fakeai` dependency group of pyproject.toml, in a virtualenv of its own.
 $(FAKEAI_STAMP):
 	test -x $(FAKEAI_VENV)/bin/python || $(PYTHON) -m venv $(FAKEAI_VENV)
-	$(FAKEAI_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(FAKEAI_VENV)/bin/python -m pip install --quiet 'fakeai==0.3.2' pillow
+	$(FAKEAI_VENV)/bin/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(FAKEAI_VENV)/bin/python -m pip install --quiet --group fakeai
 	touch $@
 
 fakeai: $(FAKEAI_STAMP)
@@ -59,8 +62,28 @@ check: lint typecheck
 
 test: lint typecheck pytest
 
+# The lowest dependency versions pyproject.toml allows (constraints/minimum.txt),
+# in a virtualenv of their own, running the tests that exercise them: the
+# protocol, client, server, collector, store, terminal UI and the CLI.
+MIN_VENV  := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed-min
+MIN_TESTS ?= tests/protocol tests/client tests/server tests/collector tests/store \
+	tests/dashboard/test_tui.py tests/test_cli.py tests/test_config.py tests/test_logging.py
+
+$(MIN_STAMP): pyproject.toml constraints/minimum.txt
+	test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(MIN_VENV)/bin/python -m pip install --quiet -c constraints/minimum.txt -e '.[all]' --group dev
+	touch $@
+
+test-min: $(MIN_STAMP) $(FAKEAI_STAMP)
+	$(MIN_VENV)/bin/python constraints/check_installed.py constraints/minimum.txt
+	METRICSTREAM_FAKEAI=$(CURDIR)/$(FAKEAI_VENV)/bin/fakeai \
+	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m 'not browser and not slow' \
+		$(MIN_TESTS) $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(FAKEAI_VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf $(VENV) $(FAKEAI_VENV) $(MIN_VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -74,3 +74,28 @@ async def test_the_gateway_example_streams_its_own_requests() -> None:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, scaled(30))
+
+
+async def test_the_sync_example_ends_an_idle_wait_with_the_timeout_it_catches() -> None:
+    import contextlib
+    import io
+
+    from metricstream.server import MetricsHub, ServerSettings
+
+    from .server.conftest import running
+
+    block = block_containing("SyncWebSocketService")
+    async with running(MetricsHub(heartbeat_interval=None), ServerSettings()) as server:
+        code = block.replace("ws://127.0.0.1:8765/metrics/stream", server.url()).replace(
+            "timeout=30", "timeout=0.5"
+        )
+        assert code != block
+        out = io.StringIO()
+
+        def run() -> None:
+            with contextlib.redirect_stdout(out):
+                exec(code, {})
+
+        # The sync client blocks; the server runs on this loop meanwhile.
+        await asyncio.wait_for(asyncio.to_thread(run), scaled(30))
+    assert out.getvalue() == "no request for 30 s\n"

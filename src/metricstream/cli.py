@@ -12,18 +12,85 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
+from ._logging import configure_logging
+from ._options import resolve_options
 from .exceptions import ConfigError
 
 __all__ = ["main"]
 
-# Modules whose ``add_parser`` adds a subcommand, in --help order.
-_COMMAND_MODULES: tuple[str, ...] = (
-    "metricstream.server.cli",
-    "metricstream.client.cli",
-    "metricstream.dashboard.cli",
+# Modules whose ``add_parser`` adds subcommands, in --help order, with the
+# commands each adds and the extra its imports need. When that extra is not
+# installed the commands are still listed, and running one says which extra
+# to install instead of failing with a traceback.
+_COMMAND_MODULES: tuple[tuple[str, dict[str, str], str | None], ...] = (
+    ("metricstream.server.cli", {"serve": "run the stream server"}, "server"),
+    ("metricstream.client.cli", {"watch": "print a stream's messages live"}, None),
+    (
+        "metricstream.dashboard.cli",
+        {
+            "dashboard": "live terminal dashboard of a stream",
+            "demo": "run a demo server and open the dashboard on it",
+        },
+        None,
+    ),
 )
+
+
+def command_modules() -> tuple[str, ...]:
+    """The modules that add subcommands, in --help order."""
+    return tuple(module for module, _, _ in _COMMAND_MODULES)
+
+
+# Top-level module of a third-party library -> the extra that installs it.
+_EXTRA_OF: dict[str, str] = {
+    "fastapi": "server",
+    "starlette": "server",
+    "uvicorn": "server",
+    "prometheus_client": "server",
+    "psutil": "server",
+    "textual": "tui",
+    "rich": "tui",
+    "pynvml": "gpu",
+}
+
+
+def _missing_extra(exc: ImportError) -> str | None:
+    """The extra that would install the module ``exc`` failed to import, if known."""
+    name = (getattr(exc, "name", None) or "").partition(".")[0]
+    return _EXTRA_OF.get(name)
+
+
+def _needs_extra_message(command: str, extra: str, module: str | None) -> str:
+    what = f" ({module} is not installed)" if module else ""
+    return (
+        f"metricstream {command} needs the '{extra}' extra{what}: "
+        f"pip install 'metricstream[{extra}]'"
+    )
+
+
+def _add_unavailable(
+    subparsers: Any, command: str, help_text: str, extra: str, module: str
+) -> None:
+    message = _needs_extra_message(command, extra, module)
+    parser = subparsers.add_parser(
+        command,
+        help=f"{help_text} (needs the '{extra}' extra)",
+        description=message,
+        add_help=False,
+        # No option prefix: whatever follows (even --help) is an argument,
+        # and running it gets the one-line answer.
+        prefix_chars="\0",
+    )
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+
+    def unavailable(_: argparse.Namespace) -> int:
+        print(message, file=sys.stderr)
+        return 2
+
+    parser.set_defaults(func=unavailable)
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -49,15 +116,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("--compact", action="store_true", help="one line instead of indented")
     schema.set_defaults(func=_schema)
-    for module_name in _COMMAND_MODULES:
-        importlib.import_module(module_name).add_parser(subparsers)
+    for module_name, commands, extra in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").partition(".")[0]
+            if extra is None or missing in ("", "metricstream"):
+                raise
+            for command, help_text in commands.items():
+                _add_unavailable(subparsers, command, help_text, extra, missing)
+            continue
+        module.add_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit status."""
+    """Run the command line; returns the process exit status.
+
+    Logging is configured here, once, for every command (stderr, tokens
+    redacted; see :mod:`metricstream._logging`); commands with an option
+    table get their options resolved from flags, environment and file.
+    """
     args = build_parser().parse_args(argv)
+    command: str = args.command
     try:
+        options = getattr(args, "options", None)
+        if options is not None:
+            resolve_options(args, command, options)
+        if hasattr(args, "log_format"):
+            configure_logging(args.log_level, args.log_format)
+        else:
+            # Interactive commands: warnings and errors, worded like their notes.
+            configure_logging("warning", "text", prefix=f"metricstream {command}")
         status: int = args.func(args)
     except KeyboardInterrupt:
         return 130
@@ -67,15 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except ConfigError as exc:
         # A bad option value (URL, token, interval): say what, not a traceback.
-        print(f"metricstream {args.command}: {exc}", file=sys.stderr)
+        print(f"metricstream {command}: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
         # An optional extra is missing: say which, not a traceback.
-        print(
-            f"metricstream {args.command}: {exc}. Install the extra it needs, "
-            "for example: pip install 'metricstream[all]'",
-            file=sys.stderr,
-        )
+        extra = _missing_extra(exc)
+        if extra is None:
+            raise
+        print(_needs_extra_message(command, extra, exc.name), file=sys.stderr)
         return 2
     return status
 

@@ -46,7 +46,13 @@ async def test_prints_messages_as_json_lines(server: StreamServer) -> None:
 
 async def test_summary_lines_and_repeated_types(server: StreamServer) -> None:
     process = await _watch(
-        server.url, "--count", "3", "--type", "request_update", "--types", "metrics_update,kv"
+        server.url,
+        "--count",
+        "3",
+        "--type",
+        "request_update",
+        "--types",
+        "metrics_update,kv_cache_update",
     )
     await wait_until(lambda: bool(server.peers), within=30)
     await server.publish(MessageType.REQUEST_UPDATE, request("abc"))
@@ -61,7 +67,7 @@ async def test_summary_lines_and_repeated_types(server: StreamServer) -> None:
     assert "id=abc" in lines[1]
     assert " metrics_update #2 " in lines[2]
     assert "total_requests=42" in lines[2]
-    assert server.handshakes[0]["types"] == "request_update,metrics_update,kv"
+    assert server.handshakes[0]["types"] == "request_update,metrics_update,kv_cache_update"
 
 
 async def test_ctrl_c_exits_130_without_a_traceback(server: StreamServer) -> None:
@@ -94,6 +100,34 @@ async def test_invalid_option_exits_2() -> None:
         _, err = await process.communicate()
     assert process.returncode == 2
     assert b"ws:// or wss://" in err
+
+
+async def test_an_unknown_type_is_a_usage_error_naming_the_known_ones() -> None:
+    process = await _watch("ws://127.0.0.1:9/metrics/stream", "--type", "metrics_update,bogus_type")
+    async with asyncio.timeout(scaled(30)):
+        out, err = await process.communicate()
+    assert process.returncode == 2
+    assert out == b""
+    assert b"unknown message type bogus_type" in err
+    assert b"metrics_update" in err.split(b"known:")[1]
+    assert b"Traceback" not in err
+
+
+async def test_a_token_in_the_url_reaches_the_server() -> None:
+    from metricstream.server import MetricsHub, ServerSettings
+
+    from ..server.conftest import running
+
+    token = "url-token"
+    async with running(MetricsHub(heartbeat_interval=None), ServerSettings(token=token)) as srv:
+        process = await _watch(srv.url(f"token={token}&types=init"), "--count", "1")
+        async with asyncio.timeout(scaled(30)):
+            out, err = await process.communicate()
+    assert process.returncode == 0, err
+    assert b" init #" in out
+    # The URL it reports hides the token.
+    assert token.encode() not in err
+    assert b"token=***" in err
 
 
 def test_in_process(

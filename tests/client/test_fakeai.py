@@ -150,3 +150,33 @@ def test_greeting_detection_and_outbound_frames() -> None:
         b'{"type":"subscribe","filters":{"model":"a"}}',
         b'{"type":"subscribe","filters":{"model":"b"}}',
     ]
+
+
+def snapshot_frame(kind: str, at: float, requests: float, tokens: float) -> str:
+    return (
+        f'{{"type":"{kind}","timestamp":{at},"data":{{"throughput":'
+        f'{{"total_requests_per_sec":{requests},"total_tokens_per_sec":{tokens}}}}}}}'
+    )
+
+
+def test_totals_are_integrated_from_the_rates_never_a_confident_zero() -> None:
+    fresh = FakeAIAdapter()
+    [init] = fresh.adapt(snapshot_frame("historical_data", 100.0, 2.0, 20.0))
+    assert init.data.metrics.total_requests == 0  # nothing seen yet
+    [first] = fresh.adapt(snapshot_frame("metrics_update", 101.0, 4.0, 40.0))
+    assert first.data.total_requests == 3  # (2 + 4) / 2 over 1 s
+    assert first.data.total_tokens == 30
+    [second] = fresh.adapt(snapshot_frame("metrics_update", 103.0, 4.0, 0.0))
+    assert second.data.total_requests == 11  # + 4 req/s over 2 s
+    assert second.data.total_tokens == 70
+    assert second.metadata is not None
+    assert second.metadata["estimated"] == ["total_requests", "total_tokens"]
+    assert second.metadata["unknown"] == ["total_cost", "streaming_percentage"]
+    # A frame from the past (clock step) adds nothing and moves nothing back.
+    [late] = fresh.adapt(snapshot_frame("metrics_update", 102.0, 100.0, 100.0))
+    assert late.data.total_requests == 11
+    # A reconnection's greeting restarts the integral without the gap.
+    [again] = fresh.adapt(snapshot_frame("historical_data", 200.0, 1.0, 1.0))
+    assert again.data.metrics.total_requests == 11
+    [after] = fresh.adapt(snapshot_frame("metrics_update", 201.0, 1.0, 1.0))
+    assert after.data.total_requests == 12

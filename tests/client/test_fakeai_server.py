@@ -28,12 +28,13 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
         await client.wait_connected()
         first = await anext(stream)
         await fakeai_chat(fakeai, 3)
+        totals: list[int] = []
         async with asyncio.timeout(scaled(30)):
             async for message in stream:
-                if (
-                    message.type is MessageType.METRICS_UPDATE
-                    and message.data.requests_per_second > 0
-                ):
+                if message.type is not MessageType.METRICS_UPDATE:
+                    continue
+                totals.append(message.data.total_requests)
+                if message.data.requests_per_second > 0 and message.data.total_requests > 0:
                     break
         # The seed client's heartbeat is answered with an error by FakeAI;
         # ours is a ping, answered with a pong that measures the latency.
@@ -45,6 +46,10 @@ async def test_speaks_the_fakeai_dialect(fakeai: int) -> None:
     assert message.metadata is not None
     assert "throughput" in message.metadata["fakeai"]
     assert message.data.tokens_per_second > 0
+    # Derived from the rates FakeAI reports (it sends no totals), not a zero.
+    assert totals[-1] > 0
+    assert totals == sorted(totals)
+    assert message.metadata["estimated"] == ["total_requests", "total_tokens"]
     assert client.connection_info().dialect == Dialect.FAKEAI
     assert client.connection_info().connections == 1
     assert client.connection_info().parse_errors == 0

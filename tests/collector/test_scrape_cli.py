@@ -138,7 +138,7 @@ def test_scrape_and_demo_do_not_combine() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "--scrape and --demo" in result.stdout
+    assert "--scrape and --demo" in result.stderr
 
 
 def test_a_bad_scrape_url_is_a_usage_error() -> None:
@@ -150,4 +150,4 @@ def test_a_bad_scrape_url_is_a_usage_error() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "http(s) URL" in result.stdout
+    assert "http(s) URL" in result.stderr

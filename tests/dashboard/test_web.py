@@ -211,7 +211,7 @@ def test_page_loads_streams_and_updates(
     serve: ServeProcess, open_page: Callable[..., tuple[Page, Console]]
 ) -> None:
     serve.start(seed=1)
-    with urllib.request.urlopen(serve.base + "/") as response:
+    with urllib.request.urlopen(f"{serve.base}/?token={TOKEN}") as response:
         assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
         assert response.headers["Content-Type"] == "text/html; charset=utf-8"
     page, console = open_page(f"{serve.base}/?token={TOKEN}")
@@ -269,6 +269,8 @@ def test_page_loads_streams_and_updates(
 def test_wrong_token_shows_the_error_and_stops(
     serve: ServeProcess, open_page: Callable[..., tuple[Page, Console]]
 ) -> None:
+    # The page itself is public here, so that the stream is what refuses it.
+    serve.extra = ("--no-protect-http",)
     serve.start(seed=2)
     page, _ = open_page(f"{serve.base}/?token=wrong")
     wait_in_page(page, "document.body.dataset.connection === 'error'", 10, "the error state")

@@ -53,14 +53,16 @@ async def test_prometheus_metrics_count_what_the_server_did() -> None:
                 hub.publish(request(str(i)))
             for _ in range(5):
                 await recv(ws)
-            async with httpx.AsyncClient(base_url=f"http://{server.base}") as http:
+            async with httpx.AsyncClient(
+                base_url=f"http://{server.base}", headers={"Authorization": "Bearer t"}
+            ) as http:
                 live = scrape((await http.get("/metrics")).text)
         async with open_client(server.url()) as rejected:
             await asyncio.wait_for(rejected.wait_closed(), scaled(5))
         async with open_client(server.url(f"token=t&since=2&epoch={hub.epoch}")) as ws:
             assert (await recv(ws))["metadata"]["resumed"] is True
         async with httpx.AsyncClient(base_url=f"http://{server.base}") as http:
-            response = await http.get("/metrics")
+            response = await http.get("/metrics", params={"token": "t"})
         assert response.headers["content-type"].startswith("text/plain")
         after = scrape(response.text)
     assert live["metricstream_connections"] == 1

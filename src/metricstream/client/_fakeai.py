@@ -17,9 +17,14 @@ FakeAI frame        becomes
 anything else       an unknown-type message (skipped by the client)
 ==================  =====================================================
 
-FakeAI reports rates, not totals: ``total_requests``, ``total_tokens``,
-``total_cost`` and ``streaming_percentage`` are 0 in adapted messages. The
-original ``data`` travels in ``metadata["fakeai"]`` so nothing is lost.
+FakeAI reports rates, not totals. ``total_requests`` and ``total_tokens``
+are derived: the adapter integrates the request and token rates over the
+time between frames (trapezoids), from the first frame it saw, and
+``metadata["estimated"]`` names them. ``total_cost`` and
+``streaming_percentage`` cannot be derived (no prices, no stream counts):
+they stay 0 and ``metadata["unknown"]`` names them, so that a consumer shows
+"n/a" rather than a confident zero. The original ``data`` travels in
+``metadata["fakeai"]`` so nothing is lost.
 """
 
 from __future__ import annotations
@@ -136,8 +141,35 @@ def _avg_latency(snapshot: _Snapshot) -> float:
     return sum(latency.avg for latency in snapshot.latency.values()) / len(snapshot.latency)
 
 
+#: Totals of adapted messages derived from rates (estimates).
+ESTIMATED_FIELDS: Final = ("total_requests", "total_tokens")
+#: Totals that FakeAI's stream gives no way to derive.
+UNKNOWN_FIELDS: Final = ("total_cost", "streaming_percentage")
+
+
 class FakeAIAdapter:
-    """Turns FakeAI frames into the seed's messages; stateless and reusable."""
+    """Turns FakeAI frames into the seed's messages.
+
+    It keeps one piece of state, the running integral of the request and
+    token rates, so use one adapter per client. A ``historical_data`` frame
+    (a new connection) restarts the integration from its own time without
+    counting the gap before it: a disconnected client saw no rates.
+    """
+
+    def __init__(self) -> None:
+        self._requests = 0.0
+        self._tokens = 0.0
+        # (time in s, requests/s, tokens/s) of the previous snapshot.
+        self._last: tuple[float, float, float] | None = None
+
+    def _integrate(self, kind: str, at: float, requests: float, tokens: float) -> None:
+        last = self._last
+        if kind == "metrics_update" and last is not None and at > last[0]:
+            elapsed = at - last[0]
+            self._requests += (last[1] + requests) / 2 * elapsed
+            self._tokens += (last[2] + tokens) / 2 * elapsed
+        if last is None or at >= last[0] or kind == "historical_data":
+            self._last = (at, requests, tokens)
 
     def adapt(self, frame: bytes | str) -> list[WebSocketMessage[Any]]:
         """The messages one FakeAI frame stands for (possibly none).
@@ -195,19 +227,27 @@ class FakeAIAdapter:
             if requests_per_second > 0
             else 0.0
         )
+        tokens_per_second = _rate(throughput.total_tokens_per_sec)
+        if parsed.timestamp:
+            self._integrate(kind, parsed.timestamp, requests_per_second, tokens_per_second)
         metrics = MetricsUpdatePayload(
-            total_requests=0,
-            total_tokens=0,
+            total_requests=round(self._requests),
+            total_tokens=round(self._tokens),
             total_cost=0.0,
             avg_latency_ms=_avg_latency(snapshot),
             error_rate=error_rate,
             streaming_percentage=0.0,
             requests_per_second=requests_per_second,
-            tokens_per_second=_rate(throughput.total_tokens_per_sec),
+            tokens_per_second=tokens_per_second,
             active_connections=max(snapshot.queue.active_streams, 0),
         )
         kv_cache = self._kv_cache(snapshot.cache)
-        metadata = {"dialect": "fakeai", "fakeai": original}
+        metadata = {
+            "dialect": "fakeai",
+            "fakeai": original,
+            "estimated": list(ESTIMATED_FIELDS),
+            "unknown": list(UNKNOWN_FIELDS),
+        }
         if kind == "historical_data":
             init = InitPayload(metrics=metrics, kv_cache=kv_cache)
             return [

@@ -53,12 +53,14 @@ def retry_for_status(status: int) -> Retry:
 
 
 def build_url(base: str, params: Mapping[str, str | None]) -> str:
-    """``base`` with ``params`` set in its query (``None`` values removed).
+    """``base`` with ``params`` set in its query.
 
-    Parameters already in ``base`` that ``params`` names are replaced, the
-    others kept, so a user's own query parameters survive.
+    A parameter ``params`` gives a value replaces the one of the same name in
+    ``base``; a ``None`` value leaves ``base``'s own (if any) as it is, so a
+    user's query parameters survive, a ``?token=`` in the URL included.
     """
     parts = urlsplit(base)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
-    query.extend((k, v) for k, v in params.items() if v is not None)
+    given = {k: v for k, v in params.items() if v is not None}
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in given]
+    query.extend(given.items())
     return urlunsplit(parts._replace(query=urlencode(query, safe=",")))

@@ -13,6 +13,20 @@ def _names(value: str) -> list[str]:
     return [item for item in value.split(",") if item]
 
 
+def _type_names(value: str) -> list[str]:
+    """``--type`` values: message types of the protocol, anything else is a usage error."""
+    from ..protocol import MessageType
+
+    known = sorted(t.value for t in MessageType)
+    names = _names(value)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown message type {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    return names
+
+
 def _flatten(groups: list[list[str]] | None) -> tuple[str, ...] | None:
     # ``--type a --type b,c``: every occurrence appends a list.
     return None if groups is None else tuple(name for group in groups for name in group)
@@ -48,6 +62,19 @@ def summary(message: Any) -> str:
 _SUMMARY_WIDTH = 200
 
 
+def _final_error(exc: BaseException) -> bool:
+    """Whether the client ends on ``exc`` (and so has logged it at ERROR)."""
+    from ..exceptions import ConfigError, ConnectionRejectedError
+    from ._policy import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES
+
+    if isinstance(exc, ConfigError):
+        return True
+    code = getattr(exc, "code", None)
+    return isinstance(exc, ConnectionRejectedError) and (
+        code in FATAL_CLOSE_CODES or code in FATAL_HTTP_STATUSES
+    )
+
+
 def add_parser(subparsers: Any) -> None:
     """Add the ``watch`` subcommand."""
     parser = subparsers.add_parser(
@@ -72,7 +99,7 @@ def add_parser(subparsers: Any) -> None:
         "--types",
         dest="types",
         action="append",
-        type=_names,
+        type=_type_names,
         metavar="TYPE",
         help="message type wanted (repeatable, or comma-separated; default: all)",
     )
@@ -141,16 +168,23 @@ def watch(args: argparse.Namespace) -> int:
     def note(text: str) -> None:
         print(f"metricstream watch: {text}", file=sys.stderr, flush=True)
 
+    def on_error(exc: BaseException) -> None:
+        # A final error (rejection, bad URL) is logged by the client itself
+        # at ERROR, which the command's handler prints: saying it here too
+        # printed it twice. Passing errors are logged at INFO only.
+        if not _final_error(exc):
+            note(f"error: {exc}")
+
     async def main() -> int:
+        # Giving up is logged by the client (ERROR); the exit status says it too.
         handlers = EventHandlers(
             on_connect=lambda: note(f"connected to {redact_url(config.url)}"),
             on_disconnect=lambda reason: note(f"disconnected: {reason}"),
-            on_error=lambda exc: note(f"error: {exc}"),
+            on_error=on_error,
             on_reconnecting=lambda attempt, delay: note(
                 f"reconnecting in {delay:.2f} s (attempt {attempt})"
             ),
             on_reconnected=lambda: note("reconnected"),
-            on_max_reconnect_attempts_reached=lambda: note("gave up reconnecting"),
         )
         client = WebSocketService(config, handlers)
         out = sys.stdout.buffer
@@ -170,11 +204,9 @@ def watch(args: argparse.Namespace) -> int:
                     return 0
             try:
                 await runner
-            except ConnectionRejectedError as exc:
-                note(str(exc))
+            except ConnectionRejectedError:
                 return 3
-            except ConnectionError as exc:
-                note(str(exc))
+            except ConnectionError:
                 return 1
         return 0
 

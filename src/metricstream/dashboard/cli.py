@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
@@ -152,23 +153,57 @@ async def _print_summaries(url: str, duration: float | None) -> None:
         await service.close()
 
 
+def _require(*modules: str) -> None:
+    """Raise ModuleNotFoundError (the command line names the extra) if one is missing."""
+    for name in modules:
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 def demo(args: argparse.Namespace) -> int:
-    """Run ``metricstream demo``: a demo server plus a dashboard on it."""
+    """Run ``metricstream demo``: a demo server plus a dashboard on it.
+
+    The server child ends with this process however it ends: on ``q``,
+    Ctrl-C or a normal exit the ``finally`` below stops it (SIGTERM, so its
+    clients get 1001); on SIGTERM, SIGHUP or SIGKILL of this process, which
+    run no ``finally``, the child sees the pipe it watches close
+    (``serve --exit-with-fd``). A pipe rather than Linux's
+    ``PR_SET_PDEATHSIG``: it works on every POSIX system, has no window
+    between fork and setup in which the parent's death goes unseen, and is
+    not tied to the thread that started the child.
+    """
+    _require("fastapi", "uvicorn", "prometheus_client", "psutil")
     host, port = args.host, args.port
     if not _port_free(host, port):
         port = _free_port(host)
         print(f"port {args.port} is taken; using {port}", file=sys.stderr)
+    watch_fd, keep_fd = os.pipe()
     command = [sys.executable, "-m", "metricstream", "serve", "--demo"]
     command += ["--host", host, "--port", str(port), "--log-level", "warning"]
+    command += ["--exit-with-fd", str(watch_fd)]
     if args.seed is not None:
         command += ["--seed", str(args.seed)]
-    server = subprocess.Popen(command, start_new_session=True)
+    try:
+        # Its own POSIX session: a Ctrl-C in the terminal reaches this process
+        # only, which then stops the server in order.
+        server = subprocess.Popen(command, start_new_session=True, pass_fds=(watch_fd,))
+    finally:
+        os.close(watch_fd)
+    # keep_fd stays open (and is not inherited: pipes are close-on-exec)
+    # for as long as this process lives.
     base = f"http://{host}:{port}"
     url = f"ws://{host}:{port}/metrics/stream"
     try:
         _wait_healthy(f"{base}/healthz", server, timeout=30)
         print(f"demo server: {url}\nweb dashboard: {base}/", file=sys.stderr, flush=True)
         use_tui = sys.stdin.isatty() and sys.stdout.isatty() and not args.no_tui
+        if use_tui and importlib.util.find_spec("textual") is None:
+            print(
+                "the terminal dashboard needs the 'tui' extra "
+                "(pip install 'metricstream[tui]'); printing summaries instead",
+                file=sys.stderr,
+            )
+            use_tui = False
         if use_tui and args.duration is None:
             asyncio.run(run_dashboard(url))
         else:
@@ -183,4 +218,5 @@ def demo(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        os.close(keep_fd)
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -17,8 +18,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 from starlette.routing import WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ._endpoint import StreamEndpoint
+from ._endpoint import StreamEndpoint, _handshake_headers, _token_ok
 from ._hub import GOING_AWAY, MetricsHub
 from ._settings import ServerSettings
 
@@ -150,7 +152,9 @@ def create_router(
         )
 
     @router.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not http_token_ok(settings, request.scope):
+            return _unauthorized()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -197,4 +201,52 @@ def create_app(
         from ..dashboard.web import create_web_router
 
         app.include_router(create_web_router())
+        if settings.token is not None and settings.protect_http:
+            app.add_middleware(_PageTokenGate, settings=settings)
     return app
+
+
+def http_token_ok(settings: ServerSettings, scope: Scope) -> bool:
+    """Whether an HTTP request may see a page guarded by the stream's token.
+
+    True when no token is set or ``protect_http`` is off; otherwise the
+    request must carry it as ``Authorization: Bearer`` or ``?token=``.
+    """
+    if settings.token is None or not settings.protect_http:
+        return True
+    _, authorization, _ = _handshake_headers(scope)
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    return _token_ok(settings.token, authorization, query)
+
+
+def _unauthorized() -> Response:
+    return JSONResponse(
+        {"detail": "missing or invalid token"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="metricstream"'},
+    )
+
+
+class _PageTokenGate:
+    """Requires the token on the dashboard page (``/``).
+
+    Its static assets stay public (they are the same for everyone and hold
+    no data); the figures come over the stream, which checks the token
+    itself. A middleware rather than a route dependency, because the page's
+    router belongs to the dashboard package.
+    """
+
+    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path in ("", "/") and not http_token_ok(self.settings, scope):
+                await _unauthorized()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -14,6 +14,8 @@ enforces the inbound limits. Writing is the hub's business.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import functools
 import hmac
@@ -152,7 +154,7 @@ class StreamEndpoint:
             return
         settings = self.settings
         stats = self.hub.stats
-        origin, authorization = _handshake_headers(scope)
+        origin, authorization, offered = _handshake_headers(scope)
         if not settings.origin_allowed(origin):
             stats.reject("origin")
             logger.info("refused a handshake from origin %r", origin)
@@ -160,21 +162,23 @@ class StreamEndpoint:
             await send({"type": "websocket.close", "code": CLOSE_POLICY})
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        if settings.token is not None and not _token_ok(settings.token, authorization, query):
+        if settings.token is not None and not _token_ok(
+            settings.token, authorization, query, offered
+        ):
             stats.reject("token")
-            await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token")
+            await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token", offered)
             return
         if self.hub.closing:
             stats.reject("shutdown")
-            await _accept_and_close(send, GOING_AWAY, "server shutting down")
+            await _accept_and_close(send, GOING_AWAY, "server shutting down", offered)
             return
         if self._active >= settings.max_connections:
             stats.reject("capacity")
-            await _accept_and_close(send, CLOSE_TOO_MANY, "too many connections")
+            await _accept_and_close(send, CLOSE_TOO_MANY, "too many connections", offered)
             return
         self._active += 1
         try:
-            await send({"type": "websocket.accept"})
+            await send(_accept_message(offered))
             await self._serve(scope, receive, send, query)
         finally:
             self._active -= 1
@@ -345,30 +349,82 @@ def _subscribed(types: Iterable[str] | None, models: Iterable[str] | None) -> st
     return encode(make_message(MessageType.SUBSCRIBED, payload)).decode()
 
 
-def _handshake_headers(scope: Scope) -> tuple[str | None, str]:
-    """The ``Origin`` (None when absent) and ``Authorization`` headers.
+def _handshake_headers(scope: Scope) -> tuple[str | None, str, tuple[str, ...]]:
+    """The ``Origin`` (None when absent) and ``Authorization`` headers, and the
+    subprotocols offered (``Sec-WebSocket-Protocol``, in order).
 
-    Only these two are decoded: the connection's frame lives as long as the
+    Only these are decoded: the connection's frame lives as long as the
     connection, and a dict of every header would live with it.
     """
     origin: str | None = None
     authorization = ""
+    offered: tuple[str, ...] = ()
     for name, value in scope.get("headers", ()):
         lowered = name.lower()
         if lowered == b"origin":
             origin = value.decode("latin-1")
         elif lowered == b"authorization":
             authorization = value.decode("latin-1")
-    return origin, authorization
+        elif lowered == b"sec-websocket-protocol":
+            # The header may be repeated; each carries a comma-separated list.
+            offered += tuple(
+                item.strip() for item in value.decode("latin-1").split(",") if item.strip()
+            )
+    return origin, authorization, offered
 
 
-def _token_ok(token: str, authorization: str, query: dict[str, list[str]]) -> bool:
+#: The subprotocol the server selects when a client offers it. A browser
+#: that offers subprotocols fails the handshake unless the server selects
+#: one, so a browser passing its token as a subprotocol entry offers this too.
+STREAM_SUBPROTOCOL: Final = "metricstream"
+#: Prefix of the subprotocol entry carrying the token, base64url-encoded
+#: without padding (a subprotocol must be an HTTP token: no ``=``, ``/``, ``+``).
+TOKEN_SUBPROTOCOL_PREFIX: Final = "metricstream.token."
+
+
+def _accept_message(offered: tuple[str, ...]) -> Message:
+    # Never echo the token entry: only the plain protocol name is selected.
+    if STREAM_SUBPROTOCOL in offered:
+        return {"type": "websocket.accept", "subprotocol": STREAM_SUBPROTOCOL}
+    return {"type": "websocket.accept"}
+
+
+def _subprotocol_token(offered: tuple[str, ...]) -> bytes | None:
+    for item in offered:
+        if item.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            encoded = item[len(TOKEN_SUBPROTOCOL_PREFIX) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def _token_ok(
+    token: str,
+    authorization: str,
+    query: dict[str, list[str]],
+    offered: tuple[str, ...] = (),
+) -> bool:
+    """Whether any of the three places a token may come from holds ``token``.
+
+    ``Authorization: Bearer``, a ``metricstream.token.<base64url>``
+    subprotocol entry, or the ``token`` query parameter; each compared in
+    constant time (``hmac.compare_digest``), so the time taken does not tell
+    how much of a guess was right.
+    """
     expected = token.encode()
+    ok = False
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
-        return True
+        ok = True
+    given_protocol = _subprotocol_token(offered)
+    if given_protocol is not None and hmac.compare_digest(given_protocol, expected):
+        ok = True
     given = query.get("token")
-    return given is not None and hmac.compare_digest(given[-1].encode(), expected)
+    if given is not None and hmac.compare_digest(given[-1].encode(), expected):
+        ok = True
+    return ok
 
 
 def _int_param(query: dict[str, list[str]], name: str) -> int | None:
@@ -382,10 +438,12 @@ def _int_param(query: dict[str, list[str]], name: str) -> int | None:
     return value if value >= 0 else None
 
 
-async def _accept_and_close(send: Send, code: int, reason: str) -> None:
+async def _accept_and_close(
+    send: Send, code: int, reason: str, offered: tuple[str, ...] = ()
+) -> None:
     # Accept first so that a browser sees the close code (a refused handshake
     # only shows up as 1006 there).
-    await send({"type": "websocket.accept"})
+    await send(_accept_message(offered))
     await send({"type": "websocket.close", "code": code, "reason": reason})
 
 

@@ -16,8 +16,9 @@ class ServerSettings:
     """How the ``/metrics/stream`` endpoint guards itself. Validated on construction.
 
     - ``token``: when set, every connection must present it, as
-      ``Authorization: Bearer <token>`` or as the ``token`` query parameter
-      (browsers cannot set headers). A missing or wrong token: the connection
+      ``Authorization: Bearer <token>``, as a ``metricstream.token.<base64url>``
+      entry of ``Sec-WebSocket-Protocol`` (what browsers use: they cannot set
+      headers) or as the ``token`` query parameter. A missing or wrong token: the connection
       is accepted and closed at once with 4001, nothing else sent.
     - ``allowed_origins``: when set, a handshake whose ``Origin`` header is
       not listed (exact ``scheme://host[:port]`` match, or ``"*"``) is
@@ -35,6 +36,10 @@ class ServerSettings:
       row close the connection with 4029.
     - ``close_timeout``: seconds a closing handshake may take; a peer that
       does not even take the close frame by then is cut off.
+    - ``protect_http``: with a ``token``, the HTTP pages that show the
+      stream's figures (``/``, the web dashboard, and ``/metrics``) require
+      it too (401 otherwise), as ``Authorization: Bearer`` or ``?token=``.
+      ``/healthz`` never does: it says nothing secret.
     - ``path``: where the WebSocket endpoint is mounted.
     - ``direct_write``: on uvicorn (sans-I/O websockets, no compression),
       write stream frames straight to the connection's transport instead of
@@ -50,6 +55,7 @@ class ServerSettings:
     inbound_rate: float = 20.0
     inbound_burst: int = 40
     close_timeout: float = 5.0
+    protect_http: bool = True
     path: str = "/metrics/stream"
     direct_write: bool = True
     # Normalised origins, for the per-handshake lookup.
@@ -101,6 +107,7 @@ class ServerSettings:
             f"allow_missing_origin={self.allow_missing_origin}, "
             f"max_connections={self.max_connections}, max_message_size={self.max_message_size}, "
             f"inbound_rate={self.inbound_rate}, inbound_burst={self.inbound_burst}, "
-            f"close_timeout={self.close_timeout}, path={self.path!r}, "
+            f"close_timeout={self.close_timeout}, protect_http={self.protect_http}, "
+            f"path={self.path!r}, "
             f"direct_write={self.direct_write})"
         )

@@ -10,8 +10,10 @@
 //   answers a gap on an unfiltered stream with one resume, and tells its
 //   listeners to replace their state on a full snapshot or a new epoch;
 // - queues sends while offline (bounded, the oldest dropped first);
-// - passes the auth token as the `token` query parameter (a browser cannot
-//   set headers on a WebSocket) and asks for `batch=1` array frames;
+// - passes the auth token as a `metricstream.token.<base64url>` entry of
+//   the WebSocket subprotocols, beside `metricstream` (which the server
+//   selects): a browser cannot set headers on a WebSocket, and a token in
+//   the URL would end up in access logs; asks for `batch=1` array frames;
 // - follows the close-code table: 4001/1008 stop with an error, 4008
 //   reconnects at once, anything else backs off.
 
@@ -46,6 +48,16 @@ export const DEFAULTS = Object.freeze({
 // Close codes after which retrying cannot help (bad token, refused origin).
 export const FATAL_CLOSE_CODES = Object.freeze([1008, 4001]);
 export const SLOW_CONSUMER = 4008;
+// The subprotocol the server selects, and the prefix of the token's entry.
+export const STREAM_SUBPROTOCOL = "metricstream";
+export const TOKEN_SUBPROTOCOL_PREFIX = "metricstream.token.";
+
+/** `text` as UTF-8, base64url without padding (a subprotocol is an HTTP token). */
+export function base64url(text) {
+  let binary = "";
+  for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
+  return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
 const MAX_TRACKED_HOLES = 1024;
 const TICK_MS = 200;
 
@@ -269,13 +281,20 @@ export class StreamClient {
       params.set("since", String(this.tracker.last));
       params.set("epoch", this.tracker.epoch);
     }
-    if (this.config.token) params.set("token", this.config.token);
+    // The token travels as a subprotocol (see protocols()), never in the URL.
+    params.delete("token");
     if (this.config.batch) params.set("batch", "1");
     if (this.config.types && this.config.types.length)
       params.set("types", this.config.types.join(","));
     if (this.config.models && this.config.models.length)
       params.set("models", this.config.models.join(","));
     return url.toString();
+  }
+
+  /** The subprotocols offered: the token's entry, when there is a token. */
+  protocols() {
+    if (!this.config.token) return [];
+    return [STREAM_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + base64url(this.config.token)];
   }
 
   _setState(state) {
@@ -301,7 +320,7 @@ export class StreamClient {
     this._setState(reconnecting ? ConnectionState.RECONNECTING : ConnectionState.CONNECTING);
     let ws;
     try {
-      ws = new WebSocket(this.streamUrl());
+      ws = new WebSocket(this.streamUrl(), this.protocols());
     } catch (error) {
       // Only a malformed URL throws here: retrying cannot help.
       this._fatal(`cannot open the stream: ${error.message}`);
