@@ -321,6 +321,8 @@ class DemoTraffic:
             user_id=user,
             organization_id=organization,
             ttft_ms=ttft if streaming else None,
+            # The same per-token pace the latency above was built from.
+            itl_ms=profile.ms_per_token * jitter if streaming else None,
             service=profile.service,
         )
         return latency
