@@ -197,7 +197,7 @@ class _ModelStats:
 class _Timing:
     """The streaming timings of one request, derived once in the caller's thread."""
 
-    __slots__ = ("itl_mean", "itl_p50", "itl_p95", "tpot", "ttft")
+    __slots__ = ("estimated", "itl_mean", "itl_p50", "itl_p95", "tpot", "ttft")
 
     def __init__(
         self,
@@ -212,6 +212,7 @@ class _Timing:
         self.itl_p50 = itl_p50
         self.itl_p95 = itl_p95
         self.tpot = tpot
+        self.estimated = False
 
 
 def _streaming_percentiles(ttft: LatencyStats, itl: LatencyStats) -> dict[str, float | None]:
@@ -548,6 +549,7 @@ class MetricsCollector:
         itl_samples_ms: Sequence[float] | None = None,
         finish_reason: str | None = None,
         endpoint: str | None = None,
+        usage_estimated: bool = False,
     ) -> RequestUpdatePayload:
         """Record one request and publish its ``request_update``.
 
@@ -565,7 +567,9 @@ class MetricsCollector:
         ``(latency_ms - ttft_ms) / (completion_tokens - 1)``. ``finish_reason``
         and ``endpoint`` (the API path) are published as given. TTFT and the
         mean ITL feed the rolling percentiles of ``metrics_update`` and
-        ``model_update``.
+        ``model_update``. ``usage_estimated`` says the token counts were
+        estimated rather than reported; the message then carries
+        ``"usage_estimated": true`` in its ``metadata``.
 
         Returns the payload published. Raises :class:`InvalidMetricError` for
         an invalid value, before anything is recorded.
@@ -585,6 +589,7 @@ class MetricsCollector:
         timing = _timing(latency, ttft, itl_ms, itl_samples_ms, completion_tokens)
         _check_optional_str("finish_reason", finish_reason)
         _check_optional_str("endpoint", endpoint)
+        timing.estimated = _check_bool("usage_estimated", usage_estimated)
         service_name = DEFAULT_SERVICE if service is None else _check_name("service", service)
         if cost is None:
             cost = self.price_of(model, prompt_tokens, completion_tokens)
@@ -684,6 +689,7 @@ class MetricsCollector:
                 make_message(
                     MessageType.REQUEST_UPDATE,
                     payload,
+                    metadata={"usage_estimated": True} if timing.estimated else None,
                     timestamp=int(payload.created * 1000),
                 )
             )
