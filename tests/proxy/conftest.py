@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ class Exchange:
     headers: list[tuple[str, str]]
     body: bytes
     sent_body: bytearray = field(default_factory=bytearray)
+    sent_digest: Any = field(default_factory=hashlib.sha256)
+    sent_length: int = 0
     first_sent: asyncio.Event = field(default_factory=asyncio.Event)
     last_sent: asyncio.Event = field(default_factory=asyncio.Event)
     closed_by_peer: asyncio.Event = field(default_factory=asyncio.Event)
@@ -53,6 +56,7 @@ class Reply:
     chunked: bool = False
     length: int | None = None  # Content-Length, when the pieces are produced lazily
     hang_up_after: bool = False  # close the connection before the body is complete
+    keep_body: bool = True  # keep a copy of what was sent (else only its digest and length)
 
 
 Handler = Callable[[Exchange], Awaitable[Reply]]
@@ -67,6 +71,7 @@ class StandIn:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.received = asyncio.Event()
+        self.writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> StandIn:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -76,7 +81,8 @@ class StandIn:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
-        self.server.close_clients()
+        for writer in self.writers:
+            writer.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(scaled(5)):
                 await self.server.wait_closed()
@@ -86,10 +92,12 @@ class StandIn:
         return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        first = b""
         try:
             while True:
                 try:
-                    head = await reader.readuntil(b"\r\n\r\n")
+                    head = first + await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 lines = head.decode("latin-1").split("\r\n")
@@ -104,9 +112,17 @@ class StandIn:
                 self.exchanges.append(exchange)
                 self.received.set()
                 reply = await self.handler(exchange)
-                if not await self._answer(reader, writer, exchange, reply):
+                watch = await self._answer(reader, writer, exchange, reply)
+                if watch is None:
                     return
+                # The watch read the next request's first byte, or the end.
+                first = await watch
+                if not first:
+                    return
+        except ConnectionError:
+            return
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     async def _answer(
@@ -115,7 +131,8 @@ class StandIn:
         writer: asyncio.StreamWriter,
         exchange: Exchange,
         reply: Reply,
-    ) -> bool:
+    ) -> asyncio.Future[bytes] | None:
+        """Send ``reply``; the watch on the connection, or None once it is closed."""
         head = [f"HTTP/1.1 {reply.status} X"]
         head += [f"{k}: {v}" for k, v in reply.headers]
         if reply.chunked:
@@ -140,24 +157,24 @@ class StandIn:
                     continue
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
                 await writer.drain()
-                exchange.sent_body += piece
+                if reply.keep_body:
+                    exchange.sent_body += piece
+                exchange.sent_digest.update(piece)
+                exchange.sent_length += len(piece)
                 exchange.first_sent.set()
             if reply.hang_up_after:
-                return False
+                watch.cancel()
+                return None
             if reply.chunked:
                 writer.write(b"0\r\n\r\n")
             await writer.drain()
         except ConnectionError:
             exchange.closed_by_peer.set()
-            return False
+            watch.cancel()
+            return None
         finally:
             exchange.last_sent.set()
-        # Keep the connection for the next request unless the peer left.
-        await asyncio.sleep(0)
-        if watch.done():
-            return False
-        watch.cancel()
-        return True
+        return watch
 
 
 @dataclass
