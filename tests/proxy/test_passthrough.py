@@ -11,8 +11,10 @@ import tracemalloc
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from metricstream.protocol import MetricsUpdatePayload, ModelUpdatePayload, RequestUpdatePayload
 from tests.proxy.conftest import Exchange, Reply, StandIn, running_proxy, sse_event, watching
 from tests.support import free_port, scaled
 
@@ -407,3 +409,70 @@ async def test_other_paths_are_the_stream_server() -> None:
     assert "text/html" in page.headers["content-type"]
     assert "metricstream_connections" in metrics.text
     assert upstream.exchanges == []
+
+
+def _seed_shaped(payload_type: type[Any]) -> type[Any]:
+    """The payload as an older client declares it: the seed's fields only."""
+    from tests.protocol.test_messages import SEED_FIELDS
+
+    seed = SEED_FIELDS[payload_type]
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(payload_type)
+        if f.name in seed
+    ]
+    return msgspec.defstruct(f"Seed{payload_type.__name__}", fields, kw_only=True)
+
+
+async def test_a_seed_shaped_client_decodes_the_new_messages() -> None:
+    release = asyncio.Event()
+
+    async def handler(exchange: Exchange) -> Reply:
+        return Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            pieces=[
+                sse_event("a"),
+                release.wait,
+                sse_event("b", finish="stop"),
+                sse_event(None, usage=USAGE),
+            ],
+            chunked=True,
+        )
+
+    async with (
+        StandIn(handler) as upstream,
+        running_proxy(upstream.url) as proxy,
+        watching(proxy) as stream,
+        _client(proxy.url) as http,
+        http.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True}) as r,
+    ):
+        chunks = r.aiter_raw()
+        await anext(chunks)
+        release.set()
+        async for _ in chunks:
+            pass
+        await stream.until("request_update", 1)
+        # Wait for the state messages that carry the new percentiles.
+        async with asyncio.timeout(scaled(10)):
+            while not any(
+                m["data"].get("itl_p50_ms") is not None for m in stream.of_type("model_update")
+            ) or not any(
+                m["data"].get("ttft_p50_ms") is not None for m in stream.of_type("metrics_update")
+            ):
+                stream.messages.append(json.loads(await stream.ws.recv()))
+    checked = 0
+    for mtype, payload_type in (
+        ("request_update", RequestUpdatePayload),
+        ("metrics_update", MetricsUpdatePayload),
+        ("model_update", ModelUpdatePayload),
+    ):
+        seed_type = _seed_shaped(payload_type)
+        for message in stream.of_type(mtype):
+            raw = json.dumps(message["data"]).encode()
+            new_fields = set(message["data"]) - set(seed_type.__struct_fields__)
+            old = msgspec.json.decode(raw, type=seed_type)
+            current = msgspec.json.decode(raw, type=payload_type)
+            for name in seed_type.__struct_fields__:
+                assert getattr(old, name) == getattr(current, name)
+            checked += bool(new_fields)
+    assert checked >= 3, "messages with the new fields were decoded by the seed's shape"
