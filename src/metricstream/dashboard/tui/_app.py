@@ -98,7 +98,7 @@ class MetricsDashboard(App[None]):
             text-style: bold; border-title-color: #9fd63a; }
     #middle { height: 12; }
     TrendPanel { width: 1fr; border: round #3a3a3a; border-title-color: #76B900; }
-    Sparkline { height: 2; }
+    Sparkline { height: 1; }
     Sparkline > .sparkline--max-color { color: #76B900; }
     Sparkline > .sparkline--min-color { color: #2f4a00; }
     .trend-label { height: 1; color: #9a9a9a; }
