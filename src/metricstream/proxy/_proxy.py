@@ -10,6 +10,7 @@ logged and can never turn a response into a failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import logging
 import re
@@ -72,6 +73,8 @@ _encode: Final = msgspec.json.Encoder()
 # Characters per token when the upstream reported no usage (a rough,
 # widely used rule of thumb for English text).
 _CHARS_PER_TOKEN: Final = 4
+# Bytes of an event stream read ahead of a slow client before reading pauses.
+_MAX_PENDING: Final = 256 * 1024
 
 
 def _mask(text: str) -> str:
@@ -327,17 +330,13 @@ class RecordingProxy:
                     "headers": _forwardable(headers, _RESPONSE_DROP),
                 }
             )
-            clock = self._clock
             try:
-                async for chunk in response.aiter_raw():
-                    inspector = state.inspector
-                    if inspector is not None and inspector.enabled:
-                        try:
-                            inspector.feed(chunk, clock)
-                        except Exception:
-                            inspector.enabled = False
-                            logger.exception("reading a response for its metrics failed")
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if exchange.response_kind == "sse":
+                    await self._relay_events(response, state, send)
+                else:
+                    async for chunk in response.aiter_raw():
+                        self._inspect(state, chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
             except httpx.TransportError:
                 # The upstream broke off mid-response: the status is sent, so
                 # the only honest thing left is to break the client's
@@ -349,6 +348,70 @@ class RecordingProxy:
             exchange.complete = True
         finally:
             await response.aclose()
+
+    def _inspect(self, state: _Request, chunk: bytes) -> None:
+        inspector = state.inspector
+        if inspector is not None and inspector.enabled:
+            try:
+                inspector.feed(chunk, self._clock)
+            except Exception:
+                inspector.enabled = False
+                logger.exception("reading a response for its metrics failed")
+
+    async def _relay_events(self, response: httpx.Response, state: _Request, send: Send) -> None:
+        """Relay an event stream: read and write side by side.
+
+        An event stream comes in many small pieces, and an upstream that
+        writes several at once hands them over together. Reading goes on
+        while the client's previous write is in progress; whatever has
+        arrived meanwhile leaves in the next write. Nothing ever waits for
+        more data: a lone piece is written as soon as the writer is free, so
+        the timing the client sees is the upstream's. At most
+        ``_MAX_PENDING`` bytes wait for a slow client before reading pauses.
+        """
+        pending: list[bytes] = []
+        size = 0
+        ready = asyncio.Event()  # pieces are waiting, or the stream ended
+        room = asyncio.Event()  # the writer took the pending pieces
+        ended = False
+
+        async def write() -> None:
+            nonlocal size
+            try:
+                while True:
+                    await ready.wait()
+                    ready.clear()
+                    while pending:
+                        body = pending[0] if len(pending) == 1 else b"".join(pending)
+                        pending.clear()
+                        size = 0
+                        room.set()
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    if ended:
+                        return
+            finally:
+                room.set()  # never leave the reader waiting on a writer that stopped
+
+        writer = asyncio.ensure_future(write())
+        try:
+            async for chunk in response.aiter_raw():
+                self._inspect(state, chunk)
+                pending.append(chunk)
+                size += len(chunk)
+                ready.set()
+                if size >= _MAX_PENDING:
+                    room.clear()
+                    await room.wait()
+                if writer.done():
+                    break
+            ended = True
+            ready.set()
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
 
     @staticmethod
     async def _answer(send: Send, status: int, kind: str, message: str) -> None:
