@@ -476,3 +476,43 @@ async def test_a_seed_shaped_client_decodes_the_new_messages() -> None:
                 assert getattr(old, name) == getattr(current, name)
             checked += bool(new_fields)
     assert checked >= 3, "messages with the new fields were decoded by the seed's shape"
+
+
+async def test_a_client_that_stops_reading_an_event_stream_stops_the_upstream() -> None:
+    # 64 MB of events: far more than every socket buffer on the way holds.
+    event = sse_event("x" * 4000)
+    count = 64 * 1024 * 1024 // len(event)
+
+    async def handler(exchange: Exchange) -> Reply:
+        return Reply(
+            headers=[("Content-Type", "text/event-stream")],
+            pieces=[event] * count,
+            chunked=True,
+            keep_body=False,
+        )
+
+    async with (
+        StandIn(handler) as upstream,
+        running_proxy(upstream.url) as proxy,
+        _client(proxy.url) as http,
+        http.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True}) as r,
+    ):
+        # Held until the end: a dropped iterator would be finalised, closing
+        # the response (the client leaving, which another test covers).
+        chunks = r.aiter_raw()
+        async with asyncio.timeout(scaled(10)):
+            await anext(chunks)
+        [exchange] = upstream.exchanges
+        # The client reads no more. Nothing signals "the upstream is blocked",
+        # so watch its progress until it stops moving.
+        last = -1
+        async with asyncio.timeout(scaled(30)):
+            while exchange.sent_length != last:
+                last = exchange.sent_length
+                await asyncio.sleep(0.5)
+        # The proxy paused reading: the upstream could not send more than
+        # what the kernel buffers and the proxy's bounded read-ahead hold.
+        assert exchange.sent_length < 32 * 1024 * 1024, exchange.sent_length
+        assert not exchange.last_sent.is_set()
+        assert not exchange.closed_by_peer.is_set()
+        assert proxy.collector.snapshot().metrics.total_requests == 0  # still in flight

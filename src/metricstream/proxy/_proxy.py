@@ -275,7 +275,7 @@ class RecordingProxy:
                 gone = True
                 task.cancel()
 
-        watcher: asyncio.Future[Message] = asyncio.ensure_future(receive())
+        watcher: asyncio.Future[Message] = asyncio.ensure_future(_disconnect(receive))
         watcher.add_done_callback(on_receive)
         self._guard(self.collector.request_started)
         try:
@@ -542,6 +542,14 @@ class RecordingProxy:
             self.collector.record_error(
                 error_type, error_message, model=model, severity=severity, request_id=recorded.id
             )
+
+
+async def _disconnect(receive: Receive) -> Message:
+    """The next ``http.disconnect`` (the body is already read: anything else is skipped)."""
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return message
 
 
 def _user(request: dict[str, Any]) -> str | None:
