@@ -516,3 +516,65 @@ async def test_a_client_that_stops_reading_an_event_stream_stops_the_upstream() 
         assert not exchange.last_sent.is_set()
         assert not exchange.closed_by_peer.is_set()
         assert proxy.collector.snapshot().metrics.total_requests == 0  # still in flight
+
+
+async def test_estimates_encodings_and_masking_in_the_records() -> None:
+    async def handler(exchange: Exchange) -> Reply:
+        request = json.loads(exchange.body)
+        if request.get("model") == "br":
+            # An encoding the proxy cannot read: passed on, recorded without tokens.
+            return Reply(
+                headers=[("Content-Type", "application/json"), ("Content-Encoding", "br")],
+                pieces=[b"\x1b\x00\x00not really brotli"],
+            )
+        if request.get("model") == "leaky":
+            error = {"error": {"message": "rejected Bearer abc.def.ghi and api_key=s3cr3t"}}
+            return Reply(
+                status=400,
+                headers=[("Content-Type", "application/json")],
+                pieces=[json.dumps(error).encode()],
+            )
+        text = {"id": "cmpl-1", "object": "text_completion", "model": "m"}
+        events = [
+            b"data: "
+            + json.dumps({**text, "choices": [{"index": 0, "text": t}]}).encode()
+            + b"\n\n"
+            for t in ("Once", " upon")
+        ]
+        return Reply(headers=[("Content-Type", "text/event-stream")], pieces=events, chunked=True)
+
+    async with (
+        StandIn(handler) as upstream,
+        running_proxy(upstream.url) as proxy,
+        watching(proxy) as stream,
+        _client(proxy.url) as http,
+    ):
+        completion = await http.post(
+            "/v1/completions", json={"model": "m", "stream": True, "prompt": ["abcd" * 10, "xy"]}
+        )
+        chat = await http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "m",
+                "stream": True,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "a" * 8}]}],
+            },
+        )
+        raw = await http.post("/v1/chat/completions", json={"model": "br"})
+        leaky = await http.post("/v1/chat/completions", json={"model": "leaky"})
+        records = await stream.until("request_update", 4)
+        [error] = await stream.until("error_update", 1)
+    assert completion.status_code == chat.status_code == raw.status_code == 200
+    assert raw.headers["content-encoding"] == "br"
+    assert leaky.status_code == 400
+    by_order = [r["data"] for r in records]
+    # 42 characters of prompt: 11 tokens at 4 a token; two content events.
+    assert (by_order[0]["prompt_tokens"], by_order[0]["completion_tokens"]) == (11, 2)
+    assert by_order[0]["endpoint"] == "/v1/completions"
+    assert records[0]["metadata"] == {"usage_estimated": True}
+    assert by_order[1]["prompt_tokens"] == 2
+    assert (by_order[2]["prompt_tokens"], by_order[2]["completion_tokens"]) == (0, 0)
+    assert by_order[2]["status"] == "success"
+    message = error["data"]["error_message"]
+    assert message == "rejected Bearer *** and api_key=***"
+    assert error["data"]["error_type"] == "http_400"
