@@ -194,12 +194,14 @@ class Proxy:
 
 
 @asynccontextmanager
-async def running_proxy(upstream: str, **client_options: Any) -> AsyncIterator[Proxy]:
+async def running_proxy(
+    upstream: str | None, *, routes: dict[str, str] | None = None, **client_options: Any
+) -> AsyncIterator[Proxy]:
     """The proxy in front of ``upstream`` on an ephemeral port, until the block ends."""
     hub = MetricsHub(heartbeat_interval=None)
     collector = MetricsCollector(hub, interval=0.1, system_stats=False)
     client = upstream_client(**client_options)
-    app = create_proxy_app(upstream, hub=hub, collector=collector, client=client)
+    app = create_proxy_app(upstream, hub=hub, collector=collector, client=client, routes=routes)
     server = StreamServer(
         uvicorn_config(
             app,

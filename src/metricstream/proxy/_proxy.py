@@ -16,7 +16,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any, Final
 
 import httpx
@@ -24,6 +24,7 @@ import msgspec
 
 from ..collector import MetricsCollector
 from ..collector._middleware import _Exchange
+from ..exceptions import ConfigError
 from ..protocol.messages import ErrorSeverity
 
 __all__ = [
@@ -165,6 +166,7 @@ class _Request:
     """What the proxy learns about one request, for recording."""
 
     __slots__ = (
+        "_decoded",
         "body",
         "exchange",
         "inspector",
@@ -183,6 +185,32 @@ class _Request:
         # "ok", "cancelled", "unreachable", "timeout" or "broken".
         self.outcome = "ok"
         self.request_id: str | None = None
+        self._decoded: dict[str, Any] | None = None
+
+    def request(self) -> dict[str, Any]:
+        """The request's JSON object, decoded once; empty when it is not one."""
+        if self._decoded is None:
+            decoded: object = None
+            if self.body[:1] == b"{":
+                try:
+                    decoded = _json.decode(self.body)
+                except msgspec.DecodeError:
+                    decoded = None
+            self._decoded = decoded if isinstance(decoded, dict) else {}
+        return self._decoded
+
+
+def _base_url(upstream: str) -> str:
+    base = upstream.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    try:
+        url = httpx.URL(base)
+    except httpx.InvalidURL:
+        url = httpx.URL("invalid:")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"the upstream must be an http(s) URL, got {upstream!r}")
+    return base
 
 
 class RecordingProxy:
@@ -191,7 +219,11 @@ class RecordingProxy:
 
     ``upstream`` is the upstream server's base URL, such as
     ``http://vllm:8000``; a trailing ``/v1`` is ignored (the client's own
-    path, ``/v1/...``, is appended). ``client`` is the pooled
+    path, ``/v1/...``, is appended). ``routes`` maps model names to other
+    upstreams: a request whose JSON body names one of them goes there, any
+    other to ``upstream``; without ``upstream``, a request naming no model
+    (``GET /v1/models``) goes to the first route's and one naming an unknown
+    model is answered 404 ``model_not_found``. ``client`` is the pooled
     :class:`httpx.AsyncClient` to send with (see :func:`upstream_client`;
     the caller closes it). Each request is recorded on ``collector``: see
     docs/proxy.md for what is measured and how.
@@ -204,22 +236,18 @@ class RecordingProxy:
         self,
         app: ASGIApp,
         *,
-        upstream: str,
+        upstream: str | None,
         collector: MetricsCollector,
         client: httpx.AsyncClient,
+        routes: Mapping[str, str] | None = None,
         max_capture_bytes: int = 4 << 20,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        base = upstream.rstrip("/")
-        if base.endswith("/v1"):
-            base = base[:-3]
-        url = httpx.URL(base)
-        if url.scheme not in ("http", "https") or not url.host:
-            from ..exceptions import ConfigError
-
-            raise ConfigError(f"the upstream must be an http(s) URL, got {upstream!r}")
+        self.routes = {model: _base_url(url) for model, url in (routes or {}).items()}
+        if upstream is None and not self.routes:
+            raise ConfigError("give an upstream URL, or routes of models to upstream URLs")
         self.app = app
-        self.upstream = base
+        self.upstream = _base_url(upstream) if upstream is not None else None
         self.collector = collector
         self.client = client
         self.max_capture_bytes = max_capture_bytes
@@ -236,6 +264,29 @@ class RecordingProxy:
 
     # --- relay -------------------------------------------------------------
 
+    def _route(self, state: _Request) -> str | None:
+        """The upstream for this request's model; None when it names an unknown one."""
+        model = state.request().get("model")
+        if isinstance(model, str) and model:
+            route = self.routes.get(model)
+            if route is not None:
+                return route
+            return self.upstream
+        return self.upstream if self.upstream is not None else next(iter(self.routes.values()))
+
+    async def _unrouted(self, state: _Request, send: Send) -> None:
+        model = state.request().get("model")
+        await self._answer(
+            send,
+            404,
+            "model_not_found",
+            f"no upstream serves the model {str(model)[:_MAX_NAME]!r}",
+        )
+        state.exchange.status = 404
+        state.exchange.error_message = "no upstream serves this model"
+        state.exchange.error_type = "model_not_found"
+        self._guard(self._record, state, self._clock())
+
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = self._clock()
         chunks: list[bytes] = []
@@ -247,9 +298,17 @@ class RecordingProxy:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        state = _Request(scope["path"], body, started)
+        base = self.upstream
+        if self.routes:
+            base = self._route(state)
+            if base is None:
+                await self._unrouted(state, send)
+                return
+        assert base is not None
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         query: bytes = scope.get("query_string", b"")
-        url = self.upstream + raw_path.decode("latin-1")
+        url = base + raw_path.decode("latin-1")
         if query:
             url += "?" + query.decode("latin-1")
         request = httpx.Request(
@@ -258,7 +317,6 @@ class RecordingProxy:
             headers=_forwardable(scope["headers"], _REQUEST_DROP),
             content=body,
         )
-        state = _Request(scope["path"], body, started)
 
         task = asyncio.current_task()
         assert task is not None
@@ -452,14 +510,7 @@ class RecordingProxy:
 
     def _record(self, state: _Request, finished: float) -> None:
         exchange = state.exchange
-        request: dict[str, Any] = {}
-        if state.body[:1] == b"{":
-            try:
-                decoded = _json.decode(state.body)
-            except msgspec.DecodeError:
-                decoded = None
-            if isinstance(decoded, dict):
-                request = decoded
+        request = state.request()
         if exchange.response_kind == "json" and exchange.response_body:
             try:
                 obj = _json.decode(bytes(exchange.response_body))

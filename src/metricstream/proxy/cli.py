@@ -6,7 +6,32 @@ import argparse
 import os
 from typing import Any
 
-__all__ = ["add_parser", "proxy"]
+__all__ = ["add_parser", "parse_upstreams", "proxy"]
+
+
+def parse_upstreams(values: list[str]) -> tuple[str | None, dict[str, str]]:
+    """``--upstream`` values: the plain URL (at most one) and ``MODEL=URL`` routes.
+
+    A value is a route when it has an ``=`` before any ``://``; a model name
+    may itself contain ``/`` (``meta-llama/Llama-3.1-8B-Instruct=http://...``).
+    """
+    from ..exceptions import ConfigError
+
+    default: str | None = None
+    routes: dict[str, str] = {}
+    for value in values:
+        model, sep, url = value.partition("=")
+        if sep and "://" not in model:
+            if not model or not url:
+                raise ConfigError(f"--upstream {value!r}: expected MODEL=URL")
+            if model in routes:
+                raise ConfigError(f"--upstream: model {model!r} is routed twice")
+            routes[model] = url
+        elif default is not None:
+            raise ConfigError("--upstream: only one URL without a model")
+        else:
+            default = value
+    return default, routes
 
 
 def add_parser(subparsers: Any) -> None:
@@ -24,9 +49,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--upstream",
         required=True,
-        metavar="URL",
+        action="append",
+        metavar="[MODEL=]URL",
         help="base URL of the upstream server, e.g. http://localhost:8000 (a trailing /v1 "
-        "is ignored)",
+        "is ignored); MODEL=URL (repeatable) sends requests for MODEL to URL instead",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=8765, help="port (default %(default)s)")
@@ -85,6 +111,7 @@ def proxy(args: argparse.Namespace) -> int:
     for name in ("interval", "timeout", "connect_timeout"):
         if not getattr(args, name) > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    upstream, routes = parse_upstreams(args.upstream)
     prices = load_prices(args.prices) if args.prices else None
     hub = MetricsHub()
     settings = ServerSettings(token=args.token or None)
@@ -97,7 +124,8 @@ def proxy(args: argparse.Namespace) -> int:
         max_connections=args.max_upstream_connections,
     )
     app = create_proxy_app(
-        args.upstream,
+        upstream,
+        routes=routes,
         hub=hub,
         collector=collector,
         client=client,
