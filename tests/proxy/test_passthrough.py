@@ -72,6 +72,7 @@ async def test_request_and_response_pass_byte_for_byte() -> None:
                 "Connection": "keep-alive, X-Client-Hop",
                 "X-Client-Hop": "dropped",
                 "Proxy-Authorization": "Basic dropped",
+                "Expect": "100-continue",
             },
         )
         response = await http.send(request, stream=True)
@@ -89,7 +90,7 @@ async def test_request_and_response_pass_byte_for_byte() -> None:
         assert seen.header("Content-Type") == ["application/json"]
         assert seen.header("Content-Length") == [str(len(body))]
         assert seen.header("Host") == [f"127.0.0.1:{upstream.port}"]
-        for hop in ("X-Client-Hop", "Proxy-Authorization"):
+        for hop in ("X-Client-Hop", "Proxy-Authorization", "Expect"):
             assert seen.header(hop) == [], hop
         # httpx added none of its own defaults.
         assert seen.header("User-Agent") == [

@@ -59,7 +59,9 @@ HOP_BY_HOP: Final = frozenset(
 )
 # Set by each hop for itself: httpx writes the upstream's Host and the
 # length of the (same) body; uvicorn frames the response to the client.
-_REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length"}
+# ``Expect: 100-continue`` was answered by this hop, which has read the whole
+# body before forwarding it: the upstream has nothing left to agree to.
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _RESPONSE_DROP: Final = HOP_BY_HOP
 
 # Texts from upstream error bodies go into every dashboard: cut, and with
