@@ -13,7 +13,7 @@ FAKEAI_STAMP := $(FAKEAI_VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8765
 
-.PHONY: help install demo test test-min check lint typecheck pytest bench fakeai clean
+.PHONY: help install demo test test-min check lint typecheck pytest bench fakeai litellm clean
 
 help:
 	@echo "make demo   - set up and run the live demo (server + dashboard)"
@@ -41,6 +41,20 @@ $(FAKEAI_STAMP):
 	touch $@
 
 fakeai: $(FAKEAI_STAMP)
+
+# LiteLLM's proxy, the peer the proxy benchmark compares with. A large
+# install (~750 MB) in its own virtualenv: only `make bench` needs it, never
+# `make test` or CI.
+LITELLM_VENV  := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed
+
+$(LITELLM_STAMP):
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]'
+	touch $@
+
+litellm: $(LITELLM_STAMP)
 
 # A demo server with generated traffic, and the terminal dashboard on it (the
 # web dashboard is served too). Without a terminal it prints summary lines.
@@ -82,8 +96,8 @@ test-min: $(MIN_STAMP) $(FAKEAI_STAMP)
 	$(MIN_VENV)/bin/python -m pytest -q -p no:cacheprovider -m 'not browser and not slow' \
 		$(MIN_TESTS) $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) $(LITELLM_STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(FAKEAI_VENV) $(MIN_VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf $(VENV) $(FAKEAI_VENV) $(MIN_VENV) $(LITELLM_VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

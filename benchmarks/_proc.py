@@ -65,19 +65,35 @@ def _pin(cpu: int) -> list[str]:
 class Child:
     """A running benchmark subprocess, spoken to in JSON lines."""
 
-    def __init__(self, name: str, module: str, args: list[str], cpu: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        args: list[str],
+        cpu: int,
+        *,
+        program: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> None:
         self.name = name
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), env.get("PYTHONPATH", "")) if p)
-        command = [*_pin(cpu), sys.executable, "-m", module, *args]
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_REPO), environment.get("PYTHONPATH", "")) if p
+        )
+        environment.update(env or {})
+        # ``program`` runs another executable (a peer in its own virtualenv)
+        # instead of ``python -m module``.
+        start = program if program is not None else [sys.executable, "-m", module]
+        command = [*_pin(cpu), *start, *args]
         self.popen = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            cwd=_REPO,
-            env=env,
+            cwd=cwd or _REPO,
+            env=environment,
             start_new_session=True,
         )
         if not shutil.which("taskset"):
@@ -197,9 +213,19 @@ class Child:
         self.kill()
 
 
-def spawn(name: str, module: str, args: list[str], *, cpu: int) -> Child:
-    """Start ``python -m module args`` pinned to ``cpu``; kill it with :meth:`Child.kill`."""
-    return Child(name, module, args, cpu)
+def spawn(
+    name: str,
+    module: str,
+    args: list[str],
+    *,
+    cpu: int,
+    program: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> Child:
+    """Start ``python -m module args`` (or ``program args``) pinned to ``cpu``;
+    kill it with :meth:`Child.kill`."""
+    return Child(name, module, args, cpu, program=program, env=env, cwd=cwd)
 
 
 def kill_all() -> None:

@@ -62,6 +62,13 @@ class Config:
     client_warmup: int = 10_000
     #: collector: requests recorded per timed pass
     record_count: int = 200_000
+    #: proxy: SSE chunks per response, sequential requests timed, busy
+    #: connections and seconds for requests/s, and whether LiteLLM runs too
+    proxy_chunks: int = 20
+    proxy_latency_count: int = 2000
+    proxy_clients: int = 16
+    proxy_seconds: float = 8.0
+    proxy_litellm: bool = True
 
     @property
     def lifetime(self) -> float:
@@ -85,6 +92,8 @@ QUICK = Config(
     client_count=40_000,
     client_warmup=5_000,
     record_count=50_000,
+    proxy_latency_count=500,
+    proxy_seconds=3.0,
 )
 SMOKE = Config(
     name="smoke",
@@ -110,6 +119,12 @@ SMOKE = Config(
     client_count=300,
     client_warmup=50,
     record_count=500,
+    proxy_chunks=3,
+    proxy_latency_count=20,
+    proxy_clients=2,
+    proxy_seconds=0.3,
+    # The tests (and CI) do not install LiteLLM's ~750 MB: make bench does.
+    proxy_litellm=False,
 )
 
 Runner = Callable[[Config], list[Row]]
@@ -628,6 +643,78 @@ def bench_export(cfg: Config) -> list[Row]:
     ]
 
 
+def bench_proxy(cfg: Config) -> list[Row]:
+    """The recording proxy vs a direct connection and vs LiteLLM's proxy."""
+    from ._proxybench import LITELLM, measure
+
+    r = measure(
+        chunks=cfg.proxy_chunks,
+        latency_count=cfg.proxy_latency_count,
+        clients=cfg.proxy_clients,
+        seconds=cfg.proxy_seconds,
+        lifetime=cfg.lifetime,
+        litellm=cfg.proxy_litellm,
+    )
+    direct, ms = r["direct"], r["metricstream"]
+    peer = r.get("litellm")
+    if cfg.proxy_litellm and peer is None:
+        raise ChildError(f"LiteLLM is not installed at {LITELLM}: run `make litellm`")
+
+    def added(path: dict[str, float], key: str) -> float:
+        return path[key] - direct[key]
+
+    rows: list[Row] = []
+    for key, label, limit in (
+        ("p50_ms", "added latency p50 (streamed, 1 connection)", 1.0),
+        ("p99_ms", "added latency p99", None),
+        ("ttft_p50_ms", "added time to first chunk p50", None),
+    ):
+        value = added(ms, key)
+        baseline = None if peer is None else added(peer, key)
+        targets = (["≤1 ms"] if limit is not None else []) + (["< LiteLLM"] if peer else [])
+        target = " and ".join(targets)
+        ok = (limit is None or value <= limit) and (baseline is None or value < baseline)
+        rows.append(
+            Row(
+                "proxy",
+                label,
+                value,
+                "ms",
+                "LiteLLM proxy" if peer else "",
+                baseline,
+                target,
+                ok if target else None,
+                {"direct": direct, "metricstream": ms, "litellm": peer},
+            )
+        )
+    rows.append(
+        Row(
+            "proxy",
+            f"requests/s on one core ({cfg.proxy_clients} connections)",
+            ms["requests_per_s"],
+            "/s",
+            "direct to the upstream",
+            direct["requests_per_s"],
+            "≥0.8x",
+            ms["requests_per_s"] >= 0.8 * direct["requests_per_s"],
+        )
+    )
+    if peer is not None:
+        rows.append(
+            Row(
+                "proxy",
+                "requests/s vs LiteLLM",
+                ms["requests_per_s"],
+                "/s",
+                "LiteLLM proxy",
+                peer["requests_per_s"],
+                ">1x",
+                ms["requests_per_s"] > peer["requests_per_s"],
+            )
+        )
+    return rows
+
+
 BENCHMARKS: dict[str, Runner] = {
     "fanout": bench_fanout,
     "latency": bench_latency,
@@ -637,6 +724,7 @@ BENCHMARKS: dict[str, Runner] = {
     "client": bench_client,
     "record": bench_record,
     "export": bench_export,
+    "proxy": bench_proxy,
 }
 
 

@@ -16,6 +16,7 @@ CASES = [
     ("metricstream.dashboard.web", {"textual"}),
     ("metricstream.store", {"fastapi", "uvicorn", "textual"}),
     ("metricstream.dashboard.tui", {"fastapi", "uvicorn"}),
+    ("metricstream.proxy", {"textual"}),
 ]
 
 

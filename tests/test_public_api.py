@@ -17,6 +17,7 @@ PACKAGES = [
     "metricstream.store",
     "metricstream.dashboard.tui",
     "metricstream.dashboard.web",
+    "metricstream.proxy",
 ]
 
 

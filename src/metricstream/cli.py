@@ -36,6 +36,11 @@ _COMMAND_MODULES: tuple[tuple[str, dict[str, str], str | None], ...] = (
         },
         None,
     ),
+    (
+        "metricstream.proxy.cli",
+        {"proxy": "record the traffic of any OpenAI-compatible server"},
+        "proxy",
+    ),
 )
 
 

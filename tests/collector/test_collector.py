@@ -83,6 +83,10 @@ def test_aggregates_match_hand_computed_values(
         requests_per_second=0.8,
         tokens_per_second=102.0,  # 510 / 5
         active_connections=0,
+        # One streamed request with a TTFT and no inter-token latency.
+        ttft_p50_ms=50.0,
+        ttft_p95_ms=50.0,
+        ttft_p99_ms=50.0,
     )
     # Nearest rank over [100, 200, 300, 400].
     assert (snap.latency.p50, snap.latency.p90, snap.latency.p99) == (200.0, 400.0, 400.0)
@@ -102,6 +106,9 @@ def test_aggregates_match_hand_computed_values(
         error_rate=0.0,
         total_cost=0.0006,
         tokens_per_second=90.0,
+        ttft_p50_ms=50.0,
+        ttft_p95_ms=50.0,
+        ttft_p99_ms=50.0,
     )
     assert snap.models["b"] == ModelUpdatePayload(
         model="b",

@@ -32,13 +32,16 @@ class Gate:
         self.release = asyncio.Event()
 
 
-def _chunk(content: str | None, *, usage: dict[str, int] | None = None) -> bytes:
+def _chunk(
+    content: str | None, *, usage: dict[str, int] | None = None, finish: str | None = None
+) -> bytes:
+    choice = {"index": 0, "delta": {"content": content}, "finish_reason": finish}
     chunk: dict[str, Any] = {
         "id": "chatcmpl-stream-1",
         "object": "chat.completion.chunk",
         "created": 1,
         "model": MODEL,
-        "choices": [] if content is None else [{"index": 0, "delta": {"content": content}}],
+        "choices": [] if content is None else [choice],
     }
     if usage is not None:
         chunk["usage"] = usage
@@ -69,7 +72,7 @@ def build_app(collector: MetricsCollector, gate: Gate) -> FastAPI:
                 # a middleware that buffered the stream would deadlock here.
                 await gate.release.wait()
                 yield _chunk("lo")
-                yield _chunk("!")
+                yield _chunk("!", finish="length")
                 yield _chunk(None, usage={"prompt_tokens": 12, "completion_tokens": 3})
                 yield b"data: [DONE]\n\n"
 
@@ -202,6 +205,19 @@ async def test_streamed_completion_passes_through_and_records_usage(
     assert snap.ttft.count == 1
     assert 0 < snap.ttft.p50 <= record.latency_ms
     assert snap.metrics.streaming_percentage == 100.0
+    # The streaming timings: the test held the rest back after "Hel", so at
+    # least one gap was measured, and everything fits inside the request.
+    assert record.time_to_first_token_ms == pytest.approx(snap.ttft.p50, abs=1e-3)
+    assert record.inter_token_latency_ms is not None
+    assert record.inter_token_latency_p50_ms is not None
+    assert record.inter_token_latency_p95_ms is not None
+    assert record.inter_token_latency_p50_ms <= record.inter_token_latency_p95_ms
+    assert record.time_to_first_token_ms + record.inter_token_latency_p95_ms <= record.latency_ms
+    assert record.time_per_output_token_ms is not None
+    assert record.finish_reason == "length"
+    assert record.endpoint == "/v1/chat/completions"
+    assert snap.metrics.ttft_p50_ms is not None
+    assert snap.metrics.itl_p50_ms == pytest.approx(record.inter_token_latency_ms, abs=1e-3)
 
 
 async def test_huge_error_texts_from_a_response_are_cut(

@@ -58,8 +58,8 @@ def check_snapshot(name: str, text: str) -> None:
 def recorded_store() -> MetricsStore:
     store = MetricsStore()
     messages: list[tuple[MessageType, Any]] = [
-        (MessageType.METRICS_UPDATE, METRICS),
-        (MessageType.MODEL_UPDATE, MODEL),
+        (MessageType.METRICS_UPDATE, replace(METRICS, ttft_p50_ms=85.0, itl_p50_ms=21.0)),
+        (MessageType.MODEL_UPDATE, replace(MODEL, ttft_p50_ms=92.0, itl_p50_ms=23.0)),
         (
             MessageType.MODEL_UPDATE,
             replace(
@@ -73,7 +73,17 @@ def recorded_store() -> MetricsStore:
         (MessageType.ERROR_UPDATE, ERROR),
     ]
     messages += [
-        (MessageType.REQUEST_UPDATE, replace(REQUEST, id=f"r{i}", latency_ms=100.0 + i))
+        (
+            MessageType.REQUEST_UPDATE,
+            replace(
+                REQUEST,
+                id=f"r{i}",
+                latency_ms=100.0 + i,
+                # Every other one streamed with timings: the rest show "—".
+                time_to_first_token_ms=40.0 + i if i % 2 else None,
+                inter_token_latency_ms=11.0 if i % 2 else None,
+            ),
+        )
         for i in range(5)
     ]
     for sequence, (mtype, data) in enumerate(messages, start=1):
@@ -95,6 +105,10 @@ async def test_main_screen_snapshot() -> None:
         "/v1/chat/completions",
         "Projected month",
         "Disconnected",
+        "TTFT p50    85 ms",
+        "ITL p50     21 ms",
+        "92 ms",
+        "43 ms",
     ):
         assert expected in text
     check_snapshot("main", text)

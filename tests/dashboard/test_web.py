@@ -237,6 +237,23 @@ def test_page_loads_streams_and_updates(
     assert page.evaluate(
         "() => window.metricstream.store.history.latency_p99_ms.some(v => v !== null)"
     )
+    # The demo's streamed requests carry TTFT and ITL: the latency chart's
+    # streaming series, the model table's columns and the request rows fill in.
+    wait_in_page(
+        page,
+        "window.metricstream.store.history.itl_p50_ms.some(v => v !== null)"
+        " && window.metricstream.store.history.ttft_p50_ms.some(v => v > 0)",
+        10,
+        "streaming latency samples",
+    )
+    for table, column in (("models", 6), ("models", 7), ("requests", 6), ("requests", 7)):
+        wait_in_page(
+            page,
+            f"[...document.querySelectorAll('#{table}-body td:nth-child({column})')]"
+            ".some(td => / m?s$/.test(td.textContent))",
+            10,
+            f"a timing in column {column} of the {table}",
+        )
     # The charts are real pixels, not an empty canvas.
     assert page.evaluate(
         """() => {

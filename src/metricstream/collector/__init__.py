@@ -20,7 +20,7 @@ from ._collector import (
 from ._demo import DEFAULT_PROFILES, DemoTraffic, ModelProfile, run_demo
 from ._errors import InvalidMetricError
 from ._middleware import UNMATCHED, MetricsMiddleware
-from ._prices import DEFAULT_PRICES, ModelPrice
+from ._prices import DEFAULT_PRICES, ModelPrice, load_prices
 from ._scrape import EngineScraper, EngineStatus
 from ._system import SystemSample, SystemSampler
 from ._window import LatencyStats
@@ -45,5 +45,6 @@ __all__ = [
     "Publisher",
     "SystemSample",
     "SystemSampler",
+    "load_prices",
     "run_demo",
 ]

@@ -10,7 +10,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, TypeAlias, get_args
@@ -33,7 +33,7 @@ from ..protocol.messages import ErrorSeverity, RequestStatus
 from ._errors import InvalidMetricError
 from ._prices import DEFAULT_PRICES, ModelPrice
 from ._system import SystemSample, SystemSampler
-from ._window import CostWindow, LatencyStats, RollingSamples, RollingWindow
+from ._window import CostWindow, LatencyStats, RollingSamples, RollingWindow, nearest_rank
 
 __all__ = [
     "DEFAULT_SERVICE",
@@ -125,6 +125,37 @@ def _check_bool(name: str, value: object) -> bool:
     return value
 
 
+def _round_opt(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _timing(
+    latency: float,
+    ttft: float | None,
+    itl_ms: float | None,
+    itl_samples_ms: Sequence[float] | None,
+    completion_tokens: int,
+) -> _Timing:
+    """Validate the streaming timings and derive mean/p50/p95 ITL and TPOT."""
+    itl_mean = None if itl_ms is None else _check_amount("itl_ms", itl_ms)
+    itl_p50 = itl_p95 = None
+    if itl_samples_ms is not None:
+        if isinstance(itl_samples_ms, str | bytes) or not isinstance(itl_samples_ms, Sequence):
+            raise InvalidMetricError(
+                f"itl_samples_ms must be a sequence of numbers, got {itl_samples_ms!r}"
+            )
+        if itl_samples_ms:
+            ordered = sorted(_check_amount("itl_samples_ms[]", v) for v in itl_samples_ms)
+            itl_mean = sum(ordered) / len(ordered)
+            itl_p50 = nearest_rank(ordered, 50)
+            itl_p95 = nearest_rank(ordered, 95)
+    tpot = None
+    if ttft is not None and completion_tokens > 1:
+        # A TTFT past the end (clock skew between two sources) gives 0, not a negative.
+        tpot = max(0.0, latency - ttft) / (completion_tokens - 1)
+    return _Timing(ttft, itl_mean, itl_p50, itl_p95, tpot)
+
+
 def _percent(part: float, whole: float) -> float:
     if whole <= 0:
         return 0.0
@@ -147,13 +178,15 @@ class _ModelStats:
         "completion_tokens",
         "cost",
         "errors",
+        "itl",
         "latency_ms",
         "prompt_tokens",
         "requests",
+        "ttft",
         "window",
     )
 
-    def __init__(self, window: float, resolution: float) -> None:
+    def __init__(self, window: float, resolution: float, max_samples: int) -> None:
         self.requests = 0
         self.errors = 0
         self.prompt_tokens = 0
@@ -161,6 +194,45 @@ class _ModelStats:
         self.latency_ms = 0.0
         self.cost = 0.0
         self.window = RollingWindow(window, resolution)
+        self.ttft = RollingSamples(window, resolution, max_samples)
+        self.itl = RollingSamples(window, resolution, max_samples)
+
+
+class _Timing:
+    """The streaming timings of one request, derived once in the caller's thread."""
+
+    __slots__ = ("estimated", "itl_mean", "itl_p50", "itl_p95", "tpot", "ttft")
+
+    def __init__(
+        self,
+        ttft: float | None,
+        itl_mean: float | None,
+        itl_p50: float | None,
+        itl_p95: float | None,
+        tpot: float | None,
+    ) -> None:
+        self.ttft = ttft
+        self.itl_mean = itl_mean
+        self.itl_p50 = itl_p50
+        self.itl_p95 = itl_p95
+        self.tpot = tpot
+        self.estimated = False
+
+
+def _streaming_percentiles(ttft: LatencyStats, itl: LatencyStats) -> dict[str, float | None]:
+    """The optional ``ttft_*``/``itl_*`` fields; ``None`` where nothing was measured."""
+
+    def pick(stats: LatencyStats, value: float) -> float | None:
+        return round(value, 3) if stats.count else None
+
+    return {
+        "ttft_p50_ms": pick(ttft, ttft.p50),
+        "ttft_p95_ms": pick(ttft, ttft.p95),
+        "ttft_p99_ms": pick(ttft, ttft.p99),
+        "itl_p50_ms": pick(itl, itl.p50),
+        "itl_p95_ms": pick(itl, itl.p95),
+        "itl_p99_ms": pick(itl, itl.p99),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +241,8 @@ class CollectorSnapshot:
 
     ``latency`` and ``ttft`` are the rolling-window distributions (ms) that
     the seed's payloads have no field for; ``metrics_update`` also carries them
-    in its ``metadata``.
+    in its ``metadata``. ``itl`` is the distribution of the requests' mean
+    inter-token latency (ms).
     """
 
     metrics: MetricsUpdatePayload
@@ -181,6 +254,7 @@ class CollectorSnapshot:
     latency: LatencyStats
     ttft: LatencyStats
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    itl: LatencyStats = field(default_factory=LatencyStats)
 
     def metrics_metadata(self) -> dict[str, Any]:
         """The ``metadata`` of the ``metrics_update`` message."""
@@ -290,6 +364,8 @@ class MetricsCollector:
         self._window = RollingWindow(window, self._resolution)
         self._latency = RollingSamples(window, self._resolution, max_samples)
         self._ttft = RollingSamples(window, self._resolution, max_samples)
+        self._itl = RollingSamples(window, self._resolution, max_samples)
+        self._max_samples = max_samples
         period = _PERIOD_SECONDS[cost_period]
         self._costs = CostWindow(period, period / 60)
         self._models: dict[str, _ModelStats] = {}
@@ -473,6 +549,11 @@ class MetricsCollector:
         ttft_ms: float | None = None,
         request_id: str | None = None,
         service: str | None = None,
+        itl_ms: float | None = None,
+        itl_samples_ms: Sequence[float] | None = None,
+        finish_reason: str | None = None,
+        endpoint: str | None = None,
+        usage_estimated: bool = False,
     ) -> RequestUpdatePayload:
         """Record one request and publish its ``request_update``.
 
@@ -481,6 +562,18 @@ class MetricsCollector:
         ``breakdown_by_service`` of ``cost_update``. A request with status
         ``in_progress`` is published as an event but counted nowhere: count it
         when it finishes (with the same ``request_id``).
+
+        Streaming timings (all optional, in ms): ``ttft_ms`` is the time to
+        the first content chunk; ``itl_samples_ms`` are the gaps between
+        consecutive content chunks, from which the request's mean, p50 and p95
+        inter-token latency are computed -- or ``itl_ms`` gives the mean alone
+        when the gaps are not known. Time per output token is derived as
+        ``(latency_ms - ttft_ms) / (completion_tokens - 1)``. ``finish_reason``
+        and ``endpoint`` (the API path) are published as given. TTFT and the
+        mean ITL feed the rolling percentiles of ``metrics_update`` and
+        ``model_update``. ``usage_estimated`` says the token counts were
+        estimated rather than reported; the message then carries
+        ``"usage_estimated": true`` in its ``metadata``.
 
         Returns the payload published. Raises :class:`InvalidMetricError` for
         an invalid value, before anything is recorded.
@@ -497,6 +590,10 @@ class MetricsCollector:
         _check_optional_str("organization_id", organization_id)
         _check_optional_str("request_id", request_id)
         ttft = None if ttft_ms is None else _check_amount("ttft_ms", ttft_ms)
+        timing = _timing(latency, ttft, itl_ms, itl_samples_ms, completion_tokens)
+        _check_optional_str("finish_reason", finish_reason)
+        _check_optional_str("endpoint", endpoint)
+        timing.estimated = _check_bool("usage_estimated", usage_estimated)
         service_name = DEFAULT_SERVICE if service is None else _check_name("service", service)
         if cost is None:
             cost = self.price_of(model, prompt_tokens, completion_tokens)
@@ -516,17 +613,26 @@ class MetricsCollector:
             cost=_money(cost),
             user_id=user_id,
             organization_id=organization_id,
+            endpoint=endpoint,
+            time_to_first_token_ms=_round_opt(timing.ttft),
+            inter_token_latency_ms=_round_opt(timing.itl_mean),
+            inter_token_latency_p50_ms=_round_opt(timing.itl_p50),
+            inter_token_latency_p95_ms=_round_opt(timing.itl_p95),
+            time_per_output_token_ms=_round_opt(timing.tpot),
+            finish_reason=finish_reason,
         )
-        record = (payload, latency, cost, ttft, service_name, self._clock())
+        record = (payload, latency, cost, timing, service_name, self._clock())
         self._dispatch(self._apply_request, record)
         return payload
 
     def _apply_request(
         self,
-        record: tuple[RequestUpdatePayload, float, float, float | None, str, float],
+        record: tuple[RequestUpdatePayload, float, float, _Timing, str, float],
         publish: bool,
     ) -> None:
-        payload, latency, cost, ttft, service, now = record
+        payload, latency, cost, timing, service, now = record
+        ttft = timing.ttft
+        itl = timing.itl_mean
         if payload.status != "in_progress":
             error = payload.status == "error"
             with self._lock:
@@ -545,6 +651,8 @@ class MetricsCollector:
                 self._latency.add(now, latency)
                 if ttft is not None:
                     self._ttft.add(now, ttft)
+                if itl is not None:
+                    self._itl.add(now, itl)
                 if service not in self._services:
                     if len(self._services) < self._max_services:
                         self._services.add(service)
@@ -558,7 +666,7 @@ class MetricsCollector:
                         stats = self._models.get(model)
                     if stats is None:
                         stats = self._models[model] = _ModelStats(
-                            self._window_seconds, self._resolution
+                            self._window_seconds, self._resolution, self._max_samples
                         )
                 self._costs.add(now, model, service, cost)
                 stats.requests += 1
@@ -567,6 +675,10 @@ class MetricsCollector:
                 stats.completion_tokens += payload.completion_tokens
                 stats.latency_ms += latency
                 stats.cost += cost
+                if ttft is not None:
+                    stats.ttft.add(now, ttft)
+                if itl is not None:
+                    stats.itl.add(now, itl)
                 stats.window.add(
                     now,
                     error=error,
@@ -581,6 +693,7 @@ class MetricsCollector:
                 make_message(
                     MessageType.REQUEST_UPDATE,
                     payload,
+                    metadata={"usage_estimated": True} if timing.estimated else None,
                     timestamp=int(payload.created * 1000),
                 )
             )
@@ -737,6 +850,7 @@ class MetricsCollector:
             w = self._window.totals(now)
             latency = self._latency.stats(now)
             ttft = self._ttft.stats(now)
+            itl = self._itl.stats(now)
             metrics = MetricsUpdatePayload(
                 total_requests=self._total_requests,
                 total_tokens=self._total_tokens,
@@ -747,6 +861,7 @@ class MetricsCollector:
                 requests_per_second=_rate(w.requests / span),
                 tokens_per_second=_rate(w.tokens / span),
                 active_connections=connections,
+                **_streaming_percentiles(ttft, itl),
             )
             models: dict[str, ModelUpdatePayload] = {}
             for name, stats in self._models.items():
@@ -763,6 +878,7 @@ class MetricsCollector:
                     error_rate=_percent(stats.errors, stats.requests),
                     total_cost=_money(stats.cost),
                     tokens_per_second=_rate(mw.tokens / span),
+                    **_streaming_percentiles(stats.ttft.stats(now), stats.itl.stats(now)),
                 )
             by_model, by_service = self._costs.breakdown(now)
             period_cost = sum(by_model.values())
@@ -809,6 +925,7 @@ class MetricsCollector:
                 latency=latency,
                 ttft=ttft,
                 errors_by_type=dict(self._errors_by_type),
+                itl=itl,
             )
 
     def snapshot(self) -> CollectorSnapshot:

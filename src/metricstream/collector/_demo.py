@@ -450,6 +450,8 @@ class DemoTraffic:
             user_id=user,
             organization_id=organization,
             ttft_ms=ttft if streaming else None,
+            # The same per-token pace the latency above was built from.
+            itl_ms=itl if streaming else None,
             service=profile.service,
         )
 

@@ -33,6 +33,9 @@ _MAX_NAME: Final = 200
 # the error is).
 _MAX_MESSAGE: Final = 2000
 _MAX_TRACE: Final = 8000
+# Inter-token gaps kept per stream for its percentiles; a longer stream keeps
+# its running mean exact and its percentiles over the first gaps only.
+_MAX_GAPS: Final = 65536
 #: Service of a request that matched no route (a 404 scan must not create
 #: one service per probed path).
 UNMATCHED: Final = "(unmatched)"
@@ -69,7 +72,12 @@ class _Exchange:
         "disconnected",
         "error_message",
         "error_type",
+        "finish_reason",
         "first_token_at",
+        "gap_count",
+        "gap_sum",
+        "gaps",
+        "last_token_at",
         "model",
         "prompt_tokens",
         "request_body",
@@ -97,6 +105,11 @@ class _Exchange:
         self.usage_seen = False
         self.content_events = 0
         self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
+        self.gaps: list[float] = []
+        self.gap_count = 0
+        self.gap_sum = 0.0
+        self.finish_reason: str | None = None
         self.request_id: str | None = None
         self.error_message: str | None = None
         self.error_type: str | None = None
@@ -130,11 +143,67 @@ class _Exchange:
             for choice in choices:
                 if not isinstance(choice, dict):
                     continue
+                reason = choice.get("finish_reason")
+                if isinstance(reason, str) and reason:
+                    self.finish_reason = reason[:_MAX_NAME]
                 delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+                if isinstance(delta, dict):
+                    # Reasoning models stream their thinking before any content:
+                    # it is output the client waits for, so it counts as a token.
+                    text = delta.get("content") or delta.get("reasoning_content")
+                    if not text and delta.get("tool_calls"):
+                        text = "tool_calls"
+                else:
+                    text = choice.get("text")
                 if isinstance(text, str) and text:
                     has_content = True
         return has_content
+
+    def feed_sse(self, body: bytes, now: Callable[[], float]) -> None:
+        """Read the ``data:`` events of one more piece of an event stream.
+
+        ``now`` is read once per piece that carries content: every event of
+        one piece arrived at the same moment, so only the first of them
+        starts a gap (the rest are zero-length gaps, which is what the client
+        saw too).
+        """
+        data = self.sse_tail + body
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        self.sse_tail = tail if len(tail) <= _MAX_SSE_LINE else b""
+        at: float | None = None
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if not payload or payload == b"[DONE]":
+                continue
+            obj = _decode_object(payload)
+            if obj is None:
+                continue
+            if self.take_completion(obj):
+                self.content_events += 1
+                if at is None:
+                    at = now()
+                last = self.last_token_at
+                if last is None:
+                    self.first_token_at = at
+                else:
+                    gap = (at - last) * 1000
+                    self.gap_count += 1
+                    self.gap_sum += gap
+                    if len(self.gaps) < _MAX_GAPS:
+                        self.gaps.append(gap)
+                self.last_token_at = at
+
+    def timings(self, started: float) -> tuple[float | None, list[float] | None, float | None]:
+        """TTFT (ms from ``started``), the inter-token gaps (ms) and their mean."""
+        if self.first_token_at is None:
+            return None, None, None
+        ttft = max(0.0, (self.first_token_at - started) * 1000)
+        if not self.gap_count:
+            return ttft, None, None
+        return ttft, self.gaps, max(0.0, self.gap_sum / self.gap_count)
 
 
 class MetricsMiddleware:
@@ -249,23 +318,7 @@ class MetricsMiddleware:
                 else:
                     buffer += body
         elif exchange.response_kind == "sse":
-            data = exchange.sse_tail + body
-            lines = data.split(b"\n")
-            tail = lines.pop()
-            exchange.sse_tail = tail if len(tail) <= _MAX_SSE_LINE else b""
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if not payload or payload == b"[DONE]":
-                    continue
-                obj = _decode_object(payload)
-                if obj is None:
-                    continue
-                if exchange.take_completion(obj):
-                    exchange.content_events += 1
-                    if exchange.first_token_at is None:
-                        exchange.first_token_at = clock()
+            exchange.feed_sse(body, clock)
 
     def _record(
         self,
@@ -322,9 +375,14 @@ class MetricsMiddleware:
                     error_message = f"{error_message}: {failure}"[:_MAX_MESSAGE]
             else:
                 error_message = exchange.error_message or f"HTTP {status}"
-        ttft_ms = None
-        if streaming and exchange.first_token_at is not None:
-            ttft_ms = (exchange.first_token_at - started) * 1000
+        ttft_ms: float | None = None
+        gaps: list[float] | None = None
+        itl_mean: float | None = None
+        if streaming:
+            ttft_ms, gaps, itl_mean = exchange.timings(started)
+            if gaps is not None and exchange.gap_count > len(gaps):
+                # Percentiles over the kept gaps, the mean over all of them.
+                gaps = None
         recorded = self.collector.record_request(
             model,
             exchange.prompt_tokens,
@@ -335,9 +393,13 @@ class MetricsMiddleware:
             error_message=error_message,
             user_id=user[:_MAX_NAME] if isinstance(user, str) and user else None,
             organization_id=organization[:_MAX_NAME] if organization else None,
-            ttft_ms=None if ttft_ms is None else max(0.0, ttft_ms),
+            ttft_ms=ttft_ms,
             request_id=request_id or None,
             service=service,
+            itl_ms=itl_mean,
+            itl_samples_ms=gaps,
+            finish_reason=exchange.finish_reason,
+            endpoint=service,
         )
         if gone:
             self.collector.record_error(

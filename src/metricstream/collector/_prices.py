@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from ..exceptions import ConfigError
 
-__all__ = ["DEFAULT_PRICES", "ModelPrice"]
+__all__ = ["DEFAULT_PRICES", "ModelPrice", "load_prices"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +60,46 @@ DEFAULT_PRICES: Mapping[str, ModelPrice] = MappingProxyType(
         "text-embedding-3-small": ModelPrice(0.02, 0.0),
     }
 )
+
+
+def load_prices(
+    path: str | os.PathLike[str], *, base: Mapping[str, ModelPrice] | None = None
+) -> dict[str, ModelPrice]:
+    """Read a price table from a JSON or TOML file (by its suffix).
+
+    The file maps model names to ``{"prompt_per_million": P,
+    "completion_per_million": C}`` (or a two-number list ``[P, C]``). Its
+    entries are added to ``base`` (:data:`DEFAULT_PRICES` when ``None``) and
+    replace the ones of the same name; pass ``base={}`` for the file alone.
+    Raises :class:`~metricstream.exceptions.ConfigError` on an unreadable
+    file or a malformed entry.
+    """
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the price file {str(file)!r}: {exc}") from exc
+    try:
+        if file.suffix.lower() == ".toml":
+            table: object = tomllib.loads(raw.decode("utf-8"))
+        else:
+            table = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"the price file {str(file)!r} is not valid: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ConfigError(f"the price file {str(file)!r} must map model names to prices")
+    prices = dict(DEFAULT_PRICES if base is None else base)
+    for model, entry in table.items():
+        if isinstance(entry, dict) and set(entry) == {
+            "prompt_per_million",
+            "completion_per_million",
+        }:
+            prices[model] = ModelPrice(entry["prompt_per_million"], entry["completion_per_million"])
+        elif isinstance(entry, list) and len(entry) == 2:
+            prices[model] = ModelPrice(entry[0], entry[1])
+        else:
+            raise ConfigError(
+                f"price of {model!r} must be {{prompt_per_million, completion_per_million}} "
+                f"or [prompt, completion], got {entry!r}"
+            )
+    return prices

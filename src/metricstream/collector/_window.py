@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..exceptions import ConfigError
 
-__all__ = ["CostWindow", "LatencyStats", "RollingSamples", "RollingWindow", "WindowTotals"]
+__all__ = [
+    "CostWindow",
+    "LatencyStats",
+    "RollingSamples",
+    "RollingWindow",
+    "WindowTotals",
+    "nearest_rank",
+]
 
 
 def _check_span(name: str, value: float) -> float:
@@ -142,11 +150,18 @@ class LatencyStats:
     p50: float = 0.0
     p90: float = 0.0
     p99: float = 0.0
+    #: Added after the seed's fields, so positional construction keeps working.
+    p95: float = 0.0
 
 
-def _nearest_rank(ordered: list[float], percentile: float) -> float:
+def _nearest_rank(ordered: Sequence[float], percentile: float) -> float:
     rank = max(1, math.ceil(percentile / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+def nearest_rank(ordered: Sequence[float], percentile: float) -> float:
+    """The nearest-rank ``percentile`` of ``ordered`` (sorted, not empty)."""
+    return _nearest_rank(ordered, percentile)
 
 
 class RollingSamples:
@@ -173,7 +188,7 @@ class RollingSamples:
         self._samples.append((math.floor(now / self._resolution), value))
 
     def stats(self, now: float) -> LatencyStats:
-        """Count, average, extremes and p50/p90/p99 of the samples in the window."""
+        """Count, average, extremes and p50/p90/p95/p99 of the samples in the window."""
         samples = self._samples
         horizon = now - self._window
         resolution = self._resolution
@@ -190,6 +205,7 @@ class RollingSamples:
             p50=_nearest_rank(ordered, 50),
             p90=_nearest_rank(ordered, 90),
             p99=_nearest_rank(ordered, 99),
+            p95=_nearest_rank(ordered, 95),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,7 @@ from typing import Any, ClassVar, TypeVar
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
@@ -98,7 +100,7 @@ class MetricsDashboard(App[None]):
             text-style: bold; border-title-color: #9fd63a; }
     #middle { height: 12; }
     TrendPanel { width: 1fr; border: round #3a3a3a; border-title-color: #76B900; }
-    Sparkline { height: 2; }
+    Sparkline { height: 1; }
     Sparkline > .sparkline--max-color { color: #76B900; }
     Sparkline > .sparkline--min-color { color: #2f4a00; }
     .trend-label { height: 1; color: #9a9a9a; }
@@ -185,7 +187,7 @@ class MetricsDashboard(App[None]):
         # One coalesced watch drives every panel: a burst of messages costs
         # one redraw per interval, not one per message.
         self._watch = self.store.watch(lambda s: s, self._draw, interval=self._refresh_interval)
-        self.set_interval(1.0, self._draw_connection)
+        self.set_interval(1.0, self._tick_connection)
 
     def on_unmount(self) -> None:
         self._watch.cancel()
@@ -209,6 +211,12 @@ class MetricsDashboard(App[None]):
         self.query_one(KVCachePanel).show(state.kv_cache)
         self.query_one(CostPanel).show(state.costs)
         self._draw_connection()
+
+    def _tick_connection(self) -> None:
+        # The interval can fire once more while the app shuts down and its
+        # widgets are already gone: then there is nothing left to draw.
+        with contextlib.suppress(NoMatches):
+            self._draw_connection()
 
     def _draw_connection(self) -> None:
         status = self.store.connection_status()

@@ -189,16 +189,29 @@ class MetricsOverview(Horizontal):
 
 
 class TrendPanel(Vertical):
-    """Sparklines of requests/s, tokens/s and latency over the last samples."""
+    """Sparklines of requests/s, tokens/s, latency, time to first token (p50)
+    and inter-token latency (p50) over the last samples.
+
+    A publisher that measures no streaming timings leaves TTFT and ITL
+    absent: their lines then read ``—`` and their sparklines stay at zero.
+    """
+
+    SERIES: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("rps", "requests/s"),
+        ("tps", "tokens/s"),
+        ("latency", "latency"),
+        ("ttft", "TTFT p50"),
+        ("itl", "ITL p50"),
+    )
 
     def __init__(self, *, samples: int = 60, id: str | None = None) -> None:
         super().__init__(id=id)
         self._series: dict[str, deque[float]] = {
-            name: deque(maxlen=samples) for name in ("rps", "tps", "latency")
+            name: deque(maxlen=samples) for name, _ in self.SERIES
         }
 
     def compose(self) -> ComposeResult:
-        for name, title in (("rps", "requests/s"), ("tps", "tokens/s"), ("latency", "latency")):
+        for name, title in self.SERIES:
             yield Static(title, id=f"trend-{name}-label", classes="trend-label")
             yield Sparkline([], id=f"trend-{name}", summary_function=max)
 
@@ -208,26 +221,38 @@ class TrendPanel(Vertical):
             "rps": metrics.requests_per_second,
             "tps": metrics.tokens_per_second,
             "latency": metrics.avg_latency_ms,
+            "ttft": metrics.ttft_p50_ms or 0.0,
+            "itl": metrics.itl_p50_ms or 0.0,
         }
         for name, value in samples.items():
             series = self._series[name]
             series.append(value)
             self.query_one(f"#trend-{name}", Sparkline).data = list(series)
-        self.query_one("#trend-rps-label", Static).update(
-            f"requests/s  {fmt_rate(metrics.requests_per_second)}"
-        )
-        self.query_one("#trend-tps-label", Static).update(
-            f"tokens/s    {fmt_rate(metrics.tokens_per_second)}"
-        )
-        self.query_one("#trend-latency-label", Static).update(
-            f"latency     {fmt_latency(metrics.avg_latency_ms)}"
-        )
+        labels = {
+            "rps": fmt_rate(metrics.requests_per_second),
+            "tps": fmt_rate(metrics.tokens_per_second),
+            "latency": fmt_latency(metrics.avg_latency_ms),
+            "ttft": fmt_latency(metrics.ttft_p50_ms),
+            "itl": fmt_latency(metrics.itl_p50_ms),
+        }
+        for name, title in self.SERIES:
+            self.query_one(f"#trend-{name}-label", Static).update(f"{title:<11} {labels[name]}")
 
 
 class ModelTable(DataTable[str | Text]):
     """One row per model, busiest first."""
 
-    COLUMNS = ("Model", "Requests", "Tokens", "Avg latency", "Errors", "Tok/s", "Cost")
+    COLUMNS = (
+        "Model",
+        "Reqs",
+        "Tokens",
+        "Latency",
+        "TTFT p50",
+        "ITL p50",
+        "Errors",
+        "Tok/s",
+        "Cost",
+    )
 
     def on_mount(self) -> None:
         self.cursor_type = "none"
@@ -246,6 +271,8 @@ class ModelTable(DataTable[str | Text]):
                 fmt_count(model.request_count),
                 fmt_count(model.total_tokens),
                 fmt_latency(model.avg_latency_ms),
+                fmt_latency(model.ttft_p50_ms),
+                fmt_latency(model.itl_p50_ms),
                 errors,
                 f"{model.tokens_per_second:.1f}",
                 fmt_money(model.total_cost),
@@ -256,7 +283,8 @@ class ModelTable(DataTable[str | Text]):
 class RequestTable(DataTable[str | Text]):
     """The most recent requests, newest first."""
 
-    COLUMNS = ("Model", "Status", "Tokens", "Latency", "Stream", "Cost")
+    # Short headings: with TTFT and ITL the row must still fit a third of a screen.
+    COLUMNS = ("Model", "Status", "Tok", "Latency", "TTFT", "ITL", "SSE", "Cost")
 
     def on_mount(self) -> None:
         self.cursor_type = "none"
@@ -272,6 +300,8 @@ class RequestTable(DataTable[str | Text]):
                 Text(request.status, style=colour),
                 fmt_count(request.total_tokens),
                 fmt_latency(request.latency_ms),
+                fmt_latency(request.time_to_first_token_ms),
+                fmt_latency(request.inter_token_latency_ms),
                 "yes" if request.streaming else "no",
                 fmt_money(request.cost),
                 key=request.id,

@@ -91,6 +91,9 @@ function makeCharts() {
         { key: "latency_p50_ms", label: "p50", color: "#4fc3f7" },
         { key: "latency_p90_ms", label: "p90", color: "#ffb300" },
         { key: "latency_p99_ms", label: "p99", color: "#e040fb" },
+        // Streaming latency: absent (a hole) while nothing streamed was measured.
+        { key: "ttft_p50_ms", label: "TTFT p50", color: "#ffffff" },
+        { key: "itl_p50_ms", label: "ITL p50", color: "#ff7043" },
       ],
       axisMs,
       null,

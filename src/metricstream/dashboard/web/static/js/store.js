@@ -35,6 +35,8 @@ export const SERIES = Object.freeze([
   "latency_p50_ms",
   "latency_p90_ms",
   "latency_p99_ms",
+  "ttft_p50_ms",
+  "itl_p50_ms",
   "error_rate",
 ]);
 

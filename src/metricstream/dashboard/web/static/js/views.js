@@ -246,7 +246,7 @@ export class ModelTable {
       (m) => m.model,
       () => {
         const tr = el("tr");
-        for (let i = 0; i < 7; i += 1) tr.append(el("td", i === 0 ? "name" : "num"));
+        for (let i = 0; i < 9; i += 1) tr.append(el("td", i === 0 ? "name" : "num"));
         cell(tr, 0).append(el("span", "trunc"));
         return tr;
       },
@@ -257,8 +257,11 @@ export class ModelTable {
         setText(cell(tr, 2), fmt.rate(m.tokens_per_second));
         setText(cell(tr, 3), fmt.ms(m.avg_latency_ms));
         setText(cell(tr, 4), fmt.percent(m.error_rate, 2));
-        setText(cell(tr, 5), fmt.compact(m.total_tokens));
-        setText(cell(tr, 6), fmt.usd(m.total_cost));
+        // Optional fields: absent from publishers that measure no streams.
+        setText(cell(tr, 5), fmt.ms(m.ttft_p50_ms));
+        setText(cell(tr, 6), fmt.ms(m.itl_p50_ms));
+        setText(cell(tr, 7), fmt.compact(m.total_tokens));
+        setText(cell(tr, 8), fmt.usd(m.total_cost));
         cell(tr, 4).dataset.level = m.error_rate >= 10 ? "bad" : m.error_rate >= 2 ? "warn" : "";
       },
     );
@@ -287,12 +290,14 @@ export class RequestTable {
           el("td", "num"),
           el("td", "num"),
           el("td", "num"),
+          el("td", "num"),
+          el("td", "num"),
           el("td", "id"),
         );
         const pill = el("span", "pill");
         cell(tr, 2).append(pill);
         cell(tr, 1).append(el("span", "trunc"));
-        cell(tr, 6).append(el("span", "trunc"));
+        cell(tr, 8).append(el("span", "trunc"));
         return tr;
       },
       (tr, r) => {
@@ -307,9 +312,16 @@ export class RequestTable {
         if (typeof r.error_message === "string") pill.title = r.error_message;
         setText(cell(tr, 3), `${fmt.integer(r.total_tokens)}${r.streaming === true ? " ⇢" : ""}`);
         setText(cell(tr, 4), fmt.ms(r.latency_ms));
-        setText(cell(tr, 5), fmt.usd(r.cost));
-        setText(cell(tr, 6).firstChild, fmt.text(r.id));
-        cell(tr, 6).title = fmt.text(r.id);
+        setText(cell(tr, 5), fmt.ms(r.time_to_first_token_ms));
+        setText(cell(tr, 6), fmt.ms(r.inter_token_latency_ms));
+        const timing = [];
+        if (finite(r.inter_token_latency_p95_ms)) timing.push(`ITL p95 ${fmt.ms(r.inter_token_latency_p95_ms)}`);
+        if (finite(r.time_per_output_token_ms)) timing.push(`TPOT ${fmt.ms(r.time_per_output_token_ms)}`);
+        if (typeof r.finish_reason === "string") timing.push(`finish: ${r.finish_reason}`);
+        cell(tr, 6).title = timing.join(" · ");
+        setText(cell(tr, 7), fmt.usd(r.cost));
+        setText(cell(tr, 8).firstChild, fmt.text(r.id));
+        cell(tr, 8).title = fmt.text(r.id);
       },
     );
   }

@@ -1,0 +1,632 @@
+"""RecordingProxy: an OpenAI-compatible reverse proxy that records every request.
+
+The relay path deals in bytes only: the request body goes upstream as the
+client sent it, the upstream's status, headers and body come back as they
+arrive, chunk by chunk (``aiter_raw``: no decoding, no buffering). Recording
+reads a copy of what passes and runs behind guards, so a recording bug is
+logged and can never turn a response into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.cookiejar
+import logging
+import re
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any, Final
+
+import httpx
+import msgspec
+
+from ..collector import MetricsCollector
+from ..collector._middleware import _Exchange
+from ..exceptions import ConfigError
+from ..protocol.messages import ErrorSeverity
+
+__all__ = [
+    "HOP_BY_HOP",
+    "RecordingProxy",
+    "upstream_client",
+]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Connection-specific header fields (RFC 9110 §7.6.1, plus the
+#: ``Proxy-Connection`` and ``Keep-Alive`` of older clients): they describe
+#: one hop and are never forwarded. Fields named in ``Connection`` are dropped too.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by each hop for itself: httpx writes the upstream's Host and the
+# length of the (same) body; uvicorn frames the response to the client.
+# ``Expect: 100-continue`` was answered by this hop, which has read the whole
+# body before forwarding it: the upstream has nothing left to agree to.
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_RESPONSE_DROP: Final = HOP_BY_HOP
+
+# Texts from upstream error bodies go into every dashboard: cut, and with
+# anything that looks like a credential masked.
+_MAX_ERROR_MESSAGE: Final = 500
+_MAX_NAME: Final = 200
+_SECRET: Final = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-*]+|((?:bearer|api[_-]?key)[\s:=]+)\S+", re.IGNORECASE
+)
+_json: Final = msgspec.json.Decoder()
+_encode: Final = msgspec.json.Encoder()
+# Characters per token when the upstream reported no usage (a rough,
+# widely used rule of thumb for English text).
+_CHARS_PER_TOKEN: Final = 4
+# Bytes of an event stream read ahead of a slow client before reading pauses.
+_MAX_PENDING: Final = 256 * 1024
+
+
+def _mask(text: str) -> str:
+    return _SECRET.sub(
+        lambda m: (m.group(1) + "***") if m.group(1) else (m.group(2) + "***"),
+        text[: _MAX_ERROR_MESSAGE * 2],
+    )[:_MAX_ERROR_MESSAGE]
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    named: set[bytes] = set()
+    for key, value in headers:
+        if key.lower() == b"connection":
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return named
+
+
+def _forwardable(
+    headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    headers = list(headers)
+    named = _connection_tokens(headers)
+    return [(k, v) for k, v in headers if (lk := k.lower()) not in drop and lk not in named]
+
+
+def upstream_client(
+    *,
+    connect_timeout: float = 10.0,
+    read_timeout: float | None = 600.0,
+    max_connections: int | None = 1000,
+    max_keepalive: int = 200,
+) -> httpx.AsyncClient:
+    """The pooled HTTP client a :class:`RecordingProxy` sends with.
+
+    ``read_timeout`` bounds the wait for each piece of the response
+    (a model may think for minutes before its first token); cookies the
+    upstream sets are never kept, since they belong to the proxy's clients.
+    """
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect_timeout, read=read_timeout, write=60.0, pool=None),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_keepalive
+        ),
+        cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def _error_body(status: int, kind: str, message: str) -> bytes:
+    return _encode.encode(
+        {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+    )
+
+
+class _Inspector:
+    """A copy of the response, decompressed when needed, fed to an _Exchange."""
+
+    __slots__ = ("decompress", "enabled", "exchange", "limit")
+
+    def __init__(self, exchange: _Exchange, encoding: str, limit: int) -> None:
+        self.exchange = exchange
+        self.limit = limit
+        self.enabled = True
+        self.decompress: Any = None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            # 32 + 15: zlib or gzip framing, whichever the upstream used.
+            self.decompress = zlib.decompressobj(47)
+        elif encoding not in ("", "identity"):
+            self.enabled = False  # br, zstd: recorded without tokens
+
+    def feed(self, chunk: bytes, clock: Callable[[], float]) -> None:
+        if self.decompress is not None:
+            chunk = self.decompress.decompress(chunk, self.limit)
+        exchange = self.exchange
+        if exchange.response_kind == "sse":
+            exchange.feed_sse(chunk, clock)
+        elif exchange.response_kind == "json":
+            buffer = exchange.response_body
+            if buffer is not None:
+                if len(buffer) + len(chunk) > self.limit:
+                    exchange.response_body = None  # too big to be a completion worth reading
+                else:
+                    buffer += chunk
+
+
+class _Request:
+    """What the proxy learns about one request, for recording."""
+
+    __slots__ = (
+        "_decoded",
+        "body",
+        "exchange",
+        "inspector",
+        "outcome",
+        "path",
+        "request_id",
+        "started",
+    )
+
+    def __init__(self, path: str, body: bytes, started: float) -> None:
+        self.path = path
+        self.body = body
+        self.started = started
+        self.exchange = _Exchange(capture_request=False)
+        self.inspector: _Inspector | None = None
+        # "ok", "cancelled", "unreachable", "timeout" or "broken".
+        self.outcome = "ok"
+        self.request_id: str | None = None
+        self._decoded: dict[str, Any] | None = None
+
+    def request(self) -> dict[str, Any]:
+        """The request's JSON object, decoded once; empty when it is not one."""
+        if self._decoded is None:
+            decoded: object = None
+            if self.body[:1] == b"{":
+                try:
+                    decoded = _json.decode(self.body)
+                except msgspec.DecodeError:
+                    decoded = None
+            self._decoded = decoded if isinstance(decoded, dict) else {}
+        return self._decoded
+
+
+def _base_url(upstream: str) -> str:
+    base = upstream.rstrip("/")
+    if base.endswith("/v1"):
+        base = base[:-3]
+    try:
+        url = httpx.URL(base)
+    except httpx.InvalidURL:
+        url = httpx.URL("invalid:")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"the upstream must be an http(s) URL, got {upstream!r}")
+    return base
+
+
+class RecordingProxy:
+    """ASGI app: ``/v1/...`` is proxied to ``upstream`` and recorded; the
+    rest goes to ``app`` (the stream server with its dashboard).
+
+    ``upstream`` is the upstream server's base URL, such as
+    ``http://vllm:8000``; a trailing ``/v1`` is ignored (the client's own
+    path, ``/v1/...``, is appended). ``routes`` maps model names to other
+    upstreams: a request whose JSON body names one of them goes there, any
+    other to ``upstream``; without ``upstream``, a request naming no model
+    (``GET /v1/models``) goes to the first route's and one naming an unknown
+    model is answered 404 ``model_not_found``. ``client`` is the pooled
+    :class:`httpx.AsyncClient` to send with (see :func:`upstream_client`;
+    the caller closes it). Each request is recorded on ``collector``: see
+    docs/proxy.md for what is measured and how.
+
+    ``max_capture_bytes`` bounds the copy of a JSON response kept to read its
+    usage; larger responses still pass through whole, recorded without tokens.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        upstream: str | None,
+        collector: MetricsCollector,
+        client: httpx.AsyncClient,
+        routes: Mapping[str, str] | None = None,
+        max_capture_bytes: int = 4 << 20,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.routes = {model: _base_url(url) for model, url in (routes or {}).items()}
+        if upstream is None and not self.routes:
+            raise ConfigError("give an upstream URL, or routes of models to upstream URLs")
+        self.app = app
+        self.upstream = _base_url(upstream) if upstream is not None else None
+        self.collector = collector
+        self.client = client
+        self.max_capture_bytes = max_capture_bytes
+        self._clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection."""
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/v1/") or path == "/v1":
+                await self._proxy(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    # --- relay -------------------------------------------------------------
+
+    def _route(self, state: _Request) -> str | None:
+        """The upstream for this request's model; None when it names an unknown one."""
+        model = state.request().get("model")
+        if isinstance(model, str) and model:
+            route = self.routes.get(model)
+            if route is not None:
+                return route
+            return self.upstream
+        return self.upstream if self.upstream is not None else next(iter(self.routes.values()))
+
+    async def _unrouted(self, state: _Request, send: Send) -> None:
+        model = state.request().get("model")
+        await self._answer(
+            send,
+            404,
+            "model_not_found",
+            f"no upstream serves the model {str(model)[:_MAX_NAME]!r}",
+        )
+        state.exchange.status = 404
+        state.exchange.error_message = "no upstream serves this model"
+        state.exchange.error_type = "model_not_found"
+        self._guard(self._record, state, self._clock())
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = self._clock()
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before it finished asking: nothing was sent upstream
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        state = _Request(scope["path"], body, started)
+        base = self.upstream
+        if self.routes:
+            base = self._route(state)
+            if base is None:
+                await self._unrouted(state, send)
+                return
+        assert base is not None
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        query: bytes = scope.get("query_string", b"")
+        url = base + raw_path.decode("latin-1")
+        if query:
+            url += "?" + query.decode("latin-1")
+        request = httpx.Request(
+            scope["method"],
+            url,
+            headers=_forwardable(scope["headers"], _REQUEST_DROP),
+            content=body,
+        )
+
+        task = asyncio.current_task()
+        assert task is not None
+        done = False
+        gone = False
+
+        def on_receive(watch: asyncio.Future[Message]) -> None:
+            nonlocal gone
+            # Once the response is complete uvicorn answers receive() with a
+            # disconnect too: only one that comes first is the client leaving.
+            if done or state.exchange.complete or watch.cancelled() or watch.exception():
+                return
+            if watch.result().get("type") == "http.disconnect":
+                gone = True
+                task.cancel()
+
+        watcher: asyncio.Future[Message] = asyncio.ensure_future(_disconnect(receive))
+        watcher.add_done_callback(on_receive)
+        self._guard(self.collector.request_started)
+        try:
+            await self._relay(request, state, send)
+            done = True
+        except asyncio.CancelledError:
+            done = True
+            if not gone:
+                raise
+            # The client left: cancelling the relay closed the upstream
+            # request; the request is recorded as cancelled, not raised.
+            task.uncancel()
+            state.outcome = "cancelled"
+        except BaseException:
+            done = True
+            raise
+        finally:
+            watcher.cancel()
+            self._guard(self.collector.request_finished)
+            self._guard(self._record, state, self._clock())
+
+    async def _relay(self, request: httpx.Request, state: _Request, send: Send) -> None:
+        try:
+            response = await self.client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            state.outcome = "timeout"
+            await self._answer(
+                send, 504, "upstream_timeout", f"the upstream did not answer in time ({exc!r})"
+            )
+            state.exchange.complete = True
+            return
+        except httpx.TransportError as exc:
+            state.outcome = "unreachable"
+            await self._answer(
+                send,
+                502,
+                "upstream_unreachable",
+                f"the upstream could not be reached ({type(exc).__name__})",
+            )
+            state.exchange.complete = True
+            return
+        try:
+            headers = response.headers.raw
+            exchange = state.exchange
+            exchange.status = response.status_code
+            state.request_id = response.headers.get("x-request-id")
+            self._guard(self._start_inspection, state, response.headers)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": _forwardable(headers, _RESPONSE_DROP),
+                }
+            )
+            try:
+                if exchange.response_kind == "sse":
+                    await self._relay_events(response, state, send)
+                else:
+                    async for chunk in response.aiter_raw():
+                        self._inspect(state, chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except httpx.TransportError:
+                # The upstream broke off mid-response: the status is sent, so
+                # the only honest thing left is to break the client's
+                # connection too (uvicorn closes it on the exception), rather
+                # than end a truncated body as if it were complete.
+                state.outcome = "broken"
+                raise
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            exchange.complete = True
+        finally:
+            await response.aclose()
+
+    def _inspect(self, state: _Request, chunk: bytes) -> None:
+        inspector = state.inspector
+        if inspector is not None and inspector.enabled:
+            try:
+                inspector.feed(chunk, self._clock)
+            except Exception:
+                inspector.enabled = False
+                logger.exception("reading a response for its metrics failed")
+
+    async def _relay_events(self, response: httpx.Response, state: _Request, send: Send) -> None:
+        """Relay an event stream: read and write side by side.
+
+        An event stream comes in many small pieces, and an upstream that
+        writes several at once hands them over together. Reading goes on
+        while the client's previous write is in progress; whatever has
+        arrived meanwhile leaves in the next write. Nothing ever waits for
+        more data: a lone piece is written as soon as the writer is free, so
+        the timing the client sees is the upstream's. At most
+        ``_MAX_PENDING`` bytes wait for a slow client before reading pauses.
+        """
+        pending: list[bytes] = []
+        size = 0
+        ready = asyncio.Event()  # pieces are waiting, or the stream ended
+        room = asyncio.Event()  # the writer took the pending pieces
+        ended = False
+
+        async def write() -> None:
+            nonlocal size
+            try:
+                while True:
+                    await ready.wait()
+                    ready.clear()
+                    while pending:
+                        body = pending[0] if len(pending) == 1 else b"".join(pending)
+                        pending.clear()
+                        size = 0
+                        room.set()
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    if ended:
+                        return
+            finally:
+                room.set()  # never leave the reader waiting on a writer that stopped
+
+        writer = asyncio.ensure_future(write())
+        try:
+            async for chunk in response.aiter_raw():
+                self._inspect(state, chunk)
+                pending.append(chunk)
+                size += len(chunk)
+                ready.set()
+                if size >= _MAX_PENDING:
+                    room.clear()
+                    await room.wait()
+                if writer.done():
+                    break
+            ended = True
+            ready.set()
+            await writer
+        finally:
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+
+    @staticmethod
+    async def _answer(send: Send, status: int, kind: str, message: str) -> None:
+        body = _error_body(status, kind, message)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    # --- recording (never on the relay's failure path) -----------------------
+
+    @staticmethod
+    def _guard(function: Callable[..., object], *args: Any) -> None:
+        try:
+            function(*args)
+        except Exception:
+            logger.exception("recording a proxied request failed")
+
+    def _start_inspection(self, state: _Request, headers: httpx.Headers) -> None:
+        content_type = headers.get("content-type", "").lower()
+        exchange = state.exchange
+        if "text/event-stream" in content_type:
+            exchange.response_kind = "sse"
+        elif "json" in content_type:
+            exchange.response_kind = "json"
+            exchange.response_body = bytearray()
+        else:
+            return
+        encoding = headers.get("content-encoding", "").strip().lower()
+        state.inspector = _Inspector(exchange, encoding, self.max_capture_bytes)
+
+    def _record(self, state: _Request, finished: float) -> None:
+        exchange = state.exchange
+        request = state.request()
+        if exchange.response_kind == "json" and exchange.response_body:
+            try:
+                obj = _json.decode(bytes(exchange.response_body))
+            except msgspec.DecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                exchange.take_completion(obj)
+        requested = request.get("model")
+        # The name the client asked for: it is the one the price table (and
+        # the person reading the dashboard) knows; the upstream may answer
+        # with a dated variant of it.
+        model = requested if isinstance(requested, str) and requested else exchange.model
+        model = (model or "(none)")[:_MAX_NAME]
+        streaming = exchange.response_kind == "sse"
+        prompt_tokens = exchange.prompt_tokens
+        completion_tokens = exchange.completion_tokens
+        estimated = False
+        if streaming and not exchange.usage_seen and exchange.status < 400:
+            estimated = True
+            completion_tokens = exchange.content_events
+            prompt_tokens = _estimate_prompt_tokens(request)
+        outcome = state.outcome
+        status = exchange.status
+        error_message: str | None = None
+        finish_reason = exchange.finish_reason
+        if outcome == "cancelled":
+            error_message = "client disconnected"
+            finish_reason = "cancelled"
+        elif outcome == "timeout":
+            error_message = "upstream timed out"
+        elif outcome == "unreachable":
+            error_message = "upstream unreachable"
+        elif outcome == "broken":
+            error_message = "upstream connection lost mid-response"
+        elif status >= 400 or exchange.error_message is not None:
+            error_message = _mask(exchange.error_message or f"HTTP {status}")
+        ttft, gaps, itl_mean = exchange.timings(state.started) if streaming else (None, None, None)
+        if gaps is not None and exchange.gap_count > len(gaps):
+            gaps = None  # percentiles over a prefix would mislead; the mean is exact
+        request_id = exchange.request_id or state.request_id
+        recorded = self.collector.record_request(
+            model,
+            prompt_tokens,
+            completion_tokens,
+            max(0.0, (finished - state.started) * 1000),
+            streaming=streaming,
+            status="error" if error_message is not None else "success",
+            error_message=error_message,
+            ttft_ms=ttft,
+            itl_ms=itl_mean,
+            itl_samples_ms=gaps,
+            finish_reason=finish_reason,
+            request_id=request_id[:_MAX_NAME] if request_id else None,
+            service=state.path,
+            endpoint=state.path,
+            user_id=_user(request),
+            usage_estimated=estimated,
+        )
+        if outcome == "cancelled":
+            self.collector.record_error(
+                "client_disconnected",
+                "client disconnected before the response was complete",
+                model=model,
+                severity="low",
+                request_id=recorded.id,
+            )
+        elif outcome != "ok":
+            self.collector.record_error(
+                f"upstream_{outcome}",
+                error_message or outcome,
+                model=model,
+                severity="high",
+                request_id=recorded.id,
+            )
+        elif error_message is not None:
+            error_type = exchange.error_type or f"http_{status}"
+            severity: ErrorSeverity = (
+                "high" if status >= 500 else "medium" if status == 429 else "low"
+            )
+            self.collector.record_error(
+                error_type, error_message, model=model, severity=severity, request_id=recorded.id
+            )
+
+
+async def _disconnect(receive: Receive) -> Message:
+    """The next ``http.disconnect`` (the body is already read: anything else is skipped)."""
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return message
+
+
+def _user(request: dict[str, Any]) -> str | None:
+    user = request.get("user")
+    return user[:_MAX_NAME] if isinstance(user, str) and user else None
+
+
+def _estimate_prompt_tokens(request: dict[str, Any]) -> int:
+    """Prompt tokens from the request's text, at ~4 characters a token."""
+    chars = 0
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    text = part.get("text") if isinstance(part, dict) else None
+                    if isinstance(text, str):
+                        chars += len(text)
+    prompt = request.get("prompt")
+    if isinstance(prompt, str):
+        chars += len(prompt)
+    elif isinstance(prompt, list):
+        chars += sum(len(p) for p in prompt if isinstance(p, str))
+    return -(-chars // _CHARS_PER_TOKEN)
