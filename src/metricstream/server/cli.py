@@ -67,6 +67,12 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="negotiate permessage-deflate (off by default: it costs CPU and memory)",
     )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a new connection may take to send its request (default %(default)s)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     parser.set_defaults(func=serve)
 
@@ -78,6 +84,7 @@ def serve(args: argparse.Namespace) -> int:
     from ..exceptions import ConfigError
     from ._app import create_app
     from ._hub import MetricsHub
+    from ._limits import guarded_uvicorn_options, logging_config
     from ._settings import ServerSettings
     from ._uvicorn import StreamServer, uvicorn_config
 
@@ -90,6 +97,7 @@ def serve(args: argparse.Namespace) -> int:
             allowed_origins=tuple(args.allowed_origins) if args.allowed_origins else None,
             max_connections=args.max_connections,
             max_message_size=args.max_message_size,
+            handshake_timeout=args.handshake_timeout,
         )
         if not args.interval > 0:
             raise ConfigError(f"--interval must be positive, got {args.interval}")
@@ -104,6 +112,8 @@ def serve(args: argparse.Namespace) -> int:
         max_message_size=settings.max_message_size,
         ws_per_message_deflate=args.ws_per_message_deflate,
         log_level=args.log_level,
+        log_config=logging_config(args.log_level),
+        **guarded_uvicorn_options(hub, settings),
     )
     server = StreamServer(config, hub, close_timeout=settings.close_timeout)
 
