@@ -1,0 +1,148 @@
+"""Limits the endpoint applies itself, on any ASGI server (embedded use included).
+
+These run the stream in the test's own event loop on plain uvicorn, as an
+application embedding it would, except where the guarded protocols of
+``metricstream serve`` are the subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+from benchmarks._attacks import RawSocket, upgrade_request
+from websockets.exceptions import InvalidStatus
+
+from metricstream.server import MetricsHub, ServerSettings
+from metricstream.server._limits import guarded_uvicorn_options
+from tests.server.conftest import close_code, open_client, recv, recv_type, running
+from tests.support import scaled
+
+
+async def test_a_filter_past_its_bounds_is_refused_with_invalid_filter() -> None:
+    settings = ServerSettings(max_filter_entries=10, max_filter_bytes=100)
+    async with running(settings=settings) as server, open_client(server.url()) as ws:
+        await recv_type(ws, "init")
+        for models in (
+            [f"m{i}" for i in range(11)],  # too many
+            ["x" * 101],  # too long
+        ):
+            await ws.send(json.dumps({"type": "subscribe", "data": {"models": models}}))
+            error = await recv_type(ws, "error")
+            assert error["data"]["code"] == "invalid_filter"
+        await ws.send(json.dumps({"type": "subscribe", "data": {"models": ["a", "b"]}}))
+        assert (await recv_type(ws, "subscribed"))["data"]["models"] == ["a", "b"]
+        assert server.hub.stats.rejections["invalid_filter"] == 2
+
+
+async def test_a_query_filter_past_its_bounds_is_answered_and_closed() -> None:
+    settings = ServerSettings(max_filter_entries=10)
+    async with running(settings=settings) as server:
+        models = ",".join(f"m{i}" for i in range(50))
+        async with open_client(server.url(f"models={models}")) as ws:
+            error = await recv(ws)
+            assert error["type"] == "error"
+            assert error["data"]["code"] == "invalid_filter"
+            assert await close_code(ws) == 1008
+
+
+async def test_large_messages_are_limited_by_bytes_not_only_by_count() -> None:
+    # 10 messages a second would pass the message rate; 3 of 20 KB exceed
+    # the byte burst.
+    settings = ServerSettings(
+        inbound_rate=100, inbound_burst=100, inbound_byte_rate=1024, inbound_byte_burst=64 * 1024
+    )
+    async with running(settings=settings) as server, open_client(server.url()) as ws:
+        await recv_type(ws, "init")
+        padding = "p" * 20_000
+        for _ in range(4):
+            await ws.send(json.dumps({"type": "ping", "data": {}, "metadata": {"pad": padding}}))
+        error = await recv_type(ws, "error")
+        assert error["data"]["code"] == "rate_limited"
+        assert "bytes per second" in error["data"]["message"]
+
+
+async def test_subscribe_costs_more_than_a_ping() -> None:
+    settings = ServerSettings(inbound_rate=0.1, inbound_burst=20)
+    async with running(settings=settings) as server, open_client(server.url()) as ws:
+        await recv_type(ws, "init")
+        for _ in range(5):
+            await ws.send(json.dumps({"type": "subscribe", "data": {"models": ["a"]}}))
+        answers = [(await recv(ws))["type"] for _ in range(5)]
+        # 20 tokens at 5 each: four subscribes, then the drop is answered.
+        assert answers == ["subscribed"] * 4 + ["error"]
+
+
+async def test_failed_tokens_are_throttled_per_address_and_logged_without_the_token(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="metricstream.server")
+    settings = ServerSettings(token="s3cret", auth_failure_burst=3, auth_failure_rate=0.01)
+    async with running(settings=settings) as server:
+        attacker = {"local_addr": ("127.0.0.3", 0)}
+        for _ in range(3):
+            async with open_client(server.url("token=guess"), **attacker) as ws:
+                assert await close_code(ws) == 4001
+        # Now even the right token is refused from that address...
+        with pytest.raises(InvalidStatus) as refused:
+            async with open_client(server.url("token=s3cret"), **attacker):
+                pass
+        assert refused.value.response.status_code == 403
+        # ...and not from any other.
+        async with open_client(server.url("token=s3cret")) as ws:
+            assert (await recv(ws))["type"] == "init"
+        stats = server.hub.stats.rejections
+        assert stats["token"] == 3
+        assert stats["auth_throttled"] == 1
+    refusals = [r for r in caplog.records if "missing or invalid token" in r.getMessage()]
+    assert len(refusals) == 3
+    assert all(r.levelno == logging.INFO for r in refusals)
+    assert "127.0.0.3" in refusals[0].getMessage()
+    assert "further attempts from this address" in refusals[-1].getMessage()
+    assert "s3cret" not in caplog.text
+    assert "guess" not in caplog.text
+
+
+async def test_the_pong_echoes_only_an_in_range_client_time() -> None:
+    async with running() as server, open_client(server.url()) as ws:
+        await recv_type(ws, "init")
+        for client_time, echoed in [
+            (1_700_000_000_000, 1_700_000_000_000),
+            (2**60, None),
+            (-5, None),
+        ]:
+            heartbeat = {"type": "heartbeat", "timestamp": 0, "data": {"client_time": client_time}}
+            await ws.send(json.dumps(heartbeat))
+            pong = await recv_type(ws, "pong")
+            assert pong["data"].get("client_time") == echoed
+            assert isinstance(pong["data"]["server_time"], int)
+
+
+async def test_a_stalled_client_ends_with_4008_not_1011() -> None:
+    # The keepalive ping sits behind every frame the client has not read,
+    # so a missed pong means a slow consumer: 4008, counted as an eviction.
+    hub = MetricsHub(heartbeat_interval=None)
+    settings = ServerSettings()
+    options = guarded_uvicorn_options(hub, settings)
+    async with running(
+        hub, settings, ws_ping_interval=0.3, ws_ping_timeout=0.5, **options
+    ) as server:
+        raw = await RawSocket.open(server.port, source="127.0.0.1")
+        try:
+            await raw.send(upgrade_request(server.port, "/metrics/stream"))
+            # Stall: read nothing while the ping goes unanswered.
+            deadline = time.monotonic() + scaled(10)
+            while hub.stats.evictions == 0:
+                assert time.monotonic() < deadline, "the stalled client was never closed"
+                await asyncio.sleep(0.05)
+            data = b""
+            while chunk := await asyncio.wait_for(raw.recv(), scaled(5)):
+                data += chunk
+        finally:
+            raw.close()
+        assert (4008).to_bytes(2, "big") + b"slow consumer" in data
+        assert (1011).to_bytes(2, "big") not in data
+        assert server.hub.stats.evictions == 1
