@@ -1,4 +1,4 @@
-"""The six benchmarks, their baselines and their targets.
+"""The seven benchmarks, their baselines and their targets.
 
 Each benchmark starts its servers and load generators as subprocesses (server
 pinned to CPU 0, load on CPU 1), measures, kills them in ``finally`` and
@@ -62,6 +62,12 @@ class Config:
     client_warmup: int = 10_000
     #: collector: requests recorded per timed pass
     record_count: int = 200_000
+    #: attacks: seconds each runs, sockets per attack (unfinished handshakes
+    #: apart), messages per second published meanwhile
+    attack_seconds: float = 10.0
+    attack_sockets: int = 4
+    attack_loris: int = 500
+    attack_rate: float = 20.0
 
     @property
     def lifetime(self) -> float:
@@ -85,6 +91,8 @@ QUICK = Config(
     client_count=40_000,
     client_warmup=5_000,
     record_count=50_000,
+    attack_seconds=4.0,
+    attack_loris=200,
 )
 SMOKE = Config(
     name="smoke",
@@ -110,6 +118,9 @@ SMOKE = Config(
     client_count=300,
     client_warmup=50,
     record_count=500,
+    attack_seconds=0.5,
+    attack_sockets=1,
+    attack_loris=5,
 )
 
 Runner = Callable[[Config], list[Row]]
@@ -608,6 +619,13 @@ def bench_record(cfg: Config) -> list[Row]:
     ]
 
 
+def bench_attacks(cfg: Config) -> list[Row]:
+    """Memory held and a healthy client's p99 under attack, against plain websockets."""
+    from ._attackbench import bench_attacks as run
+
+    return run(cfg, _server)
+
+
 BENCHMARKS: dict[str, Runner] = {
     "fanout": bench_fanout,
     "latency": bench_latency,
@@ -616,6 +634,7 @@ BENCHMARKS: dict[str, Runner] = {
     "storm": bench_resume_storm,
     "client": bench_client,
     "record": bench_record,
+    "attacks": bench_attacks,
 }
 
 

@@ -13,11 +13,12 @@ import logging
 import time
 
 import pytest
-from benchmarks._attacks import RawSocket, upgrade_request
+from benchmarks._attacks import RawSocket, ping_flood, upgrade_request
 from websockets.exceptions import InvalidStatus
 
 from metricstream.server import MetricsHub, ServerSettings
 from metricstream.server._limits import guarded_uvicorn_options
+from tests.security.conftest import eventually
 from tests.server.conftest import close_code, open_client, recv, recv_type, running
 from tests.support import scaled
 
@@ -146,3 +147,26 @@ async def test_a_stalled_client_ends_with_4008_not_1011() -> None:
         assert (4008).to_bytes(2, "big") + b"slow consumer" in data
         assert (1011).to_bytes(2, "big") not in data
         assert server.hub.stats.evictions == 1
+
+
+async def test_pongs_left_unread_count_against_the_buffer_bound() -> None:
+    # A PING rate the inbound limit allows; what cuts the client is the
+    # bytes of pongs it leaves unread, bounded like any stream data.
+    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=4096)
+    settings = ServerSettings(inbound_rate=1_000_000, inbound_burst=1_000_000)
+    async with running(hub, settings, **guarded_uvicorn_options(hub, settings)) as server:
+        cut = await ping_flood(server.port, "/metrics/stream", sockets=1, seconds=scaled(10))
+        assert cut[0] is not None, "the flooding client was never cut"
+        await eventually(lambda: hub.stats.rejections.get("control_flood"), 5)
+        assert hub.stats.rejections["control_flood"] == 1
+
+
+async def test_embedded_a_ping_flood_is_cut_by_the_endpoint() -> None:
+    # Plain uvicorn answers every PING below the application; the
+    # endpoint's watchdog sees the pongs pile up in the transport and cuts.
+    hub = MetricsHub(heartbeat_interval=None)
+    async with running(hub) as server:
+        cut = await ping_flood(server.port, "/metrics/stream", sockets=2, seconds=scaled(10))
+        assert all(seconds is not None for seconds in cut), cut
+        await eventually(lambda: hub.stats.rejections.get("control_flood") == 2, 5)
+        assert hub.stats.rejections["control_flood"] == 2

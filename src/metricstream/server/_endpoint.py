@@ -39,7 +39,13 @@ from ..protocol import (
     now_ms,
 )
 from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
-from ._limits import AuthThrottle, filter_problem, message_cost
+from ._limits import (
+    AuthThrottle,
+    BufferWatchdog,
+    GuardedWebSocketProtocol,
+    filter_problem,
+    message_cost,
+)
 from ._settings import ServerSettings
 from ._wire import DirectWriter
 
@@ -140,6 +146,7 @@ class StreamEndpoint:
         self.settings = settings if settings is not None else ServerSettings()
         self._active = 0
         self._auth = AuthThrottle(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
+        self._watchdog = BufferWatchdog(hub)
 
     @property
     def active(self) -> int:
@@ -154,6 +161,7 @@ class StreamEndpoint:
             return
         settings = self.settings
         stats = self.hub.stats
+        self._watch(scope, receive)
         origin, authorization = _handshake_headers(scope)
         if not settings.origin_allowed(origin):
             stats.reject("origin")
@@ -196,6 +204,19 @@ class StreamEndpoint:
             await self._serve(scope, receive, send, query)
         finally:
             self._active -= 1
+
+    def _watch(self, scope: Scope, receive: Receive) -> None:
+        """Bound what a client leaves unread, where the server does not.
+
+        The guarded protocols of ``metricstream serve`` bound it themselves at
+        each PING; on any other server that exposes its transport the
+        endpoint's watchdog does.
+        """
+        if isinstance(getattr(receive, "__self__", None), GuardedWebSocketProtocol):
+            return
+        transport = _find_transport(receive)
+        if transport is not None:
+            self._watchdog.watch(transport, _peer(scope))
 
     async def _authenticate(
         self,

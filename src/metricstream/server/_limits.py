@@ -49,6 +49,7 @@ from ._settings import ServerSettings
 
 __all__ = [
     "AuthThrottle",
+    "BufferWatchdog",
     "ConnectionGuard",
     "GuardedHttpProtocol",
     "GuardedWebSocketProtocol",
@@ -57,6 +58,7 @@ __all__ = [
     "guarded_uvicorn_options",
     "logging_config",
     "message_cost",
+    "unread_bound",
 ]
 
 logger = logging.getLogger("metricstream.server")
@@ -110,6 +112,65 @@ def filter_problem(
     if total > settings.max_filter_bytes:
         return f"filter names longer than {settings.max_filter_bytes} characters in all"
     return None
+
+
+def unread_bound(hub: MetricsHub) -> int:
+    """Bytes a connection's transport may hold before the client counts as
+    not reading at all: twice the hub's per-client bound.
+
+    The hub bounds what it queues and writes (outbox and transport buffer
+    together) and evicts past that with 4008; what else lands in the
+    transport buffer is the pongs the WebSocket layer owes. Twice the bound
+    leaves every ordinary backlog to the hub's eviction and still caps a
+    PING flood's pongs at a few hundred KiB.
+    """
+    return 2 * hub.max_buffer_bytes
+
+
+class BufferWatchdog:
+    """Cuts connections whose transport holds more than :func:`unread_bound`.
+
+    On a server without the guarded protocols (the stream embedded in an
+    app on plain uvicorn) PINGs are answered below the application, and the
+    pongs a client never reads pile up in the transport unseen by the hub.
+    One task per endpoint looks at every connection's transport twice a
+    second while there are any; a connection's entry goes when its transport
+    has closed.
+    """
+
+    def __init__(self, hub: MetricsHub, interval: float = 0.5) -> None:
+        self._hub = hub
+        self._interval = interval
+        self._watched: dict[Any, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, transport: Any, peer: str) -> None:
+        """Watch ``transport`` (from ``peer``) until it has closed."""
+        self._watched[transport] = peer
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    async def _run(self) -> None:
+        while self._watched:
+            await asyncio.sleep(self._interval)
+            bound = unread_bound(self._hub)
+            for transport, peer in list(self._watched.items()):
+                size = transport.get_write_buffer_size()
+                if size > bound:
+                    del self._watched[transport]
+                    self._hub.stats.reject("control_flood")
+                    logger.info(
+                        "cut a connection from %s: %d bytes left unread (bound %d)",
+                        peer,
+                        size,
+                        bound,
+                    )
+                    transport.abort()
+                elif transport.is_closing() and size == 0:
+                    del self._watched[transport]
 
 
 class _Bucket:
@@ -490,7 +551,7 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._cut("control_flood", "more PING frames than the inbound rate allows")
             return
         self._pings -= 1.0
-        if self.transport.get_write_buffer_size() > self.guard.hub.max_buffer_bytes:
+        if self.transport.get_write_buffer_size() > unread_bound(self.guard.hub):
             self.conn.data_to_send()
             self._cut("control_flood", "PING frames while leaving the answers unread")
             return
