@@ -16,8 +16,7 @@ import pytest
 from benchmarks._attacks import RawSocket, ping_flood, upgrade_request
 from websockets.exceptions import InvalidStatus
 
-from metricstream.server import MetricsHub, ServerSettings
-from metricstream.server._limits import guarded_uvicorn_options
+from metricstream.server import MetricsHub, ServerSettings, guarded_uvicorn_options
 from tests.security.conftest import eventually
 from tests.server.conftest import close_code, open_client, recv, recv_type, running
 from tests.support import scaled

@@ -121,6 +121,16 @@ async def test_too_many_or_too_large_headers_get_431_and_a_close() -> None:
         finally:
             raw.close()
         assert server.rejections().get("headers_too_large") == 2
+        # Not HTTP at all: 400, and closed the same way.
+        raw = await RawSocket.open(server.port)
+        try:
+            await raw.send(b"\x16\x03\x01 not a request\r\n\r\n")
+            assert (await raw.read_response(scaled(5)))[0] == 400
+            assert await raw.closed_within(scaled(5))
+        finally:
+            raw.close()
+        assert server.rejections().get("bad_request") == 1
+        assert "Traceback" not in server.log
 
 
 async def test_an_unfinished_request_gets_408_after_the_handshake_timeout() -> None:

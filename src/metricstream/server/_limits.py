@@ -428,7 +428,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 )
                 self._refuse(status, reason, message)
                 return
-            self.logger.info("invalid HTTP request from %s", self.peer)
+            self.guard.log.info("bad_request", "refused a request from %s: not HTTP", self.peer)
             self.guard.count("bad_request")
             self._refuse(400, "bad_request", "Invalid HTTP request received.")
 

@@ -43,7 +43,12 @@ def add_parser(subparsers: Any) -> None:
         help="accept browser handshakes from this origin only (repeatable), e.g. "
         "https://dash.example.com",
     )
-    parser.add_argument("--max-connections", type=int, default=10_000, help="default %(default)s")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=10_000,
+        help="stream connections plus sockets still in their handshake (default %(default)s)",
+    )
     parser.add_argument(
         "--max-message-size",
         type=int,
