@@ -64,7 +64,7 @@ def _attacks(cfg: Any, port: int) -> dict[str, Callable[[], Awaitable[object]]]:
     async def subscribe(remaining: float) -> object:
         return await asyncio.gather(
             *(
-                big_subscribe(port, PATH, models=5000, seconds=remaining)
+                big_subscribe(port, PATH, models=3700, seconds=remaining)
                 for _ in range(cfg.attack_sockets)
             ),
             return_exceptions=True,

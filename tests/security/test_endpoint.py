@@ -13,7 +13,7 @@ import logging
 import time
 
 import pytest
-from benchmarks._attacks import RawSocket, ping_flood, upgrade_request
+from benchmarks._attacks import RawSocket, control_frame, ping_flood, upgrade_request
 from websockets.exceptions import InvalidStatus
 
 from metricstream.server import MetricsHub, ServerSettings, guarded_uvicorn_options
@@ -169,3 +169,24 @@ async def test_embedded_a_ping_flood_is_cut_by_the_endpoint() -> None:
         assert all(seconds is not None for seconds in cut), cut
         await eventually(lambda: hub.stats.rejections.get("control_flood") == 2, 5)
         assert hub.stats.rejections["control_flood"] == 2
+
+
+async def test_embedded_a_refused_client_that_never_reads_is_cut_after_close_timeout() -> None:
+    # Plain uvicorn would wait 10 s and then close gracefully behind an
+    # unread buffer; the endpoint cuts the refused connection itself.
+    settings = ServerSettings(token="s3cret", close_timeout=0.5)
+    async with running(settings=settings) as server:
+        raw = await RawSocket.open(server.port, rcvbuf=4096)
+        try:
+            await raw.send(upgrade_request(server.port, "/metrics/stream"))
+            started = time.monotonic()
+            cut_after = None
+            while time.monotonic() - started < scaled(8):
+                if raw.try_send(control_frame(0x9, b"p" * 125)) < 0:
+                    cut_after = time.monotonic() - started
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            raw.close()
+        assert cut_after is not None, "the refused socket was never closed"
+        assert server.hub.stats.rejections["token"] == 1

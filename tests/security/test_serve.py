@@ -12,6 +12,7 @@ import time
 import pytest
 from benchmarks._attacks import (
     RawSocket,
+    big_subscribe,
     control_frame,
     header_flood,
     ping_flood,
@@ -222,3 +223,20 @@ async def test_failed_tokens_are_throttled_per_address() -> None:
         assert_unharmed(healthy)
         assert server.rejections().get("auth_throttled") == 15
         assert "further attempts from this address are refused" in server.log
+
+
+async def test_oversized_subscribes_are_refused_while_others_keep_their_stream() -> None:
+    async with served() as server:
+        answers, healthy = await with_healthy(
+            server.url(),
+            lambda: asyncio.gather(
+                *(
+                    big_subscribe(server.port, PATH, models=3700, seconds=scaled(5))
+                    for _ in range(4)
+                )
+            ),
+        )
+        for answer in answers:
+            assert answer[-1] == "error", answer
+        assert_unharmed(healthy)
+        assert server.rejections().get("invalid_filter") == 4

@@ -133,7 +133,7 @@ class BufferWatchdog:
     On a server without the guarded protocols (the stream embedded in an
     app on plain uvicorn) PINGs are answered below the application, and the
     pongs a client never reads pile up in the transport unseen by the hub.
-    One task per endpoint looks at every connection's transport twice a
+    One timer per endpoint looks at every connection's transport twice a
     second while there are any; a connection's entry goes when its transport
     has closed.
     """
@@ -142,35 +142,35 @@ class BufferWatchdog:
         self._hub = hub
         self._interval = interval
         self._watched: dict[Any, str] = {}
-        self._task: asyncio.Task[None] | None = None
+        # A timer rather than a task: nothing is left pending when the
+        # loop stops.
+        self._timer: asyncio.TimerHandle | None = None
 
     def watch(self, transport: Any, peer: str) -> None:
         """Watch ``transport`` (from ``peer``) until it has closed."""
         self._watched[transport] = peer
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
 
     def __len__(self) -> int:
         return len(self._watched)
 
-    async def _run(self) -> None:
-        while self._watched:
-            await asyncio.sleep(self._interval)
-            bound = unread_bound(self._hub)
-            for transport, peer in list(self._watched.items()):
-                size = transport.get_write_buffer_size()
-                if size > bound:
-                    del self._watched[transport]
-                    self._hub.stats.reject("control_flood")
-                    logger.info(
-                        "cut a connection from %s: %d bytes left unread (bound %d)",
-                        peer,
-                        size,
-                        bound,
-                    )
-                    transport.abort()
-                elif transport.is_closing() and size == 0:
-                    del self._watched[transport]
+    def _sweep(self) -> None:
+        self._timer = None
+        bound = unread_bound(self._hub)
+        for transport, peer in list(self._watched.items()):
+            size = transport.get_write_buffer_size()
+            if size > bound:
+                del self._watched[transport]
+                self._hub.stats.reject("control_flood")
+                logger.info(
+                    "cut a connection from %s: %d bytes left unread (bound %d)", peer, size, bound
+                )
+                transport.abort()
+            elif transport.is_closing() and size == 0:
+                del self._watched[transport]
+        if self._watched:
+            self._timer = asyncio.get_running_loop().call_later(self._interval, self._sweep)
 
 
 class _Bucket:
