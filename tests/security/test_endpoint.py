@@ -17,6 +17,7 @@ from benchmarks._attacks import RawSocket, control_frame, ping_flood, upgrade_re
 from websockets.exceptions import InvalidStatus
 
 from metricstream.server import MetricsHub, ServerSettings, guarded_uvicorn_options
+from metricstream.server._limits import RateLimitedLog
 from tests.security.conftest import eventually
 from tests.server.conftest import close_code, open_client, recv, recv_type, running
 from tests.support import scaled
@@ -190,3 +191,21 @@ async def test_embedded_a_refused_client_that_never_reads_is_cut_after_close_tim
             raw.close()
         assert cut_after is not None, "the refused socket was never closed"
         assert server.hub.stats.rejections["token"] == 1
+
+
+def test_a_flood_of_one_kind_of_event_is_summarised_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="metricstream.server")
+    log = RateLimitedLog(every=0.05)
+    for peer in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        log.info("handshake_timeout", "closed a connection from %s", peer)
+    log.info("capacity", "refused a connection from %s", "10.0.0.4")
+    time.sleep(0.06)  # the interval itself is what is under test
+    log.info("handshake_timeout", "closed a connection from %s", "10.0.0.5")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "closed a connection from 10.0.0.1",
+        "refused a connection from 10.0.0.4",
+        "closed a connection from 10.0.0.5 (and 2 more like it since the last such line)",
+    ]

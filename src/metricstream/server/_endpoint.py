@@ -43,6 +43,7 @@ from ._limits import (
     AuthThrottle,
     BufferWatchdog,
     GuardedWebSocketProtocol,
+    RateLimitedLog,
     filter_problem,
     message_cost,
 )
@@ -147,6 +148,7 @@ class StreamEndpoint:
         self._active = 0
         self._auth = AuthThrottle(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
         self._watchdog = BufferWatchdog(hub)
+        self._log = RateLimitedLog()
 
     @property
     def active(self) -> int:
@@ -177,10 +179,12 @@ class StreamEndpoint:
         if self.hub.closing:
             stats.reject("shutdown")
             await _accept_and_close(send, GOING_AWAY, "server shutting down")
+            _abort_later(receive, settings.close_timeout)
             return
         if self._active >= settings.max_connections:
             stats.reject("capacity")
-            logger.info(
+            self._log.info(
+                "capacity",
                 "refused a connection from %s: %d connections (max_connections %d) (4029)",
                 _peer(scope),
                 self._active,
@@ -192,7 +196,9 @@ class StreamEndpoint:
         problem = _query_filter_problem(settings, query)
         if problem is not None:
             stats.reject("invalid_filter")
-            logger.info("refused a filter from %s: %s (1008)", _peer(scope), problem)
+            self._log.info(
+                "invalid_filter", "refused a filter from %s: %s (1008)", _peer(scope), problem
+            )
             await send({"type": "websocket.accept"})
             await send({"type": "websocket.send", "text": _error_frame("invalid_filter", problem)})
             await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "bad filter"})

@@ -53,6 +53,7 @@ __all__ = [
     "ConnectionGuard",
     "GuardedHttpProtocol",
     "GuardedWebSocketProtocol",
+    "RateLimitedLog",
     "RedactTokens",
     "filter_problem",
     "guarded_uvicorn_options",
@@ -230,19 +231,21 @@ class AuthThrottle:
         return len(self._buckets)
 
 
-class _RateLimitedLog:
-    """One INFO line per event, but at most one per ``_LOG_EVERY`` seconds per
+class RateLimitedLog:
+    """One INFO line per event, but at most one per ``every`` seconds per
     kind, the rest counted and said in the next line: a flood of
     handshake timeouts must not become a flood of log lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: float = _LOG_EVERY) -> None:
+        self._every = every
         self._last: dict[str, float] = {}
         self._skipped: dict[str, int] = {}
 
     def info(self, kind: str, message: str, *args: object) -> None:
+        """Log ``message % args`` at INFO, unless ``kind`` was logged just now."""
         now = time.monotonic()
         last = self._last.get(kind)
-        if last is not None and now - last < _LOG_EVERY:
+        if last is not None and now - last < self._every:
             self._skipped[kind] = self._skipped.get(kind, 0) + 1
             return
         self._last[kind] = now
@@ -273,7 +276,7 @@ class ConnectionGuard:
         # Unlimited or huge: the bound never binds.
         self.fd_cap = soft - settings.fd_reserve if 0 < soft < 1 << 30 else None
         self._at_fd_cap = False
-        self.log = _RateLimitedLog()
+        self.log = RateLimitedLog()
 
     def count(self, reason: str) -> None:
         """Count one limit hit in ``/metrics``."""
