@@ -215,25 +215,37 @@ async def slowloris(
     return opened
 
 
-async def big_subscribe(port: int, path: str, *, models: int, seconds: float) -> list[str]:
-    """Subscribe with ``models`` model names; the ``type`` of each answer."""
+async def big_subscribe(
+    port: int, path: str, *, models: int, seconds: float, rate: float = 10.0
+) -> list[str]:
+    """Send a ``subscribe`` with ``models`` model names ``rate`` times a second
+    (under the default message rate) for ``seconds``, or until the server
+    closes the connection; the ``type`` of each answer, in order."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
 
     answers: list[str] = []
     message = json.dumps(
         {"type": "subscribe", "data": {"models": [f"model-{i:06d}" for i in range(models)]}}
     )
+
+    async def read(ws: Any) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for frame in ws:
+                answers.append(json.loads(frame)["type"])  # noqa: PERF401 - kept as they arrive
+
     async with connect(
         f"ws://127.0.0.1:{port}{path}", compression=None, local_addr=(ATTACKER, 0)
     ) as ws:
-        await ws.send(message)
-        with contextlib.suppress(TimeoutError, Exception):
-            async with asyncio.timeout(seconds):
-                async for frame in ws:
-                    kind = json.loads(frame)["type"]
-                    answers.append(kind)
-                    if kind in ("error", "subscribed"):
-                        break
+        reader = asyncio.ensure_future(read(ws))
+        deadline = time.monotonic() + seconds
+        with contextlib.suppress(ConnectionClosed):
+            while time.monotonic() < deadline and not reader.done():
+                await ws.send(message)
+                await asyncio.sleep(1 / rate)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
     return answers
 
 
