@@ -16,6 +16,7 @@ import pytest
 from benchmarks._attacks import RawSocket, control_frame, ping_flood, upgrade_request
 from websockets.exceptions import InvalidStatus
 
+from metricstream.exceptions import ConfigError
 from metricstream.server import MetricsHub, ServerSettings, guarded_uvicorn_options
 from metricstream.server._limits import RateLimitedLog
 from tests.security.conftest import eventually
@@ -209,3 +210,33 @@ def test_a_flood_of_one_kind_of_event_is_summarised_in_the_log(
         "refused a connection from 10.0.0.4",
         "closed a connection from 10.0.0.5 (and 2 more like it since the last such line)",
     ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"handshake_timeout": 0},
+        {"inbound_byte_rate": float("nan")},
+        {"auth_failure_rate": -1.0},
+        {"max_request_line": 0},
+        {"max_header_count": 0},
+        {"max_filter_entries": 0},
+        {"inbound_byte_burst": 0},
+        {"auth_failure_burst": 0},
+        {"fd_reserve": -1},
+    ],
+)
+def test_limits_are_validated(bad: dict[str, float]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        ServerSettings(**bad)  # type: ignore[arg-type]
+
+
+async def test_a_message_of_the_largest_size_always_fits_the_byte_bucket() -> None:
+    # A byte burst below max_message_size is not an error: the bucket is
+    # sized up to it, so the largest message a client may send can pass.
+    settings = ServerSettings(max_message_size=256 * 1024, inbound_byte_burst=1024)
+    async with running(settings=settings) as server, open_client(server.url()) as ws:
+        await recv_type(ws, "init")
+        padding = "p" * 200_000
+        await ws.send(json.dumps({"type": "ping", "data": {}, "metadata": {"pad": padding}}))
+        assert (await recv(ws))["type"] == "pong"

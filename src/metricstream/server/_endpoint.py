@@ -335,7 +335,9 @@ class StreamEndpoint:
         settings = self.settings
         limit = settings.max_message_size
         bucket = _TokenBucket(settings.inbound_rate, settings.inbound_burst)
-        byte_bucket = _TokenBucket(settings.inbound_byte_rate, settings.inbound_byte_burst)
+        byte_bucket = _TokenBucket(
+            settings.inbound_byte_rate, max(settings.inbound_byte_burst, limit)
+        )
         while True:
             message = await receive()
             kind = message["type"]

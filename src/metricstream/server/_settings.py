@@ -48,8 +48,10 @@ class ServerSettings:
       client gets ``invalid_filter``.
     - ``inbound_byte_rate`` / ``inbound_byte_burst``: a second token bucket
       per connection, in bytes: a client may not send more than this,
-      however few its messages. A ``subscribe`` also costs several message
-      tokens, as it costs the server more than a ``ping``.
+      however few its messages. The bucket holds at least
+      ``max_message_size``, so a message of the largest size can pass. A
+      ``subscribe`` also costs several message tokens, as it costs the
+      server more than a ``ping``.
     - ``auth_failure_burst`` / ``auth_failure_rate``: failed token checks
       allowed per client address (bucket size, and refill per second);
       past them that address's handshakes are refused with HTTP 403 without
@@ -113,17 +115,13 @@ class ServerSettings:
             "max_header_bytes",
             "max_filter_entries",
             "max_filter_bytes",
+            "inbound_byte_burst",
             "auth_failure_burst",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.fd_reserve < 0:
             raise ConfigError(f"fd_reserve must not be negative, got {self.fd_reserve}")
-        if self.inbound_byte_burst < self.max_message_size:
-            raise ConfigError(
-                f"inbound_byte_burst ({self.inbound_byte_burst}) must be at least "
-                f"max_message_size ({self.max_message_size}): a message that size could never pass"
-            )
         if not self.path.startswith("/"):
             raise ConfigError(f"path must start with '/', got {self.path!r}")
         if self.allowed_origins is not None:
