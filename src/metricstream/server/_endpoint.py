@@ -358,8 +358,8 @@ class StreamEndpoint:
                 logger.info("closed a connection: a %d-byte message (limit %d) (1009)", size, limit)
                 sub.request_close(CLOSE_TOO_BIG)
                 return
-            # Both buckets are charged only when both have room: a dropped
-            # message costs nothing but the drop count.
+            # A message dropped for its bytes has still spent its message
+            # tokens: a client over either limit is slowed on both.
             within = bucket.take(message_cost(payload))
             if within and not byte_bucket.take(size):
                 within = False
