@@ -128,7 +128,7 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
     options: dict[str, Any] = {}
     if hardened:
         # What ``metricstream serve`` runs: default settings, guarded protocols.
-        from metricstream.server._limits import guarded_uvicorn_options
+        from metricstream.server import guarded_uvicorn_options
 
         settings = ServerSettings()
         options = guarded_uvicorn_options(hub, settings)

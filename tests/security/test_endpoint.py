@@ -240,3 +240,11 @@ async def test_a_message_of_the_largest_size_always_fits_the_byte_bucket() -> No
         padding = "p" * 200_000
         await ws.send(json.dumps({"type": "ping", "data": {}, "metadata": {"pad": padding}}))
         assert (await recv(ws))["type"] == "pong"
+
+
+def test_the_guarded_protocols_refuse_an_older_uvicorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "__version__", "0.40.2")
+    with pytest.raises(ConfigError, match=r"uvicorn >= 0\.54, found 0\.40\.2"):
+        guarded_uvicorn_options(MetricsHub(heartbeat_interval=None), ServerSettings())

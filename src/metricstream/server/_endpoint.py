@@ -42,7 +42,6 @@ from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
 from ._limits import (
     AuthThrottle,
     BufferWatchdog,
-    GuardedWebSocketProtocol,
     RateLimitedLog,
     filter_problem,
     message_cost,
@@ -218,7 +217,7 @@ class StreamEndpoint:
         each PING; on any other server that exposes its transport the
         endpoint's watchdog does.
         """
-        if isinstance(getattr(receive, "__self__", None), GuardedWebSocketProtocol):
+        if getattr(getattr(receive, "__self__", None), "bounds_unread", False):
             return
         transport = _find_transport(receive)
         if transport is not None:

@@ -104,6 +104,7 @@ def serve(args: argparse.Namespace) -> int:
             max_message_size=args.max_message_size,
             handshake_timeout=args.handshake_timeout,
         )
+        guarded = guarded_uvicorn_options(hub, settings)
         if not args.interval > 0:
             raise ConfigError(f"--interval must be positive, got {args.interval}")
     except ConfigError as exc:
@@ -118,7 +119,7 @@ def serve(args: argparse.Namespace) -> int:
         ws_per_message_deflate=args.ws_per_message_deflate,
         log_level=args.log_level,
         log_config=logging_config(args.log_level),
-        **guarded_uvicorn_options(hub, settings),
+        **guarded,
     )
     server = StreamServer(config, hub, close_timeout=settings.close_timeout)
 
