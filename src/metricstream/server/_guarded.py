@@ -105,7 +105,11 @@ class ConnectionGuard:
                     self.settings.fd_reserve,
                 )
             if self.pending:
-                oldest = next(iter(self.pending))
+                # The oldest socket still inside its request head, else the
+                # oldest HTTP socket at all.
+                oldest = next(
+                    (p for p in self.pending if p.in_request_head), next(iter(self.pending))
+                )
                 self.count("fd_limit")
                 oldest.cut("file-descriptor limit")
             else:
@@ -167,6 +171,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refuse(503, "capacity", "too many connections")
             return
         self._arm()
+
+    @property
+    def in_request_head(self) -> bool:
+        """Whether the socket is still sending its request line and headers."""
+        return self._deadline is not None
 
     def _arm(self) -> None:
         if self._deadline is not None:
@@ -275,10 +284,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        # The deadline covers the request line and headers only. The socket
+        # stays among the pending ones (an HTTP socket) until it upgrades or
+        # closes, but it is no longer a handshake the fd limit would cut first.
         self._disarm()
-        # The request is complete enough to be answered: no longer a
-        # pre-handshake socket only if it is not an upgrade (an upgrade
-        # stays pending until the WebSocket protocol takes it over).
         super().on_headers_complete()
 
     def _refuse(self, status: int, reason: str, message: str) -> None:
