@@ -127,9 +127,16 @@ async def served(*args: str, nofile: int | None = None) -> AsyncIterator[Served]
                 await asyncio.sleep(0.1)
             yield server
         finally:
+            # SIGTERM first: a graceful stop, and what lets coverage save the
+            # child's figures; SIGKILL if it does not stop in time.
             with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await asyncio.wait_for(process.wait(), scaled(10))
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), scaled(10))
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await asyncio.wait_for(process.wait(), scaled(10))
 
 
 async def with_healthy(
