@@ -248,3 +248,16 @@ def test_the_guarded_protocols_refuse_an_older_uvicorn(monkeypatch: pytest.Monke
     monkeypatch.setattr(uvicorn, "__version__", "0.40.2")
     with pytest.raises(ConfigError, match=r"uvicorn >= 0\.54, found 0\.40\.2"):
         guarded_uvicorn_options(MetricsHub(heartbeat_interval=None), ServerSettings())
+
+
+async def test_the_guarded_protocols_keep_the_direct_write_path() -> None:
+    # The bounds sit beside the fan-out path, not in it: frames still go
+    # straight to the transport.
+    hub = MetricsHub(heartbeat_interval=None)
+    settings = ServerSettings()
+    async with (
+        running(hub, settings, **guarded_uvicorn_options(hub, settings)) as server,
+        open_client(server.url()) as ws,
+    ):
+        await recv_type(ws, "init")
+        assert [sub.direct is not None for sub in hub.subscribers] == [True]
