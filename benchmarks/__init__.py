@@ -5,7 +5,9 @@ run, ``--only NAME`` for one benchmark. Every server and load generator is a
 subprocess in its own process group, pinned to a CPU with ``taskset``, and is
 killed when its benchmark ends, fails or is interrupted.
 
-- :mod:`benchmarks._suite` holds the six benchmarks and their targets;
+- :mod:`benchmarks._suite` holds the seven benchmarks and their targets;
+- :mod:`benchmarks._attackbench` the attack benchmark, with the hostile
+  clients of :mod:`benchmarks._attacks` (also used by ``tests/security``);
 - :mod:`benchmarks._servers` the servers under test (metricstream and the
   baselines) and the client benchmark's feed;
 - :mod:`benchmarks._loadgen` the load generator, built on the minimal

@@ -120,14 +120,24 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
     )
 
     hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=args.max_buffer_bytes)
+    hardened = args.kind == "serve"
     # A long-running server's replay log is full; start there, so that RSS
     # measured over a run is not the log filling up.
     for index in range(args.prefill):
         hub.publish(sample_message(-1 - index, pad=args.pad))
-    settings = ServerSettings(max_connections=100_000)
+    options: dict[str, Any] = {}
+    if hardened:
+        # What ``metricstream serve`` runs: default settings, guarded protocols.
+        from metricstream.server import guarded_uvicorn_options
+
+        settings = ServerSettings()
+        options = guarded_uvicorn_options(hub, settings)
+    else:
+        settings = ServerSettings(max_connections=100_000)
     app = create_app(hub, settings, dashboard=False)
     server = StreamServer(
-        uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", backlog=4096), hub
+        uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", backlog=4096, **options),
+        hub,
     )
     serving = asyncio.create_task(server.serve())
     _stop_before_lifetime(server, args.lifetime)
@@ -306,6 +316,8 @@ async def _discard(reader: asyncio.StreamReader) -> None:
 
 _KINDS = {
     "metricstream": _serve_metricstream,
+    # metricstream as ``metricstream serve`` runs it (the attack benchmark)
+    "serve": _serve_metricstream,
     "broadcast": _serve_broadcast,
     "fastapi": _serve_fastapi,
     "feed": _serve_feed,

@@ -1,4 +1,4 @@
-"""The six benchmarks, their baselines and their targets.
+"""The seven benchmarks, their baselines and their targets.
 
 Each benchmark starts its servers and load generators as subprocesses (server
 pinned to CPU 0, load on CPU 1), measures, kills them in ``finally`` and
@@ -69,6 +69,12 @@ class Config:
     proxy_clients: int = 16
     proxy_seconds: float = 8.0
     proxy_litellm: bool = True
+    #: attacks: seconds each runs, sockets per attack (unfinished handshakes
+    #: apart), messages per second published meanwhile
+    attack_seconds: float = 10.0
+    attack_sockets: int = 4
+    attack_loris: int = 500
+    attack_rate: float = 20.0
 
     @property
     def lifetime(self) -> float:
@@ -94,6 +100,8 @@ QUICK = Config(
     record_count=50_000,
     proxy_latency_count=500,
     proxy_seconds=3.0,
+    attack_seconds=4.0,
+    attack_loris=200,
 )
 SMOKE = Config(
     name="smoke",
@@ -125,6 +133,9 @@ SMOKE = Config(
     proxy_seconds=0.3,
     # The tests (and CI) do not install LiteLLM's ~750 MB: make bench does.
     proxy_litellm=False,
+    attack_seconds=0.5,
+    attack_sockets=1,
+    attack_loris=5,
 )
 
 Runner = Callable[[Config], list[Row]]
@@ -715,6 +726,13 @@ def bench_proxy(cfg: Config) -> list[Row]:
     return rows
 
 
+def bench_attacks(cfg: Config) -> list[Row]:
+    """Memory held and a healthy client's p99 under attack, against plain websockets."""
+    from ._attackbench import bench_attacks as run
+
+    return run(cfg, _server)
+
+
 BENCHMARKS: dict[str, Runner] = {
     "fanout": bench_fanout,
     "latency": bench_latency,
@@ -725,6 +743,7 @@ BENCHMARKS: dict[str, Runner] = {
     "record": bench_record,
     "export": bench_export,
     "proxy": bench_proxy,
+    "attacks": bench_attacks,
 }
 
 

@@ -9,12 +9,15 @@
 - :class:`LLMExporter` exports the LLM figures of the published requests
   at ``/metrics`` (Prometheus).
 - :class:`StreamServer` and :func:`uvicorn_config` run it on uvicorn;
+  :func:`guarded_uvicorn_options` adds the bounds against a hostile network
+  below the ASGI app (request size, handshake time, control frames, closes);
   ``metricstream serve`` does all of that from the command line.
 """
 
 from ._app import HubCollector, create_app, create_router
 from ._endpoint import StreamEndpoint
 from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub, Subscriber
+from ._limits import guarded_uvicorn_options
 from ._prometheus import LLM_METRIC_NAMES, LLMExporter
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from ._settings import ServerSettings
@@ -39,6 +42,7 @@ __all__ = [
     "Subscriber",
     "create_app",
     "create_router",
+    "guarded_uvicorn_options",
     "new_epoch",
     "text_frame",
     "uvicorn_config",

@@ -41,6 +41,13 @@ from ..protocol import (
     now_ms,
 )
 from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
+from ._limits import (
+    AuthThrottle,
+    BufferWatchdog,
+    RateLimitedLog,
+    filter_problem,
+    message_cost,
+)
 from ._settings import ServerSettings
 from ._wire import DirectWriter
 
@@ -105,7 +112,7 @@ def _find_transport(receive: Receive) -> _Transport | None:
 
 
 class _TokenBucket:
-    """Inbound rate limit of one connection."""
+    """Inbound rate limit of one connection (in messages, or in bytes)."""
 
     __slots__ = ("_burst", "_last", "_rate", "_tokens", "drops")
 
@@ -117,12 +124,12 @@ class _TokenBucket:
         # Messages dropped in a row.
         self.drops = 0
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             self.drops = 0
             return True
         self.drops += 1
@@ -140,6 +147,9 @@ class StreamEndpoint:
         self.hub = hub
         self.settings = settings if settings is not None else ServerSettings()
         self._active = 0
+        self._auth = AuthThrottle(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
+        self._watchdog = BufferWatchdog(hub)
+        self._log = RateLimitedLog()
 
     @property
     def active(self) -> int:
@@ -154,6 +164,7 @@ class StreamEndpoint:
             return
         settings = self.settings
         stats = self.hub.stats
+        self._watch(scope, receive)
         origin, authorization, offered = _handshake_headers(scope)
         if not settings.origin_allowed(origin):
             stats.reject("origin")
@@ -162,19 +173,37 @@ class StreamEndpoint:
             await send({"type": "websocket.close", "code": CLOSE_POLICY})
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        if settings.token is not None and not _token_ok(
-            settings.token, authorization, query, offered
+        if settings.token is not None and not await self._authenticate(
+            scope, receive, send, authorization, query, offered
         ):
-            stats.reject("token")
-            await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token", offered)
             return
         if self.hub.closing:
             stats.reject("shutdown")
             await _accept_and_close(send, GOING_AWAY, "server shutting down", offered)
+            _abort_later(receive, settings.close_timeout)
             return
         if self._active >= settings.max_connections:
             stats.reject("capacity")
+            self._log.info(
+                "capacity",
+                "refused a connection from %s: %d connections (max_connections %d) (4029)",
+                _peer(scope),
+                self._active,
+                settings.max_connections,
+            )
             await _accept_and_close(send, CLOSE_TOO_MANY, "too many connections", offered)
+            _abort_later(receive, settings.close_timeout)
+            return
+        problem = _query_filter_problem(settings, query)
+        if problem is not None:
+            stats.reject("invalid_filter")
+            self._log.info(
+                "invalid_filter", "refused a filter from %s: %s (1008)", _peer(scope), problem
+            )
+            await send(_accept_message(offered))
+            await send({"type": "websocket.send", "text": _error_frame("invalid_filter", problem)})
+            await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "bad filter"})
+            _abort_later(receive, settings.close_timeout)
             return
         self._active += 1
         try:
@@ -182,6 +211,61 @@ class StreamEndpoint:
             await self._serve(scope, receive, send, query)
         finally:
             self._active -= 1
+
+    def _watch(self, scope: Scope, receive: Receive) -> None:
+        """Bound what a client leaves unread, where the server does not.
+
+        The guarded protocols of ``metricstream serve`` bound it themselves at
+        each PING; on any other server that exposes its transport the
+        endpoint's watchdog does.
+        """
+        if getattr(getattr(receive, "__self__", None), "bounds_unread", False):
+            return
+        transport = _find_transport(receive)
+        if transport is not None:
+            self._watchdog.watch(transport, _peer(scope))
+
+    async def _authenticate(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        authorization: str,
+        query: dict[str, list[str]],
+        offered: tuple[str, ...],
+    ) -> bool:
+        """Check the token, throttling failures per client address.
+
+        Whether the connection may proceed; when not, it has been answered.
+        The token itself is never logged.
+        """
+        settings = self.settings
+        assert settings.token is not None
+        stats = self.hub.stats
+        peer = _peer(scope)
+        if self._auth.blocked(peer):
+            # The token is not even compared: guessing must not go on at the
+            # rate the throttled address can open sockets.
+            # Refused before the WebSocket exists (HTTP 403, as for a foreign
+            # origin): the cheapest answer there is.
+            stats.reject("auth_throttled")
+            await send({"type": "websocket.close", "code": CLOSE_POLICY})
+            _abort_later(receive, settings.close_timeout)
+            return False
+        if _token_ok(settings.token, authorization, query, offered):
+            return True
+        stats.reject("token")
+        if self._auth.failed(peer):
+            logger.info(
+                "refused a connection from %s: missing or invalid token (4001); "
+                "further attempts from this address are refused for a while",
+                peer,
+            )
+        else:
+            logger.info("refused a connection from %s: missing or invalid token (4001)", peer)
+        await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token", offered)
+        _abort_later(receive, settings.close_timeout)
+        return False
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, query: dict[str, list[str]]
@@ -253,6 +337,9 @@ class StreamEndpoint:
         settings = self.settings
         limit = settings.max_message_size
         bucket = _TokenBucket(settings.inbound_rate, settings.inbound_burst)
+        byte_bucket = _TokenBucket(
+            settings.inbound_byte_rate, max(settings.inbound_byte_burst, limit)
+        )
         while True:
             message = await receive()
             kind = message["type"]
@@ -270,18 +357,27 @@ class StreamEndpoint:
             )
             if size > limit:
                 self.hub.stats.reject("message_too_big")
+                logger.info("closed a connection: a %d-byte message (limit %d) (1009)", size, limit)
                 sub.request_close(CLOSE_TOO_BIG)
                 return
-            if not bucket.take():
+            # A message dropped for its bytes has still spent its message
+            # tokens: a client over either limit is slowed on both.
+            within = bucket.take(message_cost(payload))
+            if within and not byte_bucket.take(size):
+                within = False
+                bucket.drops = byte_bucket.drops
+            if not within:
                 if bucket.drops >= settings.inbound_burst:
                     self.hub.stats.reject("inbound_rate")
+                    logger.info("closed a connection: inbound flood (4029)")
                     sub.request_close(CLOSE_TOO_MANY)
                     return
                 if bucket.drops == 1:
                     sub.send_local(
                         _error_frame(
                             "rate_limited",
-                            f"more than {settings.inbound_rate:g} messages per second; "
+                            f"more than {settings.inbound_rate:g} messages or "
+                            f"{settings.inbound_byte_rate:g} bytes per second; "
                             "messages are being dropped",
                         )
                     )
@@ -313,6 +409,11 @@ class StreamEndpoint:
             sub.send_local(_pong(message))
         elif mtype is MessageType.SUBSCRIBE:
             data: SubscribePayload = message.data
+            problem = filter_problem(self.settings, data.types, data.models)
+            if problem is not None:
+                self.hub.stats.reject("invalid_filter")
+                sub.send_local(_error_frame("invalid_filter", problem))
+                return
             # An empty list means "no filter", as an empty query parameter does.
             types = frozenset(data.types or ()) or None
             models = frozenset(data.models or ()) or None
@@ -330,10 +431,22 @@ class StreamEndpoint:
             sub.send_local(_subscribed(None, None))
 
 
+# The ``client_time`` a pong may echo: epoch milliseconds a JavaScript
+# number holds exactly. Anything else is not a time, and echoing it would only
+# hand a client's garbage to whatever reads the pong.
+_MAX_CLIENT_TIME: Final = 2**53 - 1
+
+
+def _client_time(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_CLIENT_TIME:
+        return value
+    return None
+
+
 def _pong(message: WebSocketMessage[Any]) -> str:
-    client_time = getattr(message.data, "client_time", None)
-    if client_time is None and message.timestamp > 0:
-        client_time = message.timestamp
+    client_time = _client_time(getattr(message.data, "client_time", None))
+    if client_time is None:
+        client_time = _client_time(message.timestamp)
     now = now_ms()
     pong = make_message(
         MessageType.PONG, PongPayload(client_time=client_time, server_time=now), timestamp=now
@@ -436,6 +549,35 @@ def _int_param(query: dict[str, list[str]], name: str) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
+
+
+def _query_filter_problem(settings: ServerSettings, query: dict[str, list[str]]) -> str | None:
+    """Whether the query's ``types`` / ``models`` are past the filter bounds."""
+
+    def names(key: str) -> list[str] | None:
+        values = query.get(key)
+        if values is None:
+            return None
+        return [v for value in values for v in value.split(",") if v.strip()]
+
+    return filter_problem(settings, names("types"), names("models"))
+
+
+def _abort_later(receive: Receive, timeout: float) -> None:
+    """Cut a refused connection whose close has not completed within ``timeout``.
+
+    A refused peer that never reads would otherwise hold its socket and
+    whatever the server still owes it (close frame, pongs) for as long as
+    the host server's own close timeout, or forever.
+    """
+    transport = _find_transport(receive)
+    if transport is not None:
+        asyncio.get_running_loop().call_later(timeout, _abort_if_stuck, transport)
 
 
 async def _accept_and_close(

@@ -41,6 +41,30 @@ class ServerSettings:
       it too (401 otherwise), as ``Authorization: Bearer`` or ``?token=``.
       ``/healthz`` never does: it says nothing secret.
     - ``path``: where the WebSocket endpoint is mounted.
+    - ``handshake_timeout``: seconds a new socket may take to send its whole
+      request line and headers; a slower one is answered 408 and closed
+      (``metricstream serve`` only: the HTTP layer enforces it).
+    - ``max_request_line`` / ``max_header_count`` / ``max_header_bytes``:
+      bounds of the handshake's request line (answered 414 past it) and of
+      its headers (431), both then closed (``metricstream serve`` only).
+    - ``max_filter_entries`` / ``max_filter_bytes``: bounds of a filter
+      (query parameters or ``subscribe``): at most this many types, this
+      many models, and this many bytes of names in all; past them the
+      client gets ``invalid_filter``.
+    - ``inbound_byte_rate`` / ``inbound_byte_burst``: a second token bucket
+      per connection, in bytes: a client may not send more than this,
+      however few its messages. The bucket holds at least
+      ``max_message_size``, so a message of the largest size can pass. A
+      ``subscribe`` also costs several message tokens, as it costs the
+      server more than a ``ping``.
+    - ``auth_failure_burst`` / ``auth_failure_rate``: failed token checks
+      allowed per client address (bucket size, and refill per second);
+      past them that address's handshakes are refused with HTTP 403 without
+      the token even being looked at, until the bucket refills.
+    - ``fd_reserve``: file descriptors kept free below the process's limit
+      (``metricstream serve`` only): when open sockets reach the limit minus
+      this, the oldest unfinished handshake is closed to make room, so
+      ``/healthz`` and new clients are still answered.
     - ``direct_write``: on uvicorn (sans-I/O websockets, no compression),
       write stream frames straight to the connection's transport instead of
       through ASGI ``send`` (see :class:`DirectWriter`); off, every frame
@@ -58,6 +82,17 @@ class ServerSettings:
     protect_http: bool = True
     path: str = "/metrics/stream"
     direct_write: bool = True
+    handshake_timeout: float = 5.0
+    max_request_line: int = 8 * 1024
+    max_header_count: int = 64
+    max_header_bytes: int = 16 * 1024
+    max_filter_entries: int = 64
+    max_filter_bytes: int = 4 * 1024
+    inbound_byte_rate: float = 64 * 1024
+    inbound_byte_burst: int = 256 * 1024
+    auth_failure_burst: int = 5
+    auth_failure_rate: float = 0.2
+    fd_reserve: int = 32
     # Normalised origins, for the per-handshake lookup.
     _origins: frozenset[str] | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -76,6 +111,23 @@ class ServerSettings:
             raise ConfigError(f"inbound_burst must be at least 1, got {self.inbound_burst}")
         if not (math.isfinite(self.close_timeout) and self.close_timeout > 0):
             raise ConfigError(f"close_timeout must be positive, got {self.close_timeout}")
+        for name in ("handshake_timeout", "inbound_byte_rate", "auth_failure_rate"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be positive, got {value}")
+        for name in (
+            "max_request_line",
+            "max_header_count",
+            "max_header_bytes",
+            "max_filter_entries",
+            "max_filter_bytes",
+            "inbound_byte_burst",
+            "auth_failure_burst",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.fd_reserve < 0:
+            raise ConfigError(f"fd_reserve must not be negative, got {self.fd_reserve}")
         if not self.path.startswith("/"):
             raise ConfigError(f"path must start with '/', got {self.path!r}")
         if self.allowed_origins is not None:
@@ -109,5 +161,14 @@ class ServerSettings:
             f"inbound_rate={self.inbound_rate}, inbound_burst={self.inbound_burst}, "
             f"close_timeout={self.close_timeout}, protect_http={self.protect_http}, "
             f"path={self.path!r}, "
-            f"direct_write={self.direct_write})"
+            f"direct_write={self.direct_write}, handshake_timeout={self.handshake_timeout}, "
+            f"max_request_line={self.max_request_line}, "
+            f"max_header_count={self.max_header_count}, "
+            f"max_header_bytes={self.max_header_bytes}, "
+            f"max_filter_entries={self.max_filter_entries}, "
+            f"max_filter_bytes={self.max_filter_bytes}, "
+            f"inbound_byte_rate={self.inbound_byte_rate}, "
+            f"inbound_byte_burst={self.inbound_byte_burst}, "
+            f"auth_failure_burst={self.auth_failure_burst}, "
+            f"auth_failure_rate={self.auth_failure_rate}, fd_reserve={self.fd_reserve})"
         )

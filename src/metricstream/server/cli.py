@@ -125,7 +125,7 @@ OPTIONS: tuple[Option, ...] = (
         name="max_connections",
         kind="int",
         default=10_000,
-        help="stream connections at once; more are closed with 4029",
+        help="stream connections plus sockets still in their handshake; more are refused",
         check=check_range(1, 10_000_000),
         group=_LIM,
     ),
@@ -150,6 +150,14 @@ OPTIONS: tuple[Option, ...] = (
         kind="float",
         default=15.0,
         help="seconds between server heartbeats",
+        check=check_positive,
+        group=_LIM,
+    ),
+    Option(
+        name="handshake_timeout",
+        kind="float",
+        default=5.0,
+        help="seconds a new connection may take to send its request (408 after)",
         check=check_positive,
         group=_LIM,
     ),
@@ -259,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
     from ..exceptions import ConfigError
     from ._app import create_app
     from ._hub import MetricsHub
+    from ._limits import guarded_uvicorn_options
     from ._prometheus import LLMExporter
     from ._settings import ServerSettings
     from ._uvicorn import StreamServer, uvicorn_config
@@ -286,7 +295,9 @@ def serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         max_message_size=args.max_message_size,
         protect_http=args.protect_http,
+        handshake_timeout=args.handshake_timeout,
     )
+    guarded = guarded_uvicorn_options(hub, settings)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(exporter)
     if engines is not None:
@@ -307,6 +318,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         **uvicorn_log_options(args.log_level),
         **tls,
+        **guarded,
     )
     if args.ssl_certfile:
         # Loads and checks the certificate and key now: a wrong path or a
