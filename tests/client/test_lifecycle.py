@@ -48,7 +48,7 @@ async def _round_trip(server: StreamServer) -> None:
 async def test_async_with_connects_when_auto_connect(server: StreamServer) -> None:
     async with WebSocketService(fast_config(server.url)) as client:
         await wait_until(lambda: client.is_connected)
-        assert client.connected
+        assert client.is_connected
     assert len(server.handshakes) == 1
     assert client.state is S.CLOSED
 

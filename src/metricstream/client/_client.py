@@ -26,25 +26,36 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
-from .. import __version__
-from ..exceptions import ConfigError, ConnectionRejectedError, ProtocolError, QueueFullError
+from .._version import __version__
+from ..exceptions import (
+    ClientClosedError,
+    ConfigError,
+    ConnectionRejectedError,
+    ProtocolError,
+    QueueFullError,
+    StreamConnectionError,
+)
 from ..protocol import (
     STREAM_TYPES,
+    CloseAction,
+    Filter,
     HeartbeatPayload,
     MessageType,
     SequenceTracker,
     SubscribePayload,
     WebSocketMessage,
+    close_action,
     decode,
     decode_frame,
     encode,
+    handshake_action,
     make_message,
     now_ms,
 )
 from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names, redact_url
 from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
 from ._handlers import EventHandlers
-from ._policy import Retry, build_url, retry_for_close, retry_for_status
+from ._policy import build_url
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
@@ -78,11 +89,16 @@ _RAW_LOG_LIMIT: Final = 2048
 # can make the client buffer without bound.
 _OVERSIZE_CEILING: Final = 4
 
-# Model-scoped message types: the ``models`` filter applies to them.
-_MODEL_SCOPED: Final = frozenset(
-    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
-)
 _raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _filter_of(types: tuple[str, ...] | None, models: tuple[str, ...] | None) -> Filter:
+    # Unvalidated: the client applies whatever it was configured with (a
+    # server decides what it accepts), in the protocol's one rule.
+    return Filter(
+        None if types is None else frozenset(types),
+        None if models is None else frozenset(models),
+    )
 
 
 class Subscription:
@@ -218,6 +234,7 @@ class WebSocketService:
 
         self._types = self._config.types
         self._models = self._config.models
+        self._filter = _filter_of(self._types, self._models)
         self._backoff = self._config.make_backoff()
         self._tracker = SequenceTracker()
         self._adapter = FakeAIAdapter()
@@ -274,11 +291,6 @@ class WebSocketService:
     @property
     def is_connected(self) -> bool:
         """Whether the client is CONNECTED."""
-        return self._state is ConnectionState.CONNECTED
-
-    @property
-    def connected(self) -> bool:
-        """Whether the client is CONNECTED (same as :attr:`is_connected`)."""
         return self._state is ConnectionState.CONNECTED
 
     @property
@@ -407,7 +419,7 @@ class WebSocketService:
         :class:`RuntimeError` after :meth:`aclose` / :meth:`close`.
         """
         if self._closing:
-            raise RuntimeError("a closed client cannot be connected again")
+            raise ClientClosedError("a closed client cannot be connected again")
         task = self._task
         if task is not None and not task.done():
             return
@@ -445,7 +457,7 @@ class WebSocketService:
         await self.start()
         task = self._task
         assert task is not None
-        while not self.connected:
+        while not self.is_connected:
             if task.done():
                 self._raise_stopped()
             event = self._connected_event
@@ -600,6 +612,7 @@ class WebSocketService:
         new_types = _names("types", types)
         new_models = _names("models", models)
         self._types, self._models = new_types, new_models
+        self._filter = _filter_of(new_types, new_models)
         conn = self._conn
         if conn is None or not conn.connected:
             return None
@@ -641,13 +654,15 @@ class WebSocketService:
                 retry = await self._connect_once()
                 if self._stop_requested(generation):
                     break
-                if retry is Retry.FATAL or not self._config.reconnect:
+                if retry is CloseAction.FATAL or not self._config.reconnect:
                     self._finish(
-                        ConnectionState.ERROR if retry is Retry.FATAL else ConnectionState.CLOSED
+                        ConnectionState.ERROR
+                        if retry is CloseAction.FATAL
+                        else ConnectionState.CLOSED
                     )
                     return
                 delay: float | None
-                if retry is Retry.NOW and not self._immediate_retry_used:
+                if retry is CloseAction.RESET_AND_RETRY and not self._immediate_retry_used:
                     # At once, but only once in a row: a server that keeps
                     # closing us at once gets the backoff like anyone else.
                     self._immediate_retry_used = True
@@ -692,7 +707,7 @@ class WebSocketService:
             params["epoch"] = tracker.epoch
         return build_url(self._config.url, params)
 
-    async def _connect_once(self) -> Retry:
+    async def _connect_once(self) -> CloseAction:
         config = self._config
         if self._state is not ConnectionState.RECONNECTING:
             self._set_state(ConnectionState.CONNECTING)
@@ -723,25 +738,27 @@ class WebSocketService:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            retry = retry_for_status(status)
+            retry = handshake_action(status)
             message = f"handshake rejected with HTTP {status}"
-            self._error(ConnectionRejectedError(message, code=status), fatal=retry is Retry.FATAL)
+            self._error(
+                ConnectionRejectedError(message, code=status), fatal=retry is CloseAction.FATAL
+            )
             return retry
         except InvalidURI as exc:
             self._error(ConfigError(f"invalid url: {exc}"), fatal=True)
-            return Retry.FATAL
+            return CloseAction.FATAL
         except (OSError, TimeoutError, WebSocketException) as exc:
             self._error(
-                ConnectionError(
+                StreamConnectionError(
                     f"cannot connect to {redact_url(config.url)}: {str(exc) or type(exc).__name__}"
                 )
             )
-            return Retry.BACKOFF
+            return CloseAction.RETRY
         if config.debug:
             logger.debug("handshake done (subprotocol %s)", ws.subprotocol)
         return await self._serve(ws)
 
-    async def _serve(self, ws: ClientConnection) -> Retry:
+    async def _serve(self, ws: ClientConnection) -> CloseAction:
         dialect = None if self._config.dialect is Dialect.AUTO else self._config.dialect
         conn = _Connection(ws, dialect)
         self._conn = conn
@@ -771,15 +788,15 @@ class WebSocketService:
             self._release_waiters()
         return self._after_close(conn, code, reason)
 
-    def _after_close(self, conn: _Connection, code: int | None, reason: str) -> Retry:
+    def _after_close(self, conn: _Connection, code: int | None, reason: str) -> CloseAction:
         if conn.resync:
-            retry = Retry.NOW
+            retry = CloseAction.RESET_AND_RETRY
             why = conn.end_reason or "resync"
         elif conn.end_reason is not None:
-            retry = Retry.BACKOFF
+            retry = CloseAction.RETRY
             why = conn.end_reason
         else:
-            retry = retry_for_close(code)
+            retry = close_action(code)
             why = (
                 f"closed with code {code}" + (f" ({reason})" if reason else "")
                 if code is not None
@@ -789,8 +806,8 @@ class WebSocketService:
             self._disconnected_at = time.time()
             self._call(self._handlers.on_disconnect, why)
         if self._closing or conn.end_reason == "disconnected by the client":
-            return Retry.BACKOFF
-        if retry is Retry.FATAL:
+            return CloseAction.RETRY
+        if retry is CloseAction.FATAL:
             assert code is not None
             self._error(
                 ConnectionRejectedError(f"server rejected the client: {why}", code=code), fatal=True
@@ -977,12 +994,7 @@ class WebSocketService:
         return result.apply
 
     def _wanted(self, message: WebSocketMessage[Any]) -> bool:
-        if self._types is not None and message.type not in self._types:
-            return False
-        if self._models is not None and message.type in _MODEL_SCOPED:
-            model = getattr(message.data, "model", None)
-            return model is None or model in self._models
-        return True
+        return self._filter.accepts_message(message.type, message.data)
 
     def _pong(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
         sent = conn.pings.popleft() if conn.pings else None
@@ -1142,7 +1154,7 @@ class WebSocketService:
     def _raise_stopped(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        raise ConnectionError(f"client stopped: {self._last_error or self._state.value}")
+        raise StreamConnectionError(f"client stopped: {self._last_error or self._state.value}")
 
     def _call(self, callback: Callable[..., object] | None, *args: Any) -> None:
         if callback is None:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import WebSocketRoute
 
 from ._endpoint import StreamEndpoint
-from ._hub import GOING_AWAY, MetricsHub
+from ._hub import MetricsHub
 from ._settings import ServerSettings
 
 __all__ = ["HubCollector", "create_app", "create_router"]
@@ -175,7 +175,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await hub.close_all(GOING_AWAY, grace=settings.close_timeout)
+        await hub.close_all(grace=settings.close_timeout)  # 1001, going away
 
     app = FastAPI(
         title="metricstream",

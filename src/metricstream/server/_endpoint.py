@@ -19,41 +19,31 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
 from starlette.types import Message, Receive, Scope, Send
 
-from ..exceptions import ProtocolError
+from ..exceptions import InvalidFilterError, ProtocolError
 from ..protocol import (
-    STREAM_TYPES,
+    CloseCode,
     ErrorPayload,
+    Filter,
     MessageType,
     PongPayload,
-    SubscribePayload,
     WebSocketMessage,
     decode,
     encode,
     make_message,
     now_ms,
 )
-from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
+from ._hub import MetricsHub, Subscriber, _Transport
 from ._settings import ServerSettings
 from ._wire import DirectWriter
 
-__all__ = [
-    "CLOSE_BAD_TOKEN",
-    "CLOSE_TOO_MANY",
-    "StreamEndpoint",
-]
+__all__ = ["StreamEndpoint"]
 
 logger = logging.getLogger("metricstream.server")
-
-CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_BAD_TOKEN: Final = 4001
-CLOSE_TOO_MANY: Final = 4029
 
 # Types a client may send; every other known type gets ``unsupported_type``.
 _CLIENT_TYPES: Final = frozenset(
@@ -69,17 +59,6 @@ _CLIENT_TYPES: Final = frozenset(
 def _error_frame(code: str, message: str) -> str:
     payload = ErrorPayload(code=code, message=message)
     return encode(make_message(MessageType.ERROR, payload)).decode()
-
-
-_STREAM_TYPE_NAMES: Final = frozenset(t.value for t in STREAM_TYPES)
-
-
-def _split(values: list[str] | None) -> frozenset[str] | None:
-    """``types=a,b&types=c`` → {a, b, c}; absent or empty → None (no filter)."""
-    if values is None:
-        return None
-    names = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
-    return names or None
 
 
 def _find_transport(receive: Receive) -> _Transport | None:
@@ -157,20 +136,20 @@ class StreamEndpoint:
             stats.reject("origin")
             logger.info("refused a handshake from origin %r", origin)
             # Before accept, uvicorn turns this into an HTTP 403 response.
-            await send({"type": "websocket.close", "code": CLOSE_POLICY})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if settings.token is not None and not _token_ok(settings.token, authorization, query):
             stats.reject("token")
-            await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token")
+            await _accept_and_close(send, CloseCode.BAD_TOKEN, "missing or invalid token")
             return
         if self.hub.closing:
             stats.reject("shutdown")
-            await _accept_and_close(send, GOING_AWAY, "server shutting down")
+            await _accept_and_close(send, CloseCode.GOING_AWAY, "server shutting down")
             return
         if self._active >= settings.max_connections:
             stats.reject("capacity")
-            await _accept_and_close(send, CLOSE_TOO_MANY, "too many connections")
+            await _accept_and_close(send, CloseCode.TOO_MANY, "too many connections")
             return
         self._active += 1
         try:
@@ -191,16 +170,25 @@ class StreamEndpoint:
 
         transport = _find_transport(receive)
         direct = DirectWriter.detect(receive) if self.settings.direct_write else None
+        filter_error: InvalidFilterError | None = None
+        try:
+            filt = Filter.from_query(query)
+        except InvalidFilterError as exc:
+            # As for ``subscribe``: the filter stays what it was (none), and
+            # the client is told why, instead of a filter matching nothing.
+            filt, filter_error = Filter(), exc
         sub = self.hub.attach(
             send_text,
             since=since,
             epoch=epoch,
-            types=_split(query.get("types")),
-            models=_split(query.get("models")),
+            types=filt.types,
+            models=filt.models,
             batch=batch,
             transport=transport,
             direct=direct,
         )
+        if filter_error is not None:
+            sub.send_local(_error_frame("invalid_filter", str(filter_error)))
         if "since" in query and since is None:
             sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))
         reader = asyncio.get_running_loop().create_task(self._read(receive, sub))
@@ -266,12 +254,12 @@ class StreamEndpoint:
             )
             if size > limit:
                 self.hub.stats.reject("message_too_big")
-                sub.request_close(CLOSE_TOO_BIG)
+                sub.request_close(CloseCode.MESSAGE_TOO_BIG)
                 return
             if not bucket.take():
                 if bucket.drops >= settings.inbound_burst:
                     self.hub.stats.reject("inbound_rate")
-                    sub.request_close(CLOSE_TOO_MANY)
+                    sub.request_close(CloseCode.TOO_MANY)
                     return
                 if bucket.drops == 1:
                     sub.send_local(
@@ -308,22 +296,16 @@ class StreamEndpoint:
         if mtype is MessageType.HEARTBEAT or mtype is MessageType.PING:
             sub.send_local(_pong(message))
         elif mtype is MessageType.SUBSCRIBE:
-            data: SubscribePayload = message.data
-            # An empty list means "no filter", as an empty query parameter does.
-            types = frozenset(data.types or ()) or None
-            models = frozenset(data.models or ()) or None
-            unknown = sorted(types - _STREAM_TYPE_NAMES) if types else []
-            if unknown:
-                # A typo would otherwise install a filter that matches nothing.
-                sub.send_local(
-                    _error_frame("invalid_filter", f"not stream message types: {unknown}")
-                )
+            try:
+                filt = Filter.from_payload(message.data)
+            except InvalidFilterError as exc:
+                sub.send_local(_error_frame("invalid_filter", str(exc)))
                 return
-            sub.set_filter(types, models)
-            sub.send_local(_subscribed(types, models))
+            sub.set_filter(filt)
+            sub.send_local(_subscribed(filt))
         else:  # unsubscribe
-            sub.set_filter(None, None)
-            sub.send_local(_subscribed(None, None))
+            sub.set_filter(Filter())
+            sub.send_local(_subscribed(Filter()))
 
 
 def _pong(message: WebSocketMessage[Any]) -> str:
@@ -337,12 +319,8 @@ def _pong(message: WebSocketMessage[Any]) -> str:
     return encode(pong).decode()
 
 
-def _subscribed(types: Iterable[str] | None, models: Iterable[str] | None) -> str:
-    payload = SubscribePayload(
-        types=None if types is None else sorted(types),
-        models=None if models is None else sorted(models),
-    )
-    return encode(make_message(MessageType.SUBSCRIBED, payload)).decode()
+def _subscribed(filt: Filter) -> str:
+    return encode(make_message(MessageType.SUBSCRIBED, filt.to_payload())).decode()
 
 
 def _handshake_headers(scope: Scope) -> tuple[str | None, str]:
@@ -396,7 +374,7 @@ def _reader_done(sub: Subscriber, task: asyncio.Task[None]) -> None:
     if exc is not None:
         # receive() itself failed: the connection cannot be read any more.
         logger.error("reading a connection failed: %r", exc)
-        sub.request_close(1011)
+        sub.request_close(CloseCode.INTERNAL_ERROR)
 
 
 def _abort_if_stuck(transport: _Transport) -> None:

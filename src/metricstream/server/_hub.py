@@ -48,11 +48,14 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from .. import __version__
-from ..exceptions import ConfigError, ProtocolError
+from .._version import __version__
+from ..exceptions import ConfigError, ProtocolError, PublishError
 from ..protocol import (
+    DEFAULT_SERVER_HEARTBEAT_INTERVAL,
+    MODEL_SCOPED_TYPES,
     PAYLOAD_TYPES,
     STREAM_TYPES,
+    CloseCode,
     CostUpdatePayload,
     ErrorUpdatePayload,
     HeartbeatPayload,
@@ -69,6 +72,7 @@ from ..protocol import (
     encode,
     make_message,
 )
+from ..protocol.filter import Filter
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog
 from ._wire import DirectWriter, EncodedFrame, text_frame
 
@@ -79,15 +83,22 @@ logger = logging.getLogger("metricstream.server")
 #: Default bound of one subscriber's outbox, in bytes of pending frames.
 DEFAULT_MAX_BUFFER_BYTES: Final = 512 * 1024
 
-#: Close code of a subscriber whose outbox overflowed (protocol.md).
-SLOW_CONSUMER: Final = 4008
-#: Close code of a server going away.
-GOING_AWAY: Final = 1001
+#: The filter of every subscriber that asked for none; shared, so that the
+#: fan-out recognises it by identity and skips the call.
+_EVERYTHING: Final = Filter()
 
-# Message types whose payload names a model: the ``models`` filter applies.
-_MODEL_SCOPED: Final = frozenset(
-    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
-)
+
+def _filter_of(types: Iterable[str] | None, models: Iterable[str] | None) -> Filter:
+    # As given, unvalidated: the hub serves in-process callers too, and an
+    # empty collection is a filter that matches nothing, not "everything"
+    # (the endpoint validates what comes off the wire, see Filter.of).
+    if types is None and models is None:
+        return _EVERYTHING
+    return Filter(
+        None if types is None else frozenset(types),
+        None if models is None else frozenset(models),
+    )
+
 
 #: Sends one text frame; returns the (not yet started) send coroutine.
 SendText = Callable[[str], Coroutine[Any, Any, None]]
@@ -156,10 +167,9 @@ class Subscriber:
         "closed",
         "direct",
         "dirty",
-        "models",
+        "filter",
         "open",
         "transport",
-        "types",
     )
 
     def __init__(
@@ -167,8 +177,7 @@ class Subscriber:
         hub: MetricsHub,
         send: SendText,
         *,
-        types: frozenset[str] | None,
-        models: frozenset[str] | None,
+        filter: Filter,
         batch: bool,
         transport: _Transport | None,
         direct: DirectWriter | None,
@@ -177,8 +186,8 @@ class Subscriber:
         self._send = send
         #: The direct writer, when frames bypass ASGI (see ``_wire``).
         self.direct = direct
-        self.types = types
-        self.models = models
+        #: What this connection wants (:meth:`Filter.accepts`).
+        self.filter = filter
         self.batch = batch
         self.transport = transport
         # A list, not a deque: an idle connection's outbox is empty, and an
@@ -206,10 +215,9 @@ class Subscriber:
             size += transport.get_write_buffer_size()
         return size
 
-    def set_filter(self, types: frozenset[str] | None, models: frozenset[str] | None) -> None:
+    def set_filter(self, filter: Filter) -> None:
         """Replace the filter; applies to messages published from now on."""
-        self.types = types
-        self.models = models
+        self.filter = _EVERYTHING if filter.is_everything else filter
 
     def send_local(self, frame: str) -> None:
         """Queue a connection-local frame (pong, error, subscribed, ...)."""
@@ -316,7 +324,7 @@ class MetricsHub:
         recent_requests: int = 50,
         recent_errors: int = 20,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-        heartbeat_interval: float | None = 15.0,
+        heartbeat_interval: float | None = DEFAULT_SERVER_HEARTBEAT_INTERVAL,
         eager_send: bool = True,
         server_version: str = __version__,
     ) -> None:
@@ -407,7 +415,8 @@ class MetricsHub:
     def publish(self, message: WebSocketMessage[Any]) -> WebSocketMessage[Any]:
         """Publish one stream message; returns it with its ``sequence`` set.
 
-        Raises ``ValueError`` for a type that is not a stream type (state or
+        Raises :class:`~metricstream.exceptions.PublishError` (a
+        ``ValueError``) for a type that is not a stream type (state or
         event), a payload that does not fit its type (checked with the same
         decoder the clients use: ranges, NaN, missing fields), or a message
         larger than the per-client buffer bound; a dict payload is
@@ -419,9 +428,9 @@ class MetricsHub:
         try:
             mtype = MessageType(message.type)
         except ValueError:
-            raise ValueError(f"cannot publish unknown message type {message.type!r}") from None
+            raise PublishError(f"cannot publish unknown message type {message.type!r}") from None
         if mtype not in STREAM_TYPES:
-            raise ValueError(f"cannot publish {mtype.value!r}: not a stream message type")
+            raise PublishError(f"cannot publish {mtype.value!r}: not a stream message type")
         data = message.data
         payload_type = PAYLOAD_TYPES[mtype]
         assert payload_type is not None
@@ -429,7 +438,7 @@ class MetricsHub:
             try:
                 data = msgspec.convert(data, payload_type, from_attributes=True)
             except msgspec.ValidationError as exc:
-                raise ValueError(f"invalid {mtype.value} payload: {exc}") from exc
+                raise PublishError(f"invalid {mtype.value} payload: {exc}") from exc
         # Fails (RuntimeError) before anything changes when called off the
         # event loop thread while clients are attached.
         loop = asyncio.get_running_loop() if self._subscribers else None
@@ -449,18 +458,18 @@ class MetricsHub:
         try:
             decode(encoded)
         except ProtocolError as exc:
-            raise ValueError(f"cannot publish: {exc}") from None
+            raise PublishError(f"cannot publish: {exc}") from None
         frame = EncodedFrame(encoded)
         # A message bigger than a client's whole buffer would evict every
         # client at once, and no resume could ever carry it.
         if frame.size > self._max_buffer:
-            raise ValueError(
+            raise PublishError(
                 f"cannot publish a {frame.size}-byte {mtype.value} message: "
                 f"larger than the per-client buffer ({self._max_buffer} bytes)"
             )
         self._sequence = seq
         self._log.append(
-            LogEntry(seq, mtype, data.model if mtype in _MODEL_SCOPED else None, frame)
+            LogEntry(seq, mtype, data.model if mtype in MODEL_SCOPED_TYPES else None, frame)
         )
         self._fold(mtype, data)
         self._snapshot_cache = None
@@ -491,7 +500,7 @@ class MetricsHub:
     def _fan_out(
         self, loop: asyncio.AbstractEventLoop, mtype: MessageType, data: Any, frame: EncodedFrame
     ) -> None:
-        model = data.model if mtype in _MODEL_SCOPED else None
+        model = data.model if mtype in MODEL_SCOPED_TYPES else None
         size = frame.size
         limit = self._max_buffer
         dirty = self._dirty
@@ -499,11 +508,10 @@ class MetricsHub:
         for sub in self._subscribers:
             if not sub.open:
                 continue
-            types = sub.types
-            if types is not None and mtype not in types:
-                continue
-            models = sub.models
-            if models is not None and model is not None and model not in models:
+            # The common unfiltered subscriber skips the call (fan-out is the
+            # hot path); everyone else asks the protocol's one rule.
+            filt = sub.filter
+            if filt is not _EVERYTHING and not filt.accepts(mtype, model):
                 continue
             sub._pending.append(frame)
             sub._pending_bytes += size
@@ -535,7 +543,7 @@ class MetricsHub:
         )
         self.stats.evictions += 1
         sub._discard()
-        sub.request_close(SLOW_CONSUMER)
+        sub.request_close(CloseCode.SLOW_CONSUMER)
 
     def heartbeat(self) -> None:
         """Send one server ``heartbeat`` to every subscriber (encoded once)."""
@@ -560,14 +568,14 @@ class MetricsHub:
         filter empties the sections of types not listed; a ``models`` filter
         keeps model-scoped entries of the listed models only.
         """
-        tset = None if types is None else frozenset(types)
-        mset = None if models is None else frozenset(models)
+        return self._snapshot(_filter_of(types, models))
 
+    def _snapshot(self, filt: Filter) -> InitPayload:
         def want(t: MessageType) -> bool:
-            return tset is None or t in tset
+            return filt.accepts(t, None)
 
         def model_ok(model: str | None) -> bool:
-            return mset is None or model is None or model in mset
+            return filt.accepts(MessageType.MODEL_UPDATE, model)
 
         return InitPayload(
             metrics=self._metrics if want(MessageType.METRICS_UPDATE) else None,
@@ -590,15 +598,14 @@ class MetricsHub:
         self,
         *,
         resumed: bool,
-        types: frozenset[str] | None,
-        models: frozenset[str] | None,
+        filt: Filter,
     ) -> EncodedFrame:
-        unfiltered = types is None and models is None
+        unfiltered = filt.is_everything
         if not resumed and unfiltered:
             cached = self._snapshot_cache
             if cached is not None and cached[0] == self._sequence:
                 return cached[1]
-        payload = InitPayload() if resumed else self.snapshot(types=types, models=models)
+        payload = InitPayload() if resumed else self._snapshot(filt)
         # Every section is written out, empty ones included (the payload
         # Struct would omit defaults): clients in other languages can read
         # ``data.recent_requests`` without checking that it exists.
@@ -641,11 +648,8 @@ class MetricsHub:
         all of them and they fit in the subscriber's byte bound; otherwise the
         ``init`` carries a full snapshot. Must be called on the event loop.
         """
-        tset = None if types is None else frozenset(types)
-        mset = None if models is None else frozenset(models)
-        sub = Subscriber(
-            self, send, types=tset, models=mset, batch=batch, transport=transport, direct=direct
-        )
+        filt = _filter_of(types, models)
+        sub = Subscriber(self, send, filter=filt, batch=batch, transport=transport, direct=direct)
         replay: list[LogEntry] | None = None
         if since is not None:
             if epoch == self.epoch:
@@ -658,10 +662,10 @@ class MetricsHub:
                 self.stats.replay_hits += 1
         # Everything below is synchronous: no message can be published between
         # the snapshot (or replay) and the subscriber joining the fan-out.
-        init = self._init_frame(resumed=replay is not None, types=tset, models=mset)
+        init = self._init_frame(resumed=replay is not None, filt=filt)
         self._enqueue(sub, init, bounded=False)
         for entry in replay or ():
-            if self._accepts(sub, entry.type, entry.model):
+            if filt.accepts(entry.type, entry.model):
                 self._enqueue(sub, entry.frame, bounded=False)
         # The snapshot and the replay may exceed the live bound once; they are
         # allowed for until the outbox first drains below the bound.
@@ -682,17 +686,7 @@ class MetricsHub:
         if not sub.closed.done():
             sub.closed.set_result(None)
 
-    @staticmethod
-    def _accepts(sub: Subscriber, mtype: str, model: str | None) -> bool:
-        types = sub.types
-        if types is not None and mtype not in types:
-            return False
-        models = sub.models
-        if models is not None and mtype in _MODEL_SCOPED:
-            return model is None or model in models
-        return True
-
-    async def close_all(self, code: int = GOING_AWAY, *, grace: float = 5.0) -> None:
+    async def close_all(self, code: int = CloseCode.GOING_AWAY, *, grace: float = 5.0) -> None:
         """Ask every subscriber's connection to close with ``code`` and wait
         (up to ``grace`` seconds) until all are detached.
 

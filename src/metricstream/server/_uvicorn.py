@@ -8,7 +8,8 @@ from typing import Any
 
 import uvicorn
 
-from ._hub import GOING_AWAY, MetricsHub
+from ..protocol import CloseCode
+from ._hub import MetricsHub
 
 __all__ = ["StreamServer", "uvicorn_config"]
 
@@ -67,7 +68,7 @@ class StreamServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Close the stream's clients with 1001, then shut uvicorn down."""
-        await self.hub.close_all(GOING_AWAY, grace=self._close_timeout)
+        await self.hub.close_all(CloseCode.GOING_AWAY, grace=self._close_timeout)
         await super().shutdown(sockets=sockets)
 
     @property
