@@ -1,7 +1,9 @@
 """The wire protocol: every rule of it, in one package.
 
 Typed messages and their codec, sequence tracking, the close-code table, the
-subscription filter, reconnect delays and every protocol constant. Pure code:
+subscription filter, reconnect delays, every protocol constant, and the
+client's whole side of the protocol as a sans-I/O state machine
+(:class:`ClientSession`). Pure code:
 nothing here imports asyncio or a network library, so every rule of the
 protocol is testable without an event loop or a socket.
 """
@@ -50,6 +52,18 @@ from .messages import (
 )
 from .schema import PROTOCOL_VERSION, json_schema
 from .sequence import SequenceResult, SequenceTracker, SequenceVerdict
+from .session import (
+    NATIVE_DIALECT,
+    ClientSession,
+    Decision,
+    Deliver,
+    ForeignDialect,
+    Opened,
+    Resync,
+    SessionEvent,
+    SessionState,
+    Tick,
+)
 
 __all__ = [
     "CONNECTION_LOCAL_TYPES",
@@ -66,33 +80,43 @@ __all__ = [
     "MAX_KEYS",
     "MAX_TRACKED_HOLES",
     "MODEL_SCOPED_TYPES",
+    "NATIVE_DIALECT",
     "PAYLOAD_TYPES",
     "PROTOCOL_VERSION",
     "STATE_TYPES",
     "STREAM_TYPES",
     "Backoff",
+    "ClientSession",
     "CloseAction",
     "CloseCode",
     "CostPeriod",
     "CostUpdatePayload",
+    "Decision",
+    "Deliver",
     "ErrorPayload",
     "ErrorUpdatePayload",
     "Filter",
+    "ForeignDialect",
     "HeartbeatPayload",
     "InitPayload",
     "KVCacheUpdatePayload",
     "MessageType",
     "MetricsUpdatePayload",
     "ModelUpdatePayload",
+    "Opened",
     "Payload",
     "PongPayload",
     "RateLimitUpdatePayload",
     "RequestUpdatePayload",
+    "Resync",
     "SequenceResult",
     "SequenceTracker",
     "SequenceVerdict",
+    "SessionEvent",
+    "SessionState",
     "SubscribePayload",
     "SystemUpdatePayload",
+    "Tick",
     "WebSocketMessage",
     "close_action",
     "decode",
