@@ -23,6 +23,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "metricstream.server.cli",
     "metricstream.client.cli",
     "metricstream.dashboard.cli",
+    "metricstream.protocol.javascript",
 )
 
 
