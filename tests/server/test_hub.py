@@ -25,7 +25,7 @@ from metricstream.protocol import (
 )
 from metricstream.server import MemoryReplayLog, MetricsHub, ServerSettings, Subscriber
 from tests.server.conftest import error_event, metrics, model_update, request
-from tests.support import wait_until
+from tests.support import scaled, wait_until
 
 
 class Sink:
@@ -185,9 +185,8 @@ def test_invalid_hub_settings_are_rejected(kwargs: dict[str, Any]) -> None:
 # -- subscribers -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("eager", [True, False])
-async def test_init_comes_first_then_every_message_in_order(eager: bool) -> None:
-    hub = MetricsHub(heartbeat_interval=None, eager_send=eager)
+async def test_init_comes_first_then_every_message_in_order() -> None:
+    hub = MetricsHub(heartbeat_interval=None)
     hub.publish(metrics())
     sink = Sink()
     sub = hub.attach(sink.send)
@@ -459,3 +458,34 @@ async def test_connection_local_frames_count_against_the_bound_too() -> None:
         await asyncio.sleep(0)
         assert beats < 100, "heartbeats piled up past the bound"
     assert sub.closed.result() == 4008
+
+
+async def test_an_asgi_send_runs_in_a_real_task_and_is_cancelled_like_one() -> None:
+    # A send that needs a task (current_task, a timeout) works, and a
+    # subscriber detached mid-send cancels it: its cleanup runs.
+    hub = MetricsHub(heartbeat_interval=None)
+    tasks: list[asyncio.Task[Any] | None] = []
+    cleaned = asyncio.Event()
+    release = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        tasks.append(asyncio.current_task())
+        async with asyncio.timeout(scaled(30)):
+            try:
+                if len(tasks) > 1:
+                    await release.wait()
+            finally:
+                if len(tasks) > 1:
+                    cleaned.set()
+
+    sub = hub.attach(send)
+    await wait_until(lambda: len(tasks) == 1, what="the init written")
+    hub.publish(metrics())
+    await wait_until(lambda: len(tasks) == 2, what="the send started")
+    assert all(task is not None for task in tasks)
+    hub.publish(metrics())  # the writer is busy: counted, left to it
+    await wait_until(lambda: hub.stats.send_suspensions >= 1, what="the busy writer counted")
+    hub.detach(sub)
+    async with asyncio.timeout(scaled(5)):
+        await cleaned.wait()
+    assert not release.is_set()

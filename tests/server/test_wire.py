@@ -53,3 +53,56 @@ async def _receive() -> dict[str, str]:
 def test_direct_writer_is_not_used_without_uvicorn_behind_receive() -> None:
     assert DirectWriter.detect(_receive) is None
     assert DirectWriter.detect(object()) is None
+
+
+def test_direct_write_contract_holds_on_the_installed_uvicorn() -> None:
+    # What _wire reads of uvicorn, checked on the version installed; the
+    # pyproject bound names the range it was checked against.
+    import importlib.metadata
+    import inspect
+    import tomllib
+    from pathlib import Path
+
+    from packaging.specifiers import SpecifierSet
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    deps = [*project["project"]["dependencies"]]
+    for extra in project["project"]["optional-dependencies"].values():
+        deps.extend(extra)
+    specs = {d.removeprefix("uvicorn").split(";")[0] for d in deps if d.startswith("uvicorn")}
+    assert len(specs) == 1, specs
+    bounds = SpecifierSet(specs.pop())
+    assert any(s.operator == "<" for s in bounds), "uvicorn needs an upper bound"
+    assert any(s.operator == ">=" for s in bounds), "uvicorn needs a lower bound"
+    assert importlib.metadata.version("uvicorn") in bounds
+    source = Path(inspect.getfile(WebSocketsSansIOProtocol)).read_text()
+    for name in ("conn", "transport", "writable", "close_sent"):
+        assert f"self.{name} =" in source, name
+
+
+def test_an_unexpected_uvicorn_falls_back_to_asgi_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import types
+
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from metricstream.server import _wire
+
+    # A protocol object without the attributes the direct path reads, as a
+    # uvicorn that renamed them would hand over.
+    owner = object.__new__(WebSocketsSansIOProtocol)
+    receive = types.MethodType(lambda self: None, owner)
+    _wire._fallback_logged = False
+    with caplog.at_level("WARNING", logger="metricstream.server"):
+        first = DirectWriter.check(receive)
+        second = DirectWriter.check(receive)
+    assert first[0] is None
+    assert second[0] is None
+    assert first[1] is not None
+    assert "expected attributes" in first[1]
+    warnings = [r for r in caplog.records if "through ASGI" in r.getMessage()]
+    assert len(warnings) == 1
+    # Not uvicorn at all: no writer and no fallback to report.
+    assert DirectWriter.check(types.MethodType(lambda self: None, object())) == (None, None)

@@ -83,6 +83,11 @@ class HubCollector(Collector):
             stats.send_suspensions,
         )
         yield CounterMetricFamily(
+            "metricstream_direct_write_fallbacks",
+            "Connections written through ASGI because uvicorn's internals were not as expected",
+            stats.direct_write_fallbacks,
+        )
+        yield CounterMetricFamily(
             "metricstream_replay_hits", "Resumes served from the replay log", stats.replay_hits
         )
         yield CounterMetricFamily(

@@ -37,9 +37,9 @@ from ..protocol import (
     make_message,
     now_ms,
 )
-from ._hub import MetricsHub, Subscriber, _Transport
+from ._hub import MetricsHub, Subscriber
 from ._settings import ServerSettings
-from ._wire import DirectWriter
+from ._wire import DirectWriter, Transport, find_transport
 
 __all__ = ["StreamEndpoint"]
 
@@ -59,26 +59,6 @@ _CLIENT_TYPES: Final = frozenset(
 def _error_frame(code: str, message: str) -> str:
     payload = ErrorPayload(code=code, message=message)
     return encode(make_message(MessageType.ERROR, payload)).decode()
-
-
-def _find_transport(receive: Receive) -> _Transport | None:
-    """The asyncio transport behind ``receive``, when the server exposes it.
-
-    uvicorn hands the application the bound ``receive`` method of its
-    per-connection protocol object, which holds the transport. The endpoint
-    uses it for two read-mostly things only: to include the transport's write
-    buffer in the per-client buffer figure, and to abort a peer that will not
-    even take its close frame. Anything else (another server, a middleware
-    wrapping ``receive``) simply yields ``None`` and both refinements are off.
-    """
-    owner = getattr(receive, "__self__", None)
-    transport = getattr(owner, "transport", None)
-    if all(
-        callable(getattr(transport, name, None))
-        for name in ("get_write_buffer_size", "is_closing", "abort")
-    ):
-        return transport
-    return None
 
 
 class _TokenBucket:
@@ -168,8 +148,12 @@ class StreamEndpoint:
         def send_text(frame: str) -> Any:
             return send({"type": "websocket.send", "text": frame})
 
-        transport = _find_transport(receive)
-        direct = DirectWriter.detect(receive) if self.settings.direct_write else None
+        transport = find_transport(receive)
+        direct = None
+        if self.settings.direct_write:
+            direct, fallback = DirectWriter.check(receive)
+            if fallback is not None:
+                self.hub.stats.direct_write_fallbacks += 1
         filter_error: InvalidFilterError | None = None
         try:
             filt = Filter.from_query(query)
@@ -206,7 +190,7 @@ class StreamEndpoint:
             self.hub.detach(sub)
 
     async def _close(
-        self, send: Send, sub: Subscriber, code: int, transport: _Transport | None
+        self, send: Send, sub: Subscriber, code: int, transport: Transport | None
     ) -> None:
         timeout = self.settings.close_timeout
         # What is already queued (the last messages, an ``error`` explaining
@@ -377,6 +361,6 @@ def _reader_done(sub: Subscriber, task: asyncio.Task[None]) -> None:
         sub.request_close(CloseCode.INTERNAL_ERROR)
 
 
-def _abort_if_stuck(transport: _Transport) -> None:
+def _abort_if_stuck(transport: Transport) -> None:
     if not transport.is_closing() or transport.get_write_buffer_size() > 0:
         transport.abort()

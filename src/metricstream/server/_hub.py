@@ -7,32 +7,16 @@ every subscriber that wants it. A ``call_soon`` callback then flushes every
 outbox touched in that loop iteration, so messages published together leave
 together (one JSON array per flush for ``batch=1`` subscribers).
 
-Writing without a task per client
----------------------------------
+Writing
+-------
 Each message is encoded once into an :class:`EncodedFrame`, which keeps the
 complete WebSocket frame only (the JSON bytes and text are derived on the
-paths that need them). A subscriber is written to in one of two ways, both
-synchronous for a client that keeps up:
-
-- **Direct** (uvicorn, sans-I/O websockets, no compression; see
-  :class:`DirectWriter`): everything pending for the client goes to its
-  transport in one ``write`` of shared, pre-framed bytes, as
-  ``websockets.broadcast()`` does; when several messages are pending, the
-  joined frames or the ``batch=1`` array are built once per flush for all
-  the clients holding the same ones. While the transport is paused (its buffer
-  over the high-water mark) a small task waits for it to resume.
-- **Through ASGI** (any other server): writing is a coroutine
-  (``await send(...)``) that, on uvicorn, suspends only when the transport
-  is paused. The flush *steps* each send coroutine once by hand
-  (``coro.send(None)``): a healthy client's frame is written there and then
-  and no task is created. Only a send that really suspends is handed to a
-  task, which finishes it and drains that client's outbox with ordinary
-  awaits. ``MetricsHub(eager_send=False)`` turns the stepping off (every
-  flush then goes through a writer task), for ASGI servers whose ``send``
-  must run inside a task.
-
-Either way a slow client costs a task only while it is slow, and a stalled
-one stops at its byte bound and is closed with 4008.
+paths that need them). How a subscriber's outbox reaches its connection is
+its :class:`~metricstream.server._writers.FrameWriter`'s business (see
+``_writers``): pre-framed bytes written straight to uvicorn's transport
+(:class:`DirectWriter`), or ASGI ``send`` awaited in an ordinary task that
+lives while the outbox is not empty (:class:`AsgiWriter`). Either way a
+stalled client stops at its byte bound and is closed with 4008.
 """
 
 from __future__ import annotations
@@ -42,9 +26,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import msgspec
 
@@ -74,7 +58,8 @@ from ..protocol import (
 )
 from ..protocol.filter import Filter
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog
-from ._wire import DirectWriter, EncodedFrame, text_frame
+from ._wire import DirectWriter, EncodedFrame, Transport, text_frame
+from ._writers import AsgiWriter, FrameWriter, SendText, WriteContext
 
 __all__ = ["DEFAULT_MAX_BUFFER_BYTES", "HubStats", "MetricsHub", "Subscriber"]
 
@@ -100,25 +85,6 @@ def _filter_of(types: Iterable[str] | None, models: Iterable[str] | None) -> Fil
     )
 
 
-#: Sends one text frame; returns the (not yet started) send coroutine.
-SendText = Callable[[str], Coroutine[Any, Any, None]]
-
-# What a direct flush built for one subscriber, reusable for the next one
-# holding the same frames: (batch, frames, wire bytes, payload bytes,
-# messages, frames written).
-_Shared = tuple[bool, list[EncodedFrame], bytes, int, int, int]
-
-
-class _Transport(Protocol):
-    """The part of an asyncio transport the hub may use, when it has one."""
-
-    def get_write_buffer_size(self) -> int: ...
-
-    def is_closing(self) -> bool: ...
-
-    def abort(self) -> None: ...
-
-
 @dataclass(slots=True)
 class HubStats:
     """Running totals of a hub, read by the Prometheus collector.
@@ -132,9 +98,13 @@ class HubStats:
     frames_sent: int = 0
     bytes_sent: int = 0
     evictions: int = 0
-    #: Sends that could not complete at once (transport paused) and were
-    #: handed to a writer task; zero while every client keeps up.
+    #: Flushes that found a client's transport paused, or its writer still
+    #: busy with earlier frames; zero while every client keeps up.
     send_suspensions: int = 0
+    #: Connections on uvicorn's sans-I/O implementation that could not be
+    #: written directly (its internals were not as expected): written
+    #: through ASGI instead.
+    direct_write_fallbacks: int = 0
     replay_hits: int = 0
     replay_misses: int = 0
     connections_opened: int = 0
@@ -160,32 +130,29 @@ class Subscriber:
         "_inflight",
         "_pending",
         "_pending_bytes",
-        "_send",
         "_task",
         "_written",
         "batch",
         "closed",
-        "direct",
         "dirty",
         "filter",
         "open",
         "transport",
+        "writer",
     )
 
     def __init__(
         self,
         hub: MetricsHub,
-        send: SendText,
+        writer: FrameWriter,
         *,
         filter: Filter,
         batch: bool,
-        transport: _Transport | None,
-        direct: DirectWriter | None,
+        transport: Transport | None,
     ) -> None:
         self._hub = hub
-        self._send = send
-        #: The direct writer, when frames bypass ASGI (see ``_wire``).
-        self.direct = direct
+        #: How this connection is written to (see ``_writers``).
+        self.writer = writer
         #: What this connection wants (:meth:`Filter.accepts`).
         self.filter = filter
         self.batch = batch
@@ -204,6 +171,12 @@ class Subscriber:
         self.dirty = False
         self.open = True
         self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def direct(self) -> DirectWriter | None:
+        """The direct writer, when frames bypass ASGI (see ``_wire``)."""
+        writer = self.writer
+        return writer if isinstance(writer, DirectWriter) else None
 
     @property
     def buffered_bytes(self) -> int:
@@ -246,6 +219,14 @@ class Subscriber:
                 # The flush scheduled for these frames runs on the next
                 # iteration of the loop.
                 await asyncio.sleep(0)
+
+    def fail(self, exc: BaseException | None) -> None:
+        """The connection cannot be written any more (the ASGI server raises
+        on a closed socket): stop writing; the endpoint sees the disconnect
+        and detaches."""
+        logger.debug("send failed, dropping subscriber: %r", exc)
+        self._discard()
+        self.request_close(None)
 
     def _discard(self) -> None:
         self._pending.clear()
@@ -325,7 +306,6 @@ class MetricsHub:
         recent_errors: int = 20,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         heartbeat_interval: float | None = DEFAULT_SERVER_HEARTBEAT_INTERVAL,
-        eager_send: bool = True,
         server_version: str = __version__,
     ) -> None:
         if recent_requests < 0 or recent_errors < 0:
@@ -338,10 +318,10 @@ class MetricsHub:
         self._sequence = 0
         self._max_buffer = max_buffer_bytes
         self._heartbeat_interval = heartbeat_interval
-        self._eager = eager_send
         self._server_version = server_version
         self._started = time.monotonic()
         self.stats = HubStats()
+        self._writing = WriteContext(self.stats, max_buffer_bytes)
         # Snapshot state, derived from the published stream itself.
         self._metrics: MetricsUpdatePayload | None = None
         self._models: dict[str, ModelUpdatePayload] = {}
@@ -356,12 +336,6 @@ class MetricsHub:
         self._subscribers: set[Subscriber] = set()
         self._dirty: list[Subscriber] = []
         self._flush_handle: asyncio.Handle | None = None
-        # The wire bytes last built in this flush, with what they were built
-        # from: (batch, frames taken, bytes, payload bytes, messages, frames).
-        # Bytes built in this flush, by (batch, first frame, frame count):
-        # several kinds of client (batch=1, plain, filtered) interleave in
-        # one flush, and one slot would rebuild at every change of kind.
-        self._shared: dict[tuple[bool, int, int], _Shared] = {}
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing = False
         # Set whenever no subscriber is attached (close_all waits on it).
@@ -531,8 +505,8 @@ class MetricsHub:
         """Whether ``sub`` holds more than its bound, after refreshing the one
         figure that may be stale (what the transport still buffers)."""
         limit = self._max_buffer + sub._credit
-        if sub.direct is not None and sub._written:
-            sub._written = sub.direct.buffer_size()
+        if sub._written:
+            sub._written = sub.writer.buffer_size()
         return sub._pending_bytes + sub._inflight + sub._written > limit
 
     def _evict(self, sub: Subscriber) -> None:
@@ -636,12 +610,13 @@ class MetricsHub:
         types: Iterable[str] | None = None,
         models: Iterable[str] | None = None,
         batch: bool = False,
-        transport: _Transport | None = None,
+        transport: Transport | None = None,
         direct: DirectWriter | None = None,
     ) -> Subscriber:
         """Attach a subscriber; its outbox starts with ``init`` (and a replay).
 
-        ``send(text)`` returns a coroutine that writes one text frame. With
+        ``send(text)`` returns a coroutine that writes one text frame; it is
+        awaited in a task (:class:`AsgiWriter`) unless ``direct`` is given. With
         ``since`` and a matching ``epoch`` the subscriber resumes: an empty
         ``init`` with ``resumed: true`` and then every stream message after
         ``since``, in order. The resume happens only when the log still holds
@@ -649,7 +624,8 @@ class MetricsHub:
         ``init`` carries a full snapshot. Must be called on the event loop.
         """
         filt = _filter_of(types, models)
-        sub = Subscriber(self, send, filter=filt, batch=batch, transport=transport, direct=direct)
+        writer: FrameWriter = direct if direct is not None else AsgiWriter(send)
+        sub = Subscriber(self, writer, filter=filt, batch=batch, transport=transport)
         replay: list[LogEntry] | None = None
         if since is not None:
             if epoch == self.epoch:
@@ -723,162 +699,15 @@ class MetricsHub:
         self._flush_handle = None
         dirty = self._dirty
         self._dirty = []
-        self._shared.clear()
+        writing = self._writing
+        writing.shared.clear()
         try:
             for sub in dirty:
                 sub.dirty = False
-                if sub._task is None:
-                    self._pump(sub)
+                sub.writer.pump(sub, writing)
         finally:
             # Only shared within one flush: do not pin the bytes afterwards.
-            self._shared.clear()
-
-    def _pump(self, sub: Subscriber) -> None:
-        """Write what ``sub`` has pending, stepping each send by hand until one
-        suspends; the rest is then left to a task (see the module docstring)."""
-        if sub.direct is not None:
-            self._pump_direct(sub, sub.direct)
-            return
-        stats = self.stats
-        # Not ``sub.open``: a closing subscriber still writes what it had
-        # (an evicted or failed one has had its outbox cleared).
-        while sub._pending:
-            frame, size, count = sub._take()
-            coro = sub._send(frame)
-            if not self._eager:
-                self._start_writer(sub, coro, None, size, count)
-                return
-            try:
-                yielded = coro.send(None)
-            except StopIteration:
-                stats.messages_sent += count
-                stats.frames_sent += 1
-                stats.bytes_sent += size
-                continue
-            except Exception as exc:
-                self._send_failed(sub, exc)
-                return
-            self._start_writer(sub, coro, yielded, size, count)
-            return
-        if sub._pending_bytes <= self._max_buffer:
-            sub._credit = 0
-
-    def _pump_direct(self, sub: Subscriber, direct: DirectWriter) -> None:
-        """Write everything pending in one go, straight to the transport."""
-        if not sub._pending:
-            return
-        if not direct.usable:
-            self._send_failed(sub, None)
-            return
-        if direct.paused:
-            # The transport is over its high-water mark: wait for it to
-            # drain instead of growing its buffer; the outbox (bounded)
-            # keeps collecting meanwhile.
-            self.stats.send_suspensions += 1
-            sub._task = asyncio.get_running_loop().create_task(self._await_writable(sub, direct))
-            return
-        pending = sub._pending
-        key = (sub.batch, id(pending[0]), len(pending))
-        shared = self._shared.get(key)
-        if shared is not None and shared[1] == pending:
-            # The same frames as an earlier subscriber of this flush (list
-            # equality is identity of the frames here): unfiltered clients
-            # that keep up all hold the same outbox, so the array (or the
-            # joined frames) is built once per flush and every one of them
-            # is written the same bytes object, as single frames always are.
-            _, _, data, size, count, frames = shared
-            sub._pending = []
-            sub._pending_bytes = 0
-        else:
-            taken, data, size, count, frames = sub._take_wire()
-            if count > 1 or sub.batch:
-                self._shared[key] = (sub.batch, taken, data, size, count, frames)
-        try:
-            direct.write(data)
-        except Exception as exc:  # pragma: no cover - transports buffer, they do not raise
-            self._send_failed(sub, exc)
-            return
-        stats = self.stats
-        stats.messages_sent += count
-        stats.frames_sent += frames
-        stats.bytes_sent += size
-        # What the transport could not pass to the kernel yet still counts
-        # against the bound: with direct writes it is where a backlog sits.
-        sub._written = written = direct.buffer_size()
-        if written <= self._max_buffer:
-            sub._credit = 0
-
-    async def _await_writable(self, sub: Subscriber, direct: DirectWriter) -> None:
-        try:
-            await direct.wait_writable()
-        finally:
-            sub._task = None
-        self._pump(sub)
-        self._shared.clear()
-
-    def _start_writer(
-        self,
-        sub: Subscriber,
-        coro: Coroutine[Any, Any, None],
-        yielded: Any,
-        size: int,
-        count: int,
-    ) -> None:
-        self.stats.send_suspensions += 1
-        sub._inflight = size
-        sub._task = asyncio.get_running_loop().create_task(
-            self._writer(sub, coro, yielded, size, count)
-        )
-
-    async def _writer(
-        self,
-        sub: Subscriber,
-        coro: Coroutine[Any, Any, None],
-        yielded: Any,
-        size: int,
-        count: int,
-    ) -> None:
-        """Finish a suspended send, then drain the outbox with plain awaits."""
-        stats = self.stats
-        try:
-            try:
-                if yielded is None and not self._eager:
-                    await coro
-                else:
-                    await _finish_stepped(coro, yielded)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._send_failed(sub, exc)
-                return
-            stats.messages_sent += count
-            stats.frames_sent += 1
-            stats.bytes_sent += size
-            sub._inflight = 0
-            while sub._pending:
-                frame, size, count = sub._take()
-                sub._inflight = size
-                try:
-                    await sub._send(frame)
-                except Exception as exc:
-                    self._send_failed(sub, exc)
-                    return
-                sub._inflight = 0
-                stats.messages_sent += count
-                stats.frames_sent += 1
-                stats.bytes_sent += size
-            if sub._pending_bytes <= self._max_buffer:
-                sub._credit = 0
-        finally:
-            sub._inflight = 0
-            sub._task = None
-
-    def _send_failed(self, sub: Subscriber, exc: BaseException | None) -> None:
-        # The connection is gone (the ASGI server raises on a closed socket):
-        # stop writing; the endpoint sees the disconnect and detaches.
-        logger.debug("send failed, dropping subscriber: %r", exc)
-        sub._discard()
-        sub.request_close(None)
+            writing.shared.clear()
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat_interval is None:
@@ -895,29 +724,3 @@ class MetricsHub:
             await asyncio.sleep(interval)
             self.heartbeat()
         self._heartbeat_task = None
-
-
-async def _finish_stepped(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    """Drive a coroutine that was stepped by hand and suspended, to its end.
-
-    Does what an ``asyncio.Task`` does with a coroutine: wait for the future
-    it yielded (or one loop iteration for a bare ``yield``), then resume it.
-    Cancellation closes the coroutine, which runs its ``finally`` blocks.
-    """
-    try:
-        while True:
-            if yielded is None:
-                await asyncio.sleep(0)
-            elif asyncio.isfuture(yielded):
-                # Task clears this flag on every future it accepts.
-                yielded._asyncio_future_blocking = False
-                await asyncio.wait((yielded,))
-            else:
-                raise RuntimeError(f"send coroutine yielded {yielded!r}, not a future")
-            try:
-                yielded = coro.send(None)
-            except StopIteration:
-                return
-    except BaseException:
-        coro.close()
-        raise
