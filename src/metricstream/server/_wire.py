@@ -29,7 +29,7 @@ import struct
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
-    from ._hub import Subscriber
+    from ._registry import Subscriber
     from ._writers import WriteContext
 
 __all__ = ["DirectWriter", "EncodedFrame", "Transport", "find_transport", "text_frame"]
@@ -256,7 +256,8 @@ class DirectWriter:
 
     def pump(self, sub: Subscriber, ctx: WriteContext) -> None:
         """Write everything pending in one go, straight to the transport."""
-        if sub._task is not None or not sub._pending:
+        outbox = sub.outbox
+        if outbox.task is not None or not outbox.frames:
             return
         if not self.usable:
             sub.fail(None)
@@ -266,9 +267,9 @@ class DirectWriter:
             # drain instead of growing its buffer; the outbox (bounded)
             # keeps collecting meanwhile.
             ctx.stats.send_suspensions += 1
-            sub._task = asyncio.get_running_loop().create_task(self._await_writable(sub, ctx))
+            outbox.task = asyncio.get_running_loop().create_task(self._await_writable(sub, ctx))
             return
-        pending = sub._pending
+        pending = outbox.frames
         key = (sub.batch, id(pending[0]), len(pending))
         shared = ctx.shared.get(key)
         if shared is not None and shared[1] == pending:
@@ -278,10 +279,10 @@ class DirectWriter:
             # joined frames) is built once per flush and every one of them
             # is written the same bytes object, as single frames always are.
             _, _, data, size, count, frames = shared
-            sub._pending = []
-            sub._pending_bytes = 0
+            outbox.frames = []
+            outbox.size = 0
         else:
-            taken, data, size, count, frames = sub._take_wire()
+            taken, data, size, count, frames = outbox.take_wire(sub.batch)
             if count > 1 or sub.batch:
                 ctx.shared[key] = (sub.batch, taken, data, size, count, frames)
         try:
@@ -295,15 +296,14 @@ class DirectWriter:
         stats.bytes_sent += size
         # What the transport could not pass to the kernel yet still counts
         # against the bound: with direct writes it is where a backlog sits.
-        sub._written = written = self.buffer_size()
-        if written <= ctx.max_buffer:
-            sub._credit = 0
+        outbox.written = self.buffer_size()
+        outbox.settle(ctx.max_buffer)
 
     async def _await_writable(self, sub: Subscriber, ctx: WriteContext) -> None:
         try:
             await self.wait_writable()
         finally:
-            sub._task = None
+            sub.outbox.task = None
         self.pump(sub, ctx)
         # Bytes are shared within one flush only: do not pin them afterwards.
         ctx.shared.clear()

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from ._hub import HubStats, Subscriber
+    from ._registry import Subscriber
+    from ._stats import HubStats
     from ._wire import EncodedFrame
 
 __all__ = ["AsgiWriter", "FrameWriter", "SendText", "WriteContext"]
@@ -84,12 +85,13 @@ class AsgiWriter:
 
     def pump(self, sub: Subscriber, ctx: WriteContext) -> None:
         """Start the drain task, unless one is running already."""
-        if sub._task is not None:
+        outbox = sub.outbox
+        if outbox.task is not None:
             ctx.stats.send_suspensions += 1
             return
-        if not sub._pending:
+        if not outbox.frames:
             return
-        sub._task = asyncio.get_running_loop().create_task(self._drain(sub, ctx))
+        outbox.task = asyncio.get_running_loop().create_task(self._drain(sub, ctx))
 
     def buffer_size(self) -> int:
         """ASGI hides the transport: only the frame in flight is known (``sub``)."""
@@ -97,23 +99,23 @@ class AsgiWriter:
 
     async def _drain(self, sub: Subscriber, ctx: WriteContext) -> None:
         stats = ctx.stats
+        outbox = sub.outbox
         try:
             # Not ``sub.open``: a closing subscriber still writes what it had
             # (an evicted or failed one has had its outbox cleared).
-            while sub._pending:
-                text, size, count = sub._take()
-                sub._inflight = size
+            while outbox.frames:
+                text, size, count = outbox.take(sub.batch)
+                outbox.inflight = size
                 try:
                     await self._send(text)
                 except Exception as exc:
                     sub.fail(exc)
                     return
-                sub._inflight = 0
+                outbox.inflight = 0
                 stats.messages_sent += count
                 stats.frames_sent += 1
                 stats.bytes_sent += size
-            if sub._pending_bytes <= ctx.max_buffer:
-                sub._credit = 0
+            outbox.settle(ctx.max_buffer)
         finally:
-            sub._inflight = 0
-            sub._task = None
+            outbox.inflight = 0
+            outbox.task = None
