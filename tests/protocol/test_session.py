@@ -12,7 +12,6 @@ from metricstream.protocol import (
     Backoff,
     ClientSession,
     CloseAction,
-    Deliver,
     Opened,
     Resync,
     SessionState,
@@ -65,7 +64,7 @@ def streaming(**kwargs: Any) -> ClientSession:
 
 
 def delivered(events: list[Any]) -> list[WebSocketMessage[Any]]:
-    return [e.message for e in events if isinstance(e, Deliver)]
+    return [e for e in events if isinstance(e, WebSocketMessage)]
 
 
 def test_a_connection_goes_through_the_states_in_order() -> None:

@@ -22,9 +22,9 @@ from metricstream.client import build_url
 from metricstream.protocol import (
     STREAM_TYPES,
     ClientSession,
-    Deliver,
     Filter,
     SequenceTracker,
+    WebSocketMessage,
     close_action,
     javascript,
 )
@@ -78,7 +78,7 @@ def test_batch_decoding(case: dict[str, Any]) -> None:
     init = {"type": "init", "sequence": 0, "data": {}, "metadata": {"epoch": "e"}}
     session.receive(json.dumps(init).encode(), now=0)
     events = session.receive(case["frame"].encode(), now=0)
-    delivered = [e.message.sequence for e in events if isinstance(e, Deliver)]
+    delivered = [e.sequence for e in events if isinstance(e, WebSocketMessage)]
     assert delivered == case["sequences"]
     assert session.parse_errors == case["invalid"]
 

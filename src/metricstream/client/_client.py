@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
-import itertools
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Self
@@ -38,9 +35,9 @@ from ..protocol import (
     ClientSession,
     CloseAction,
     Decision,
-    Deliver,
     MessageType,
     Opened,
+    Resync,
     SessionState,
     SubscribePayload,
     WebSocketMessage,
@@ -49,6 +46,7 @@ from ..protocol import (
     make_message,
 )
 from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names, redact_url
+from ._dispatch import Dispatcher
 from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
 from ._handlers import EventHandlers
 from ._policy import build_url
@@ -124,18 +122,13 @@ class WebSocketService:
         )
         if handlers is not None and not isinstance(handlers, EventHandlers):
             raise ConfigError(f"handlers must be an EventHandlers, got {handlers!r}")
-        self._handlers = handlers if handlers is not None else EventHandlers()
+        handlers = handlers if handlers is not None else EventHandlers()
         if handler_kwargs:
             try:
-                self._handlers = dataclasses.replace(self._handlers, **handler_kwargs)
+                handlers = dataclasses.replace(handlers, **handler_kwargs)
             except TypeError as exc:
                 raise ConfigError(f"unknown handler: {exc}") from None
-        self._state_watchers: list[Callable[[ConnectionState, ConnectionState], object]] = []
-        self._subscriptions: dict[int, Subscription] = {}
-        self._ids = itertools.count(1)
-        # Tasks of coroutine handlers: kept referenced until done (asyncio
-        # holds tasks only weakly), awaited by aclose().
-        self._handler_tasks: set[asyncio.Future[Any]] = set()
+        self._out = Dispatcher(handlers)
 
         config = self._config
         self._session = ClientSession(
@@ -154,8 +147,6 @@ class WebSocketService:
             debug=config.debug,
             log=logger.log,
         )
-        self._callbacks: dict[str, list[Callback]] = {}
-        self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
         self._outbox: deque[bytes] = deque()
         self._ack_waiters: list[asyncio.Future[SubscribePayload | None]] = []
 
@@ -198,7 +189,7 @@ class WebSocketService:
     @property
     def handlers(self) -> EventHandlers:
         """The lifecycle handlers (fields may be replaced at any time)."""
-        return self._handlers
+        return self._out.handlers
 
     @property
     def latency(self) -> float | None:
@@ -254,22 +245,11 @@ class WebSocketService:
         does not stop the others. Subscriptions outlive reconnects and
         :meth:`disconnect`; :meth:`aclose` clears them.
         """
-        callbacks = self._callbacks.setdefault(str(message_type), [])
-        callbacks.append(callback)
-        return Subscription(
-            callbacks,
-            callback,
-            id=next(self._ids),
-            type=str(message_type),
-            registry=self._subscriptions,
-        )
+        return self._out.subscribe(message_type, callback)
 
     def unsubscribe(self, subscription_id: int | Subscription) -> bool:
         """Remove the subscription with this id; returns whether it existed."""
-        if isinstance(subscription_id, Subscription):
-            subscription_id = subscription_id.id
-        subscription = self._subscriptions.get(subscription_id)
-        return subscription is not None and subscription._cancel()
+        return self._out.unsubscribe(subscription_id)
 
     def watch_state(
         self, callback: Callable[[ConnectionState, ConnectionState], object]
@@ -279,14 +259,7 @@ class WebSocketService:
         Unlike ``EventHandlers.on_state_change`` (one handler, set at
         construction) any number of watchers may come and go.
         """
-        self._state_watchers.append(callback)
-        return Subscription(
-            self._state_watchers,
-            callback,
-            id=next(self._ids),
-            type=STATE_CHANGES,
-            registry=self._subscriptions,
-        )
+        return self._out.watch_state(callback)
 
     def messages(
         self, types: Iterable[MessageType | str] | None = None, *, maxsize: int | None = None
@@ -301,16 +274,7 @@ class WebSocketService:
         :meth:`aclose` / :meth:`close` or when the client stopped for good.
         """
         size = self._config.message_queue_size if maxsize is None else maxsize
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"maxsize must be a positive integer, got {size!r}")
-        if isinstance(types, str):
-            types = (types,)
-        wanted = frozenset(str(t) for t in types) if types is not None else None
-        stream = MessageStream(size, wanted)
-        if self._stopped:
-            stream.close()
-        self._streams.add(stream)
-        return stream
+        return self._out.stream(types, size, ended=self._stopped)
 
     async def connect(self) -> None:
         """Start connecting, and keep the connection up, in the background.
@@ -434,17 +398,7 @@ class WebSocketService:
         if self._released:
             return
         self._released = True
-        pending = {t for t in self._handler_tasks if t is not asyncio.current_task()}
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self._config.close_timeout)
-            for task in late:
-                task.cancel()
-        for callbacks in self._callbacks.values():
-            callbacks.clear()
-        self._callbacks.clear()
-        self._state_watchers.clear()
-        self._subscriptions.clear()
-        self._streams.clear()
+        await self._out.release(self._config.close_timeout)
         self._outbox.clear()
 
     async def _stop_loop(self, reason: str) -> None:
@@ -572,7 +526,7 @@ class WebSocketService:
                 if delay is None:
                     if decision.gave_up:
                         logger.error("%s", session.last_error)
-                        self._call(self._handlers.on_max_reconnect_attempts_reached)
+                        self._out.call(self.handlers.on_max_reconnect_attempts_reached)
                     failed = decision.state is SessionState.FAILED
                     self._finish(ConnectionState.ERROR if failed else ConnectionState.CLOSED)
                     return
@@ -580,7 +534,7 @@ class WebSocketService:
                 attempt = session.backoff.attempt
                 if self._config.debug:
                     logger.debug("reconnect attempt %d in %.3f s", attempt, delay)
-                self._call(self._handlers.on_reconnecting, attempt, delay)
+                self._out.call(self.handlers.on_reconnecting, attempt, delay)
                 if not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
@@ -672,7 +626,7 @@ class WebSocketService:
         decision = session.closed(code, reason)
         if decision.was_open:
             self._disconnected_at = time.time()
-            self._call(self._handlers.on_disconnect, decision.reason)
+            self._out.call(self.handlers.on_disconnect, decision.reason)
         if decision.error is not None:
             self._error(decision.error, fatal=True)
         elif decision.action is not None:
@@ -683,9 +637,12 @@ class WebSocketService:
         """Read frames and act on the session's events until the connection
         ends (``ConnectionClosed``) or a resync was asked for (returns)."""
         session = self._session
+        out = self._out
+        busy = self._busy
         loop = asyncio.get_running_loop()
+        awaiting = SessionState.AWAITING_INIT
         while True:
-            if session.state is SessionState.AWAITING_INIT:
+            if session.state is awaiting:
                 # Until a first valid message proves the connection (and
                 # starts the keepalive), each frame must come within the
                 # heartbeat timeout.
@@ -699,15 +656,23 @@ class WebSocketService:
             else:
                 frame = await ws.recv(decode=False)
             for event in session.receive(frame, loop.time()):
-                if isinstance(event, Deliver):
-                    await self._deliver(ws, event.message)
-                elif isinstance(event, Opened):
+                if isinstance(event, Opened):
                     self._opened(ws, first=event.first)
-                else:
-                    # Resync: frames still buffered on this connection would
-                    # be judged against the position being abandoned.
+                elif isinstance(event, Resync):
+                    # Frames still buffered on this connection would be
+                    # judged against the position being abandoned.
                     await ws.close(1000, "resync")
                     return
+                else:
+                    # A message to deliver: the hot path, inline (one
+                    # coroutine less per message).
+                    if event.type is MessageType.SUBSCRIBED:
+                        self._acknowledged(event.data)
+                    await out.deliver(event, busy)
+                    if self._outbox:
+                        # Queued sends go out once the connection proved
+                        # itself with a first message, before anything newer.
+                        await self._flush_outbox(ws)
 
     def _opened(self, ws: ClientConnection, *, first: bool) -> None:
         self._keepalive = asyncio.create_task(
@@ -718,9 +683,9 @@ class WebSocketService:
         assert self._connected_event is not None
         self._connected_event.set()
         self._connected_event = asyncio.Event()
-        self._call(self._handlers.on_connect)
+        self._out.call(self.handlers.on_connect)
         if not first:
-            self._call(self._handlers.on_reconnected)
+            self._out.call(self.handlers.on_reconnected)
 
     async def _keepalive_loop(self, ws: ClientConnection) -> None:
         """Send the heartbeats the session asks for; abort a silent connection."""
@@ -746,54 +711,14 @@ class WebSocketService:
                     return
             await asyncio.sleep(max(tick.next_at - loop.time(), 0))
 
-    async def _deliver(self, ws: ClientConnection, message: WebSocketMessage[Any]) -> None:
-        if message.type is MessageType.SUBSCRIBED:
-            for waiter in self._ack_waiters:
-                if not waiter.done():
-                    waiter.set_result(message.data)
-                    break
-        await self._dispatch(message)
-        if self._outbox:
-            # Queued sends go out once the connection proved itself with a
-            # first message (normally the init), before anything newer.
-            await self._flush_outbox(ws)
+    def _acknowledged(self, payload: SubscribePayload) -> None:
+        for waiter in self._ack_waiters:
+            if not waiter.done():
+                waiter.set_result(payload)
+                break
 
-    async def _dispatch(self, message: WebSocketMessage[Any]) -> None:
-        # Pongs are the client's own business (latency): only a callback that
-        # asked for them by type sees them, so iterators carry data, not noise.
-        broadcast = message.type is not MessageType.PONG
-        callbacks = [
-            *self._callbacks.get(message.type, ()),
-            *(self._callbacks.get(ALL_TYPES, ()) if broadcast else ()),
-        ]
-        session = self._session
-        for callback in callbacks:
-            try:
-                result = callback(message.data, message)
-                if inspect.isawaitable(result):
-                    session.busy = True
-                    try:
-                        await result
-                    finally:
-                        session.busy = False
-            except Exception:
-                logger.exception("a %s callback failed", message.type)
-        if broadcast:
-            self._call(self._handlers.on_message, message)
-        # Checked first: iterating a WeakSet (a copy under an iteration
-        # guard) costs over a microsecond per message even when empty, and
-        # most clients never open a ``messages()`` iterator.
-        if not self._streams:
-            return
-        for stream in list(self._streams):
-            if not stream.wants(message, broadcast=broadcast):
-                continue
-            if not stream.offer(message):
-                session.busy = True
-                try:
-                    await stream.put(message)
-                finally:
-                    session.busy = False
+    def _busy(self, busy: bool) -> None:
+        self._session.busy = busy
 
     # -------------------------------------------------------------- sending
 
@@ -834,15 +759,12 @@ class WebSocketService:
         self._state = state
         if self._config.debug:
             logger.debug("state %s -> %s", old.value, state.value)
-        self._call(self._handlers.on_state_change, old, state)
-        for watcher in list(self._state_watchers):
-            self._call(watcher, old, state)
+        self._out.state_changed(old, state)
 
     def _finish(self, state: ConnectionState) -> None:
         self._stopped = True
         self._set_state(state)
-        for stream in list(self._streams):
-            stream.close()
+        self._out.end_streams()
         self._release_waiters()
 
     def _release_waiters(self) -> None:
@@ -856,33 +778,13 @@ class WebSocketService:
             logger.error("%s", exc)
         else:
             logger.info("%s", exc)
-        self._call(self._handlers.on_error, exc)
+        self._out.call(self.handlers.on_error, exc)
 
     def _raise_stopped(self) -> None:
         if self._fatal is not None:
             raise self._fatal
         last = self._session.last_error or self._state.value
         raise StreamConnectionError(f"client stopped: {last}")
-
-    def _call(self, callback: Callable[..., object] | None, *args: Any) -> None:
-        if callback is None:
-            return
-        try:
-            result = callback(*args)
-        except Exception:
-            logger.exception("a client handler failed")
-            return
-        if inspect.isawaitable(result):
-            # Scheduled, not awaited: a slow handler must not hold up the
-            # reader (nor the heartbeat that the reader's silence would trip).
-            task = asyncio.ensure_future(result)
-            self._handler_tasks.add(task)
-            task.add_done_callback(self._handler_done)
-
-    def _handler_done(self, task: asyncio.Future[Any]) -> None:
-        self._handler_tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("a client handler failed", exc_info=exc)
 
 
 def create_websocket_service(

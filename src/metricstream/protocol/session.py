@@ -51,7 +51,6 @@ __all__ = [
     "NATIVE_DIALECT",
     "ClientSession",
     "Decision",
-    "Deliver",
     "ForeignDialect",
     "SessionEvent",
     "Opened",
@@ -103,6 +102,11 @@ class SessionState(enum.Enum):
     """Stopped for good: rejected (bad token, origin) or out of attempts."""
 
 
+# Module-level: read on every frame, cheaper than the class attribute.
+_STREAMING: Final = SessionState.STREAMING
+_AWAITING_INIT: Final = SessionState.AWAITING_INIT
+
+
 class ForeignDialect(Protocol):
     """A foreign server dialect the session can adapt (e.g. FakeAI's)."""
 
@@ -125,7 +129,7 @@ class ForeignDialect(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Opened:
     """The connection proved itself (its first valid message): it is up."""
 
@@ -133,22 +137,17 @@ class Opened:
     """Whether this is the session's first connection (else a reconnect)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """A message to hand to the application, in order."""
-
-    message: WebSocketMessage[Any]
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Resync:
     """Stop reading this connection, close it (1000) and reconnect at once."""
 
     reason: str
 
 
-#: What :meth:`ClientSession.receive` returns, in order.
-SessionEvent = Opened | Deliver | Resync
+#: What :meth:`ClientSession.receive` returns, in order: a message is itself
+#: the event "hand this to the application" (the common case, so it costs no
+#: wrapper); :class:`Opened` and :class:`Resync` are the rare others.
+SessionEvent = WebSocketMessage[Any] | Opened | Resync
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +363,7 @@ class ClientSession:
             None if types is None else frozenset(types),
             None if models is None else frozenset(models),
         )
+        self._unfiltered = self._filter.is_everything
         if self._conn is not None:
             self._conn.gap_check = False
 
@@ -377,10 +377,8 @@ class ClientSession:
         :class:`Resync` the rest of the frame is dropped.
         """
         conn = self._conn
-        if conn is None or self._state not in (
-            SessionState.AWAITING_INIT,
-            SessionState.STREAMING,
-        ):
+        state = self._state
+        if conn is None or (state is not _STREAMING and state is not _AWAITING_INIT):
             return []
         self.bytes_received += len(frame)
         if self._max_size is not None and len(frame) > self._max_size:
@@ -466,7 +464,7 @@ class ClientSession:
 
     def _handle(
         self, conn: _Connection, message: WebSocketMessage[Any], now: float
-    ) -> Deliver | None:
+    ) -> WebSocketMessage[Any] | None:
         mtype = message.type
         if not message.is_known:
             self.unknown_messages += 1
@@ -480,14 +478,15 @@ class ClientSession:
         elif mtype in STREAM_TYPES:
             if message.sequence is not None and not self._accept(conn, message.sequence):
                 return None
-            if not self._filter.accepts_message(mtype, message.data):
+            # Unfiltered (the usual case): no call on the hot path.
+            if not self._unfiltered and not self._filter.accepts_message(mtype, message.data):
                 return None
         elif mtype is MessageType.PONG:
             self._pong(conn, message, now)
         elif mtype is MessageType.ERROR:
             self._log(_WARNING, "the server reported an error: %s", message.data.message)
         self.message_count += 1
-        return Deliver(message)
+        return message
 
     def _start_epoch(self, conn: _Connection, message: WebSocketMessage[Any]) -> bool:
         metadata = message.metadata or {}
@@ -529,9 +528,10 @@ class ClientSession:
                 return False
             self._log(_WARNING, "sequence gap after %d persists after a resync; accepting it", last)
         result = self.tracker.observe(sequence)
-        if not result.apply:
+        apply = result.apply
+        if not apply:
             self._log(_DEBUG, "dropped %s message %d", result.verdict.value, sequence)
-        return result.apply
+        return apply
 
     def _pong(self, conn: _Connection, message: WebSocketMessage[Any], now: float) -> None:
         sent = conn.pings.popleft() if conn.pings else None
