@@ -79,7 +79,7 @@ class HubCollector(Collector):
         )
         yield CounterMetricFamily(
             "metricstream_send_suspensions",
-            "Sends that found the client's transport paused and went to a writer task",
+            "Flushes that found a client's transport paused or its writer still busy",
             stats.send_suspensions,
         )
         yield CounterMetricFamily(

@@ -26,9 +26,8 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """A uvicorn config tuned for the stream.
 
-    - the sans-I/O ``websockets`` implementation (the one whose ``send``
-      returns without suspending while the transport accepts data, see the
-      hub's module docstring);
+    - the sans-I/O ``websockets`` implementation (the one whose connections
+      the hub can write to directly, see ``_wire.DirectWriter``);
     - uvloop and httptools when installed;
     - permessage-deflate off unless asked for: on small frames it costs more
       CPU and memory than it saves bandwidth;
