@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed-dev
 # change the versions metricstream is tested with.
 FAKEAI_VENV  := .venv-fakeai
 FAKEAI_STAMP := $(FAKEAI_VENV)/.installed
+# The lowest uvicorn pyproject.toml allows, alone in a directory put ahead of
+# the venv's site-packages: the direct-write contract is tested on it too.
+UVICORN_MIN       := .uvicorn-min
+UVICORN_MIN_STAMP := $(UVICORN_MIN)/.installed
 
 HOST ?= 127.0.0.1
 PORT ?= 8765
@@ -39,6 +43,12 @@ $(FAKEAI_STAMP):
 
 fakeai: $(FAKEAI_STAMP)
 
+$(UVICORN_MIN_STAMP): $(STAMP) pyproject.toml
+	rm -rf $(UVICORN_MIN)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(UVICORN_MIN) \
+		"uvicorn==$$($(BIN)/python tests/server/uvicorn_contract.py --lowest)"
+	touch $@
+
 # A demo server with generated traffic, and the terminal dashboard on it (the
 # web dashboard is served too). Without a terminal it prints summary lines.
 demo: $(STAMP)
@@ -51,8 +61,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) $(FAKEAI_STAMP)
+pytest: $(STAMP) $(FAKEAI_STAMP) $(UVICORN_MIN_STAMP)
 	METRICSTREAM_FAKEAI=$(CURDIR)/$(FAKEAI_VENV)/bin/fakeai \
+	METRICSTREAM_UVICORN_MIN=$(CURDIR)/$(UVICORN_MIN) \
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
@@ -63,4 +74,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(FAKEAI_VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf $(VENV) $(FAKEAI_VENV) $(UVICORN_MIN) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -55,32 +55,6 @@ def test_direct_writer_is_not_used_without_uvicorn_behind_receive() -> None:
     assert DirectWriter.detect(object()) is None
 
 
-def test_direct_write_contract_holds_on_the_installed_uvicorn() -> None:
-    # What _wire reads of uvicorn, checked on the version installed; the
-    # pyproject bound names the range it was checked against.
-    import importlib.metadata
-    import inspect
-    import tomllib
-    from pathlib import Path
-
-    from packaging.specifiers import SpecifierSet
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-
-    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
-    deps = [*project["project"]["dependencies"]]
-    for extra in project["project"]["optional-dependencies"].values():
-        deps.extend(extra)
-    specs = {d.removeprefix("uvicorn").split(";")[0] for d in deps if d.startswith("uvicorn")}
-    assert len(specs) == 1, specs
-    bounds = SpecifierSet(specs.pop())
-    assert any(s.operator == "<" for s in bounds), "uvicorn needs an upper bound"
-    assert any(s.operator == ">=" for s in bounds), "uvicorn needs a lower bound"
-    assert importlib.metadata.version("uvicorn") in bounds
-    source = Path(inspect.getfile(WebSocketsSansIOProtocol)).read_text()
-    for name in ("conn", "transport", "writable", "close_sent"):
-        assert f"self.{name} =" in source, name
-
-
 def test_an_unexpected_uvicorn_falls_back_to_asgi_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -15,10 +15,10 @@ uvicorn connection, skipping the per-client ASGI ``send`` call chain; see
 This is the one module that reads uvicorn's internals (the protocol object
 behind ``receive``: its ``conn``, ``transport``, ``writable``,
 ``close_sent``). ``pyproject.toml`` bounds uvicorn to the versions this was
-checked against and ``tests/server/test_wire.py`` checks the contract on the
-installed one. When the internals do not look as expected, the connection
-falls back to ASGI ``send``: logged once per process and counted
-(``metricstream_direct_write_fallbacks``).
+checked against and ``tests/server/test_uvicorn_range.py`` runs a real server
+and client on the lowest and the newest of them. When the internals do not
+look as expected, the connection falls back to ASGI ``send``: logged once per
+process and counted (``metricstream_direct_write_fallbacks``).
 """
 
 from __future__ import annotations
