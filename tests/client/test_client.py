@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 
 from metricstream.client import ConnectionState, WebSocketService
-from metricstream.exceptions import ConnectionRejectedError, QueueFullError
+from metricstream.exceptions import (
+    ConnectionRejectedError,
+    QueueFullError,
+    StreamConnectionError,
+)
 from metricstream.protocol import MessageType, WebSocketMessage, encode, make_message
 
 from ..support import free_port, scaled
@@ -208,7 +212,7 @@ async def test_gives_up_after_max_attempts() -> None:
         on_reconnecting=lambda attempt, _: calls.append(f"retry {attempt}"),
         on_max_reconnect_attempts_reached=lambda: calls.append("gave up"),
     )
-    with pytest.raises(ConnectionError, match="gave up after 3 reconnect attempts"):
+    with pytest.raises(StreamConnectionError, match="gave up after 3 reconnect attempts"):
         await client.run()
     assert calls == ["retry 1", "retry 2", "retry 3", "gave up"]
     assert client.state is ConnectionState.ERROR

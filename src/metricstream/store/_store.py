@@ -217,7 +217,7 @@ class MetricsStore:
     Feed it with :meth:`apply` or bind it to a client (``MetricsStore(service)``)
     and read :attr:`state` or one of the views. Memory is bounded: histories
     hold ``max_recent_requests``/``max_recent_errors`` entries and keyed state
-    at most 1024 keys.
+    at most :data:`~metricstream.protocol.MAX_KEYS` (1024) keys per table.
     """
 
     def __init__(
