@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed-dev
 # change the versions metricstream is tested with.
 FAKEAI_VENV  := .venv-fakeai
 FAKEAI_STAMP := $(FAKEAI_VENV)/.installed
+# The lowest uvicorn pyproject.toml allows, alone in a directory put ahead of
+# the venv's site-packages: the direct-write contract is tested on it too.
+UVICORN_MIN       := .uvicorn-min
+UVICORN_MIN_STAMP := $(UVICORN_MIN)/.installed
 
 HOST ?= 127.0.0.1
 PORT ?= 8765
@@ -56,6 +60,12 @@ $(LITELLM_STAMP):
 
 litellm: $(LITELLM_STAMP)
 
+$(UVICORN_MIN_STAMP): $(STAMP) pyproject.toml
+	rm -rf $(UVICORN_MIN)
+	$(BIN)/python -m pip install --quiet --no-deps --target $(UVICORN_MIN) \
+		"uvicorn==$$($(BIN)/python tests/server/uvicorn_contract.py --lowest)"
+	touch $@
+
 # A demo server with generated traffic, and the terminal dashboard on it (the
 # web dashboard is served too). Without a terminal it prints summary lines.
 demo: $(STAMP)
@@ -68,8 +78,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP) $(FAKEAI_STAMP)
+pytest: $(STAMP) $(FAKEAI_STAMP) $(UVICORN_MIN_STAMP)
 	METRICSTREAM_FAKEAI=$(CURDIR)/$(FAKEAI_VENV)/bin/fakeai \
+	METRICSTREAM_UVICORN_MIN=$(CURDIR)/$(UVICORN_MIN) \
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
@@ -100,4 +111,4 @@ bench: $(STAMP) $(LITELLM_STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(FAKEAI_VENV) $(MIN_VENV) $(LITELLM_VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov
+	rm -rf $(VENV) $(FAKEAI_VENV) $(MIN_VENV) $(LITELLM_VENV) $(UVICORN_MIN) .mypy_cache .pytest_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -7,9 +7,11 @@ fails instead, so CI can never pass by skipping.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ __all__ = [
     "require",
     "require_executable",
     "scaled",
+    "wait_until",
 ]
 
 #: Multiply every test deadline by this (``METRICSTREAM_TEST_TIMEOUT_FACTOR``),
@@ -31,6 +34,20 @@ TIMEOUT_FACTOR = float(os.environ.get("METRICSTREAM_TEST_TIMEOUT_FACTOR", "1"))
 def scaled(seconds: float) -> float:
     """A test deadline, scaled by ``TIMEOUT_FACTOR``."""
     return seconds * TIMEOUT_FACTOR
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
+    """Wait until ``condition()`` holds; fail after ``within`` seconds, scaled.
+
+    Polls, briefly: the conditions are statistics and states that no event
+    announces. Where an event exists, await the event instead.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + scaled(within)
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {scaled(within):g} s waiting for {what or condition}")
+        await asyncio.sleep(0.005)
 
 
 def require(condition: bool, reason: str) -> None:

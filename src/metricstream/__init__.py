@@ -15,11 +15,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import (
+    ClientClosedError,
     ConfigError,
     ConnectionRejectedError,
+    InvalidFilterError,
+    InvalidMetricError,
     MetricStreamError,
     ProtocolError,
+    PublishError,
     QueueFullError,
+    StreamConnectionError,
 )
 from .protocol import (
     Backoff,
@@ -55,7 +60,7 @@ if TYPE_CHECKING:
     )
     from .store import MetricsStore
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Name -> module, for the names imported on first use.
 _LAZY = {
@@ -85,6 +90,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Backoff",
+    "ClientClosedError",
     "ConfigError",
     "ConnectionInfo",
     "ConnectionRejectedError",
@@ -95,6 +101,8 @@ __all__ = [
     "EventHandlers",
     "HeartbeatPayload",
     "InitPayload",
+    "InvalidFilterError",
+    "InvalidMetricError",
     "KVCacheUpdatePayload",
     "MessageType",
     "MetricStreamError",
@@ -103,10 +111,12 @@ __all__ = [
     "ModelUpdatePayload",
     "PongPayload",
     "ProtocolError",
+    "PublishError",
     "QueueFullError",
     "RateLimitUpdatePayload",
     "RequestUpdatePayload",
     "SequenceTracker",
+    "StreamConnectionError",
     "SubscribePayload",
     "Subscription",
     "SystemUpdatePayload",

@@ -41,6 +41,11 @@ _COMMAND_MODULES: tuple[tuple[str, dict[str, str], str | None], ...] = (
         {"proxy": "record the traffic of any OpenAI-compatible server"},
         "proxy",
     ),
+    (
+        "metricstream.protocol.javascript",
+        {"schema-js": "print the protocol's constants as an ES module"},
+        None,
+    ),
 )
 
 

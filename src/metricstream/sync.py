@@ -16,7 +16,6 @@ from .client import (
     ConnectionState,
     EventHandlers,
     Subscription,
-    SyncClient,
     SyncWebSocketService,
     WebSocketConfig,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "ConnectionState",
     "EventHandlers",
     "Subscription",
-    "SyncClient",
     "SyncWebSocketService",
     "WebSocketConfig",
 ]

@@ -15,7 +15,6 @@ import itertools
 import json
 import ssl
 import time
-from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -39,19 +38,9 @@ from metricstream.protocol import (
     now_ms,
 )
 
-from ..support import scaled
+from ..support import wait_until
 
 __all__ = ["StreamServer", "TcpProxy", "metrics", "model", "request", "wait_until"]
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait until ``condition()`` holds; fail after a scaled deadline.
-
-    Polls: the conditions are client statistics that no event announces.
-    """
-    async with asyncio.timeout(scaled(within)):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def metrics(total_requests: int = 1) -> MetricsUpdatePayload:

@@ -8,7 +8,11 @@ from typing import Any
 import pytest
 
 from metricstream.client import ConnectionState, WebSocketService
-from metricstream.exceptions import ConnectionRejectedError, QueueFullError
+from metricstream.exceptions import (
+    ConnectionRejectedError,
+    QueueFullError,
+    StreamConnectionError,
+)
 from metricstream.protocol import MessageType, WebSocketMessage, encode, make_message
 
 from ..support import free_port, scaled
@@ -76,7 +80,7 @@ async def test_callbacks_run_in_order_and_a_failing_one_is_isolated(server: Stre
         sub.unsubscribe()  # harmless twice
         await server.publish(MessageType.REQUEST_UPDATE, request("c"))
         await wait_until(lambda: async_seen == ["a", "b", "c"])
-        assert client.connected
+        assert client.is_connected
     assert seen == ["a", "b"]
 
 
@@ -208,7 +212,7 @@ async def test_gives_up_after_max_attempts() -> None:
         on_reconnecting=lambda attempt, _: calls.append(f"retry {attempt}"),
         on_max_reconnect_attempts_reached=lambda: calls.append("gave up"),
     )
-    with pytest.raises(ConnectionError, match="gave up after 3 reconnect attempts"):
+    with pytest.raises(StreamConnectionError, match="gave up after 3 reconnect attempts"):
         await client.run()
     assert calls == ["retry 1", "retry 2", "retry 3", "gave up"]
     assert client.state is ConnectionState.ERROR
@@ -293,7 +297,7 @@ async def test_invalid_and_unknown_frames_are_skipped(server: StreamServer) -> N
         await server.send_raw("[1, 2")
         await server.publish(MessageType.REQUEST_UPDATE, request("fine"))
         got = [await anext(stream) for _ in range(2)]
-        assert client.connected
+        assert client.is_connected
     assert got[1].data.id == "fine"
     assert client.connection_info().parse_errors == 3
     assert client.connection_info().unknown_messages == 1
@@ -380,9 +384,9 @@ async def test_dead_peer_is_abandoned_and_the_client_resumes(server: StreamServe
             await server.publish(MessageType.REQUEST_UPDATE, request("one"))
             await wait_until(lambda: client.connection_info().last_sequence == 1)
             proxy.freeze()
-            await wait_until(lambda: not client.connected)
+            await wait_until(lambda: not client.is_connected)
             await server.publish(MessageType.REQUEST_UPDATE, request("two"))
-            await wait_until(lambda: client.connected)
+            await wait_until(lambda: client.is_connected)
             ids = []
             async for message in stream:
                 if message.type is MessageType.REQUEST_UPDATE:

@@ -81,7 +81,7 @@ async def test_a_reader_held_up_by_its_consumer_is_not_a_dead_peer(server: Strea
         release.set()
         await wait_until(lambda: client.connection_info().message_count >= 2)
         assert client.connection_info().connections == 1
-        assert client.connected
+        assert client.is_connected
 
 
 @pytest.mark.parametrize(("interval", "silence"), [(1.0, 0.3), (0.3, 1.0)])

@@ -16,7 +16,7 @@ from metricstream.client import (
     WebSocketService,
     create_websocket_service,
 )
-from metricstream.exceptions import ConfigError, ConnectionRejectedError
+from metricstream.exceptions import ClientClosedError, ConfigError, ConnectionRejectedError
 from metricstream.protocol import MessageType, WebSocketMessage, make_message
 
 from ..support import free_port, scaled
@@ -48,7 +48,7 @@ async def _round_trip(server: StreamServer) -> None:
 async def test_async_with_connects_when_auto_connect(server: StreamServer) -> None:
     async with WebSocketService(fast_config(server.url)) as client:
         await wait_until(lambda: client.is_connected)
-        assert client.connected
+        assert client.is_connected
     assert len(server.handshakes) == 1
     assert client.state is S.CLOSED
 
@@ -187,8 +187,11 @@ async def test_disconnect_is_intentional_and_connect_starts_anew(server: StreamS
     assert server.handshakes[-1].get("since") == "1"
     assert client.connection_info().resumed is True
     await client.aclose()
-    with pytest.raises(RuntimeError):
+    # The project's error, and still a RuntimeError for older callers.
+    with pytest.raises(ClientClosedError, match="cannot be connected again"):
         await client.connect()
+    with pytest.raises(RuntimeError):
+        client.connect_nowait()
 
 
 async def test_send_when_connected(server: StreamServer) -> None:

@@ -1,42 +1,8 @@
-"""Close codes, handshake statuses and dial URLs: the client's pure decisions."""
+"""Dial URLs: the parameters a client adds keep the user's own."""
 
 from __future__ import annotations
 
-import pytest
-
-from metricstream.client import Retry, build_url, retry_for_close, retry_for_status
-
-
-@pytest.mark.parametrize(
-    ("code", "retry"),
-    [
-        (None, Retry.BACKOFF),  # died without a closing handshake (1006)
-        (1000, Retry.BACKOFF),  # the server ended the stream; only our own 1000 is final
-        (1001, Retry.BACKOFF),
-        (1008, Retry.FATAL),
-        (1009, Retry.BACKOFF),
-        (1011, Retry.BACKOFF),
-        (4001, Retry.FATAL),
-        (4008, Retry.NOW),
-        (4029, Retry.BACKOFF),
-    ],
-)
-def test_close_code_table(code: int | None, retry: Retry) -> None:
-    assert retry_for_close(code) is retry
-
-
-@pytest.mark.parametrize(
-    ("status", "retry"),
-    [
-        (401, Retry.FATAL),
-        (403, Retry.FATAL),
-        (404, Retry.BACKOFF),
-        (429, Retry.BACKOFF),
-        (503, Retry.BACKOFF),
-    ],
-)
-def test_handshake_status(status: int, retry: Retry) -> None:
-    assert retry_for_status(status) is retry
+from metricstream.client import build_url
 
 
 def test_build_url_sets_replaces_and_keeps_parameters() -> None:

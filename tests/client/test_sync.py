@@ -1,4 +1,4 @@
-"""SyncClient: the asyncio client behind a blocking facade, on its own thread."""
+"""SyncWebSocketService: the asyncio client behind a blocking facade, on its own thread."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from metricstream.client import ConnectionState, SyncClient
+from metricstream.client import ConnectionState
+from metricstream.exceptions import ClientClosedError
 from metricstream.protocol import MessageType, WebSocketMessage, make_message
 from metricstream.sync import EventHandlers, SyncWebSocketService
 
@@ -24,7 +25,7 @@ def test_blocking_use(server_thread: tuple[StreamServer, asyncio.AbstractEventLo
         asyncio.run_coroutine_threadsafe(coroutine, loop).result(scaled(10))
 
     seen: list[Any] = []
-    with SyncClient(fast_config(server.url)) as client:
+    with SyncWebSocketService(fast_config(server.url)) as client:
         client.subscribe(MessageType.REQUEST_UPDATE, lambda data, _: seen.append(data.id))
         messages = client.messages(timeout=scaled(10))
         client.wait_connected(timeout=scaled(10))
@@ -52,7 +53,7 @@ def test_blocking_use(server_thread: tuple[StreamServer, asyncio.AbstractEventLo
 
 
 def test_timeouts_raise_and_iteration_ends_on_close() -> None:
-    client = SyncClient(fast_config(f"ws://127.0.0.1:{free_port()}/metrics/stream"))
+    client = SyncWebSocketService(fast_config(f"ws://127.0.0.1:{free_port()}/metrics/stream"))
     try:
         with pytest.raises(TimeoutError):
             client.wait_connected(timeout=0.05)
@@ -103,6 +104,5 @@ def test_the_sync_module_has_the_async_api_minus_await(
     assert client.state is ConnectionState.CLOSED
     assert changes[-1] == (ConnectionState.CONNECTED, ConnectionState.CLOSED)
     assert list(messages) == []
-    assert SyncClient is SyncWebSocketService
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ClientClosedError):
         client.connect()

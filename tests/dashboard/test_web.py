@@ -35,6 +35,7 @@ from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from metricstream.dashboard.web import CONTENT_SECURITY_POLICY, create_web_router
+from metricstream.protocol import close_action
 
 from ..support import free_port, require_executable, scaled
 
@@ -677,18 +678,12 @@ def test_backoff_and_close_code_table_of_the_js_client(
     expected = [min(1000 * 1.5 ** (n - 1), 30000) for n in (1, 2, 3, 4, 9, 10, 11, 50)]
     assert table["high"] == pytest.approx(expected)
     assert table["low"] == pytest.approx([d / 2 for d in expected])
+    # The page's table is the protocol's (generated into protocol.js).
     assert dict(table["actions"]) == {
-        1000: "backoff",
-        1001: "backoff",
-        1006: "backoff",
-        1008: "fatal",
-        1009: "backoff",
-        1011: "backoff",
-        1012: "backoff",
-        4001: "fatal",
-        4008: "now",
-        4029: "backoff",
+        code: close_action(code).value
+        for code in (1000, 1001, 1006, 1008, 1009, 1011, 1012, 4001, 4008, 4029)
     }
+    assert table["actions"][8] == [4008, "reset_and_retry"]
     assert table["seconds"] == 1234567890000
     assert table["millis"] == 1732780800123
     assert table["negative"] is None

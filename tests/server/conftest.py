@@ -29,7 +29,7 @@ from metricstream.server import (
     create_app,
     uvicorn_config,
 )
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 
 @dataclass
@@ -49,12 +49,8 @@ class Running:
 
 
 async def wait_for(condition: Callable[[], bool], seconds: float = 5.0, what: str = "") -> None:
-    """Wait until ``condition()`` holds, failing after a scaled deadline."""
-    deadline = asyncio.get_running_loop().time() + scaled(seconds)
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.005)
+    """:func:`tests.support.wait_until`, with the argument names older tests use."""
+    await wait_until(condition, within=seconds, what=what)
 
 
 @asynccontextmanager

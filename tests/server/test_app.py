@@ -73,6 +73,8 @@ async def test_prometheus_metrics_count_what_the_server_did() -> None:
     assert after["metricstream_replay_hits_total"] == 1
     assert after['metricstream_connections_rejected_total{reason="token"}'] == 1
     assert after["metricstream_evictions_total"] == 0
+    # uvicorn's internals are as _wire expects: every client written directly.
+    assert after["metricstream_direct_write_fallbacks_total"] == 0
     assert after["metricstream_sequence"] == 5
 
 

@@ -14,8 +14,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from metricstream.exceptions import ConfigError
+from metricstream.exceptions import ConfigError, PublishError
 from metricstream.protocol import (
+    Filter,
     HeartbeatPayload,
     MessageType,
     RateLimitUpdatePayload,
@@ -23,7 +24,8 @@ from metricstream.protocol import (
     make_message,
 )
 from metricstream.server import MemoryReplayLog, MetricsHub, ServerSettings, Subscriber
-from tests.server.conftest import error_event, metrics, model_update, request, wait_for
+from tests.server.conftest import error_event, metrics, model_update, request
+from tests.support import scaled, wait_until
 
 
 class Sink:
@@ -79,7 +81,7 @@ def test_publish_numbers_messages_from_one() -> None:
 @pytest.mark.parametrize("mtype", ["heartbeat", "init", "pong", "subscribe", "bogus"])
 def test_publish_refuses_non_stream_types(mtype: str) -> None:
     hub = MetricsHub()
-    with pytest.raises(ValueError, match="cannot publish"):
+    with pytest.raises(PublishError, match="cannot publish"):
         hub.publish(make_message(mtype, HeartbeatPayload()))
     assert hub.sequence == 0
 
@@ -91,7 +93,7 @@ def test_publish_converts_a_dict_payload_and_rejects_a_bad_one() -> None:
         make_message(MessageType.RATE_LIMIT_UPDATE, {**fields, "percentage_used": 50.0})
     )
     assert isinstance(published.data, RateLimitUpdatePayload)
-    with pytest.raises(ValueError, match="invalid rate_limit_update payload"):
+    with pytest.raises(PublishError, match="invalid rate_limit_update payload"):
         hub.publish(make_message(MessageType.RATE_LIMIT_UPDATE, {**fields, "percentage_used": 500}))
     assert hub.sequence == 1
 
@@ -112,7 +114,7 @@ def test_publish_rejects_a_struct_payload_clients_would_reject(
     hub.publish(metrics(total=1))
     before = hub.snapshot()
     bad = msgspec.structs.replace(metrics(total=2).data, **{field: value})
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(PublishError, match=expected):
         hub.publish(make_message(MessageType.METRICS_UPDATE, bad))
     assert hub.sequence == 1
     assert hub.snapshot() == before
@@ -122,7 +124,7 @@ def test_publish_rejects_a_struct_payload_clients_would_reject(
 def test_publish_rejects_a_message_larger_than_a_clients_buffer() -> None:
     hub = MetricsHub(max_buffer_bytes=4096)
     huge = msgspec.structs.replace(request("r1").data, error_message="x" * 10_000)
-    with pytest.raises(ValueError, match="larger than the per-client buffer"):
+    with pytest.raises(PublishError, match="larger than the per-client buffer"):
         hub.publish(make_message(MessageType.REQUEST_UPDATE, huge))
     assert hub.sequence == 0
     hub.publish(request("r2"))
@@ -183,15 +185,14 @@ def test_invalid_hub_settings_are_rejected(kwargs: dict[str, Any]) -> None:
 # -- subscribers -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("eager", [True, False])
-async def test_init_comes_first_then_every_message_in_order(eager: bool) -> None:
-    hub = MetricsHub(heartbeat_interval=None, eager_send=eager)
+async def test_init_comes_first_then_every_message_in_order() -> None:
+    hub = MetricsHub(heartbeat_interval=None)
     hub.publish(metrics())
     sink = Sink()
     sub = hub.attach(sink.send)
     for i in range(20):
         hub.publish(request(str(i)))
-    await wait_for(lambda: len(sink.frames) == 21)
+    await wait_until(lambda: len(sink.frames) == 21)
     init = json.loads(sink.frames[0])
     assert init["type"] == "init"
     assert init["sequence"] == 1
@@ -216,7 +217,7 @@ async def test_a_held_send_moves_to_a_task_and_keeps_order() -> None:
     hub = MetricsHub(heartbeat_interval=None)
     sink = Sink()
     hub.attach(sink.send)
-    await wait_for(lambda: len(sink.frames) == 1)
+    await wait_until(lambda: len(sink.frames) == 1)
     sink.gate = asyncio.Event()
     for i in range(5):
         hub.publish(request(str(i)))
@@ -224,12 +225,12 @@ async def test_a_held_send_moves_to_a_task_and_keeps_order() -> None:
     assert sink.frames[1:] == []
     hub.publish(request("5"))
     sink.gate.set()
-    await wait_for(lambda: len(sink.frames) == 7)
+    await wait_until(lambda: len(sink.frames) == 7)
     assert sink.sequences() == [1, 2, 3, 4, 5, 6]
     # Writable again: the next message is written without a task.
     sink.gate = None
     hub.publish(request("6"))
-    await wait_for(lambda: len(sink.frames) == 8)
+    await wait_until(lambda: len(sink.frames) == 8)
     assert sink.sequences()[-1] == 7
 
 
@@ -239,7 +240,7 @@ async def test_batch_subscriber_gets_one_array_per_flush() -> None:
     hub.attach(sink.send, batch=True)
     for i in range(10):
         hub.publish(request(str(i)))
-    await wait_for(lambda: len(sink.frames) == 1)
+    await wait_until(lambda: len(sink.frames) == 1)
     frame = json.loads(sink.frames[0])
     assert isinstance(frame, list)
     assert [m["type"] for m in frame] == ["init"] + ["request_update"] * 10
@@ -251,7 +252,7 @@ async def test_stalled_subscriber_is_evicted_at_its_bound_and_others_continue() 
     healthy, stalled = Sink(), Sink()
     hub.attach(healthy.send)
     slow = hub.attach(stalled.send)
-    await wait_for(lambda: len(stalled.frames) == 1)
+    await wait_until(lambda: len(stalled.frames) == 1)
     stalled.gate = asyncio.Event()  # never set: the transport never drains
     published = 0
     while not slow.closed.done():
@@ -263,7 +264,7 @@ async def test_stalled_subscriber_is_evicted_at_its_bound_and_others_continue() 
     assert slow.closed.result() == 4008
     assert hub.stats.evictions == 1
     assert slow.buffered_bytes == 0, "an evicted outbox is released"
-    await wait_for(lambda: len(healthy.frames) == published + 1)
+    await wait_until(lambda: len(healthy.frames) == published + 1)
     assert healthy.sequences() == list(range(1, published + 1))
 
 
@@ -290,7 +291,7 @@ async def test_resume_replays_only_what_was_missed() -> None:
         hub.publish(request(str(i)))
     sink = Sink()
     hub.attach(sink.send, since=7, epoch=hub.epoch)
-    await wait_for(lambda: len(sink.frames) == 4)
+    await wait_until(lambda: len(sink.frames) == 4)
     init = json.loads(sink.frames[0])
     assert init["metadata"]["resumed"] is True
     assert init["sequence"] == 10
@@ -310,7 +311,7 @@ async def test_impossible_resume_gets_a_full_snapshot(since: int, epoch: str | N
         hub.publish(request(str(i)))
     sink = Sink()
     hub.attach(sink.send, since=since, epoch=epoch)
-    await wait_for(lambda: len(sink.frames) == 1)
+    await wait_until(lambda: len(sink.frames) == 1)
     init = json.loads(sink.frames[0])
     assert init["metadata"]["resumed"] is False
     assert len(init["data"]["recent_requests"]) == 10
@@ -323,7 +324,7 @@ async def test_resume_from_before_the_log_gets_a_full_snapshot() -> None:
         hub.publish(request(str(i)))
     sink = Sink()
     hub.attach(sink.send, since=4, epoch=hub.epoch)
-    await wait_for(lambda: len(sink.frames) == 1)
+    await wait_until(lambda: len(sink.frames) == 1)
     assert json.loads(sink.frames[0])["metadata"]["resumed"] is False
 
 
@@ -333,7 +334,7 @@ async def test_replay_larger_than_the_buffer_bound_falls_back_to_a_snapshot() ->
         hub.publish(request(str(i)))
     sink = Sink()
     sub = hub.attach(sink.send, since=0, epoch=hub.epoch)
-    await wait_for(lambda: len(sink.frames) == 1)
+    await wait_until(lambda: len(sink.frames) == 1)
     assert json.loads(sink.frames[0])["metadata"]["resumed"] is False
     # The snapshot itself was larger than the bound and was still delivered.
     assert not sub.closed.done()
@@ -347,11 +348,11 @@ async def test_filters_apply_to_live_messages_and_can_be_replaced() -> None:
     hub.publish(request("ra", model="a"))
     hub.publish(request("rb", model="b"))
     hub.publish(model_update("a"))
-    await wait_for(lambda: len(sink.frames) == 3)
+    await wait_until(lambda: len(sink.frames) == 3)
     assert [m["type"] for m in sink.messages()[1:]] == ["request_update", "model_update"]
-    sub.set_filter(None, None)
+    sub.set_filter(Filter())
     hub.publish(metrics())
-    await wait_for(lambda: len(sink.frames) == 4)
+    await wait_until(lambda: len(sink.frames) == 4)
     assert sink.messages()[-1]["type"] == "metrics_update"
 
 
@@ -360,7 +361,7 @@ async def test_heartbeats_reach_every_subscriber_without_a_sequence() -> None:
     sinks = [Sink(), Sink()]
     for sink in sinks:
         hub.attach(sink.send)
-    await wait_for(lambda: all(len(s.frames) >= 3 for s in sinks))
+    await wait_until(lambda: all(len(s.frames) >= 3 for s in sinks))
     for sink in sinks:
         beat = sink.messages()[1]
         assert beat["type"] == "heartbeat"
@@ -440,7 +441,7 @@ async def test_resume_replays_only_what_the_filter_accepts() -> None:
         types=["request_update", "metrics_update"],
         models=["a"],
     )
-    await wait_for(lambda: len(sink.frames) == 3)
+    await wait_until(lambda: len(sink.frames) == 3)
     assert sink.sequences() == [1, 2]
 
 
@@ -448,7 +449,7 @@ async def test_connection_local_frames_count_against_the_bound_too() -> None:
     hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=1024)
     sink = Sink()
     sub = hub.attach(sink.send)
-    await wait_for(lambda: len(sink.frames) == 1)
+    await wait_until(lambda: len(sink.frames) == 1)
     sink.gate = asyncio.Event()
     beats = 0
     while not sub.closed.done():
@@ -457,3 +458,34 @@ async def test_connection_local_frames_count_against_the_bound_too() -> None:
         await asyncio.sleep(0)
         assert beats < 100, "heartbeats piled up past the bound"
     assert sub.closed.result() == 4008
+
+
+async def test_an_asgi_send_runs_in_a_real_task_and_is_cancelled_like_one() -> None:
+    # A send that needs a task (current_task, a timeout) works, and a
+    # subscriber detached mid-send cancels it: its cleanup runs.
+    hub = MetricsHub(heartbeat_interval=None)
+    tasks: list[asyncio.Task[Any] | None] = []
+    cleaned = asyncio.Event()
+    release = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        tasks.append(asyncio.current_task())
+        async with asyncio.timeout(scaled(30)):
+            try:
+                if len(tasks) > 1:
+                    await release.wait()
+            finally:
+                if len(tasks) > 1:
+                    cleaned.set()
+
+    sub = hub.attach(send)
+    await wait_until(lambda: len(tasks) == 1, what="the init written")
+    hub.publish(metrics())
+    await wait_until(lambda: len(tasks) == 2, what="the send started")
+    assert all(task is not None for task in tasks)
+    hub.publish(metrics())  # the writer is busy: counted, left to it
+    await wait_until(lambda: hub.stats.send_suspensions >= 1, what="the busy writer counted")
+    hub.detach(sub)
+    async with asyncio.timeout(scaled(5)):
+        await cleaned.wait()
+    assert not release.is_set()

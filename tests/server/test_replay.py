@@ -7,7 +7,7 @@ import dataclasses
 import msgspec
 import pytest
 
-from metricstream.exceptions import ConfigError
+from metricstream.exceptions import ConfigError, PublishError
 from metricstream.protocol import encode
 from metricstream.server import EncodedFrame, LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from tests.server.conftest import request
@@ -113,5 +113,5 @@ def test_entry_keeps_the_frame_type_and_model_not_the_message() -> None:
 
 
 def test_entry_of_a_message_without_sequence_is_refused() -> None:
-    with pytest.raises(ValueError, match="sequence"):
+    with pytest.raises(PublishError, match="sequence"):
         LogEntry.of(request("r"), EncodedFrame(encode(request("r"))))

@@ -53,3 +53,30 @@ async def _receive() -> dict[str, str]:
 def test_direct_writer_is_not_used_without_uvicorn_behind_receive() -> None:
     assert DirectWriter.detect(_receive) is None
     assert DirectWriter.detect(object()) is None
+
+
+def test_an_unexpected_uvicorn_falls_back_to_asgi_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import types
+
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    from metricstream.server import _wire
+
+    # A protocol object without the attributes the direct path reads, as a
+    # uvicorn that renamed them would hand over.
+    owner = object.__new__(WebSocketsSansIOProtocol)
+    receive = types.MethodType(lambda self: None, owner)
+    _wire._fallback_logged = False
+    with caplog.at_level("WARNING", logger="metricstream.server"):
+        first = DirectWriter.check(receive)
+        second = DirectWriter.check(receive)
+    assert first[0] is None
+    assert second[0] is None
+    assert first[1] is not None
+    assert "expected attributes" in first[1]
+    warnings = [r for r in caplog.records if "through ASGI" in r.getMessage()]
+    assert len(warnings) == 1
+    # Not uvicorn at all: no writer and no fallback to report.
+    assert DirectWriter.check(types.MethodType(lambda self: None, object())) == (None, None)

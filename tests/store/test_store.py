@@ -10,6 +10,7 @@ import pytest
 from msgspec.structs import replace
 
 from metricstream.protocol import (
+    MAX_KEYS,
     ErrorUpdatePayload,
     InitPayload,
     MessageType,
@@ -190,7 +191,7 @@ def test_keyed_state_is_bounded() -> None:
     for i in range(1100):
         store.apply(msg(MessageType.MODEL_UPDATE, replace(MODEL, model=f"m{i}")))
     models = store.state.models
-    assert len(models) == 1024
+    assert len(models) == MAX_KEYS == 1024
     assert "m1099" in models
     assert "m0" not in models
 
@@ -318,3 +319,18 @@ def test_hook_views() -> None:
     assert stats.recent_error_count == 4
     store.clear_history()
     assert store.aggregate_stats().recent_request_count == 0
+
+
+def test_invalid_sizes_and_intervals_raise_the_projects_config_error() -> None:
+    from metricstream.exceptions import ConfigError
+    from metricstream.store import StateReducer
+
+    store = MetricsStore()
+    with pytest.raises(ConfigError, match="interval must be positive"):
+        store.watch(lambda state: state.metrics, lambda value: None, interval=0)
+    with pytest.raises(ConfigError, match="max_size"):
+        store.request_history(max_size=0)
+    with pytest.raises(ConfigError, match="max_size"):
+        store.error_monitor(max_size=0)
+    with pytest.raises(ConfigError, match="history sizes"):
+        StateReducer(max_recent_requests=0)

@@ -19,36 +19,26 @@ from ._client import (
 from ._config import Dialect, OverflowPolicy, WebSocketConfig
 from ._fakeai import FakeAIAdapter
 from ._handlers import EventHandlers
-from ._policy import Retry, build_url, retry_for_close, retry_for_status
+from ._policy import build_url
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
-from ._sync import SyncClient, SyncWebSocketService
-
-#: Earlier names of :class:`WebSocketConfig` and :class:`WebSocketService`.
-ClientConfig = WebSocketConfig
-MetricStreamClient = WebSocketService
+from ._sync import SyncWebSocketService
 
 __all__ = [
     "ALL_TYPES",
     "STATE_CHANGES",
     "Callback",
-    "ClientConfig",
     "ConnectionInfo",
     "ConnectionState",
     "Dialect",
     "EventHandlers",
     "FakeAIAdapter",
     "MessageStream",
-    "MetricStreamClient",
     "OverflowPolicy",
-    "Retry",
     "Subscription",
-    "SyncClient",
     "SyncWebSocketService",
     "WebSocketConfig",
     "WebSocketService",
     "build_url",
     "create_websocket_service",
-    "retry_for_close",
-    "retry_for_status",
 ]

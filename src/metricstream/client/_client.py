@@ -1,11 +1,11 @@
-"""The asyncio client: a thin driver around the pure protocol core.
+"""The asyncio client: a thin adapter over the sans-I/O protocol session.
 
-One background task owns the connection loop (connect, read, reconnect); one
-more per connection sends heartbeats and watches for silence. Everything the
-protocol decides — decoding, sequence verdicts, backoff delays, what a close
-code means — is delegated to pure code (:mod:`metricstream.protocol`,
-``_policy``, ``_fakeai``); this module only feeds it frames and acts on the
-answers.
+Every rule of the protocol — the dialect of a connection, decoding, ``init``
+and epochs, sequence verdicts and the gap resync, the filter, keepalive
+timing, what a close code means and how long to back off — is decided by
+:class:`~metricstream.protocol.session.ClientSession`. This module owns what
+a session cannot: the socket (``websockets``), the tasks and timers, the
+callbacks, iterators and handlers, and the offline send queue.
 """
 
 from __future__ import annotations
@@ -13,40 +13,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
-import itertools
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Self
 
-import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
 
-from .. import __version__
-from ..exceptions import ConfigError, ConnectionRejectedError, ProtocolError, QueueFullError
+from .._version import __version__
+from ..exceptions import (
+    ClientClosedError,
+    ConfigError,
+    ConnectionRejectedError,
+    MetricStreamError,
+    QueueFullError,
+    StreamConnectionError,
+)
 from ..protocol import (
-    STREAM_TYPES,
-    HeartbeatPayload,
+    ClientSession,
+    CloseAction,
+    Decision,
     MessageType,
-    SequenceTracker,
+    Opened,
+    Resync,
+    SessionState,
     SubscribePayload,
     WebSocketMessage,
-    decode,
-    decode_frame,
     encode,
+    handshake_action,
     make_message,
-    now_ms,
 )
 from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names, redact_url
+from ._dispatch import Dispatcher
 from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
 from ._handlers import EventHandlers
-from ._policy import Retry, build_url, retry_for_close, retry_for_status
+from ._policy import build_url
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
+from ._subscription import ALL_TYPES, STATE_CHANGES, Callback, Subscription
 
 __all__ = [
     "ALL_TYPES",
@@ -59,113 +65,26 @@ __all__ = [
 
 logger = logging.getLogger("metricstream.client")
 
-#: A message callback, called as ``callback(data, message)`` (the seed's
-#: signature): a plain function, or a coroutine function that the reader awaits
-#: before it reads on, so every callback sees messages strictly in order.
-Callback = Callable[[Any, WebSocketMessage[Any]], object]
-
-#: The message type that :meth:`WebSocketService.subscribe` takes for "every type".
-ALL_TYPES: Final = "*"
-
-#: The ``type`` of a :class:`Subscription` made by :meth:`WebSocketService.watch_state`.
-STATE_CHANGES: Final = "state"
-
-# How much of a raw frame a debug log shows.
-_RAW_LOG_LIMIT: Final = 2048
-
 # A frame above max_message_size is read and skipped, up to this many times
 # the limit; beyond it the connection is failed (1009) so that no single frame
 # can make the client buffer without bound.
 _OVERSIZE_CEILING: Final = 4
 
-# Model-scoped message types: the ``models`` filter applies to them.
-_MODEL_SCOPED: Final = frozenset(
-    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
-)
-_raw_list_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
+class _FakeAI:
+    """The FakeAI dialect, as the session adapts it."""
 
-class Subscription:
-    """A registered callback; :meth:`unsubscribe` (or leaving a ``with``) removes it.
+    name = Dialect.FAKEAI.value
+    ping = FAKEAI_PING
 
-    ``id`` is unique within its service (:meth:`WebSocketService.unsubscribe`
-    takes it); ``type`` is the message type subscribed to (``"*"`` for every
-    type, ``"state"`` for a :meth:`WebSocketService.watch_state` callback).
-    """
+    def __init__(self) -> None:
+        self._adapter = FakeAIAdapter()
 
-    __slots__ = ("_callback", "_callbacks", "_registry", "id", "type")
+    def recognises(self, frame: bytes) -> bool:
+        return is_fakeai_greeting(frame)
 
-    def __init__(
-        self,
-        callbacks: list[Any],
-        callback: object,
-        *,
-        id: int,
-        type: str,
-        registry: dict[int, Subscription],
-    ) -> None:
-        self._callbacks = callbacks
-        self._callback = callback
-        self._registry = registry
-        self.id: Final = id
-        self.type: Final = type
-        registry[id] = self
-
-    @property
-    def active(self) -> bool:
-        """Whether the callback is still registered."""
-        return self._registry.get(self.id) is self
-
-    def unsubscribe(self) -> None:
-        """Stop calling the callback; calling this twice is harmless."""
-        self._cancel()
-
-    def _cancel(self) -> bool:
-        if self._registry.get(self.id) is not self:
-            return False
-        del self._registry[self.id]
-        with contextlib.suppress(ValueError):
-            self._callbacks.remove(self._callback)
-        return True
-
-    def __repr__(self) -> str:
-        state = "active" if self.active else "inactive"
-        return f"<Subscription id={self.id} type={self.type!r} {state}>"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.unsubscribe()
-
-
-class _Connection:
-    """What the driver knows about one open WebSocket."""
-
-    __slots__ = (
-        "busy",
-        "connected",
-        "dialect",
-        "end_reason",
-        "gap_check",
-        "keepalive",
-        "pings",
-        "resync",
-        "ws",
-    )
-
-    def __init__(self, ws: ClientConnection, dialect: Dialect | None) -> None:
-        self.ws = ws
-        self.dialect = dialect  # None until the first frame decides (auto)
-        self.connected = False
-        # Set while the reader waits on a handler or a consumer: silence then
-        # is ours, not the peer's, and must not count against it.
-        self.busy = False
-        self.gap_check = False
-        self.resync = False
-        self.end_reason: str | None = None
-        self.pings: deque[float] = deque(maxlen=32)
-        self.keepalive: asyncio.Task[None] | None = None
+    def adapt(self, frame: bytes) -> list[WebSocketMessage[Any]]:
+        return self._adapter.adapt(frame)
 
 
 class WebSocketService:
@@ -203,32 +122,38 @@ class WebSocketService:
         )
         if handlers is not None and not isinstance(handlers, EventHandlers):
             raise ConfigError(f"handlers must be an EventHandlers, got {handlers!r}")
-        self._handlers = handlers if handlers is not None else EventHandlers()
+        handlers = handlers if handlers is not None else EventHandlers()
         if handler_kwargs:
             try:
-                self._handlers = dataclasses.replace(self._handlers, **handler_kwargs)
+                handlers = dataclasses.replace(handlers, **handler_kwargs)
             except TypeError as exc:
                 raise ConfigError(f"unknown handler: {exc}") from None
-        self._state_watchers: list[Callable[[ConnectionState, ConnectionState], object]] = []
-        self._subscriptions: dict[int, Subscription] = {}
-        self._ids = itertools.count(1)
-        # Tasks of coroutine handlers: kept referenced until done (asyncio
-        # holds tasks only weakly), awaited by aclose().
-        self._handler_tasks: set[asyncio.Future[Any]] = set()
+        self._out = Dispatcher(handlers)
 
-        self._types = self._config.types
-        self._models = self._config.models
-        self._backoff = self._config.make_backoff()
-        self._tracker = SequenceTracker()
-        self._adapter = FakeAIAdapter()
-        self._callbacks: dict[str, list[Callback]] = {}
-        self._streams: weakref.WeakSet[MessageStream] = weakref.WeakSet()
+        config = self._config
+        self._session = ClientSession(
+            backoff=config.make_backoff(),
+            resume=config.resume,
+            reconnect=config.reconnect,
+            batch=config.batch,
+            token=config.token if config.token_in_query else None,
+            types=config.types,
+            models=config.models,
+            dialect=config.dialect.value,
+            foreign=_FakeAI(),
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+            max_message_size=config.max_message_size,
+            debug=config.debug,
+            log=logger.log,
+        )
         self._outbox: deque[bytes] = deque()
         self._ack_waiters: list[asyncio.Future[SubscribePayload | None]] = []
 
         self._state = ConnectionState.DISCONNECTED
         self._task: asyncio.Task[None] | None = None
-        self._conn: _Connection | None = None
+        self._ws: ClientConnection | None = None  # while a connection is open
+        self._keepalive: asyncio.Task[None] | None = None
         self._closing = False  # close() or aclose() was called: final
         self._released = False  # aclose() finished
         self._stopped = False  # the connection loop ended, for whatever reason
@@ -237,27 +162,12 @@ class WebSocketService:
         self._generation = 0
         self._fatal: BaseException | None = None
         self._connected_event: asyncio.Event | None = None
-        # The sequence a gap was last seen after: a second gap at the same
-        # place right after a resync means the server cannot fill it.
-        self._gap_resync_from: int | None = None
-        self._immediate_retry_used = False
         # Set by reconnect(): cut the current backoff wait short.
         self._wake = asyncio.Event()
-
         self._connected_at: float | None = None
         self._disconnected_at: float | None = None
-        self._last_error: str | None = None
-        self._latency: float | None = None
-        self._dialect: Dialect | None = None
-        self._message_count = 0
-        self._bytes_received = 0
         self._bytes_sent = 0
-        self._connections = 0
-        self._resumes = 0
-        self._parse_errors = 0
-        self._unknown_messages = 0
         self._dropped = 0
-        self._resumed = False
 
     # ------------------------------------------------------------------ public
 
@@ -277,55 +187,52 @@ class WebSocketService:
         return self._state is ConnectionState.CONNECTED
 
     @property
-    def connected(self) -> bool:
-        """Whether the client is CONNECTED (same as :attr:`is_connected`)."""
-        return self._state is ConnectionState.CONNECTED
-
-    @property
     def handlers(self) -> EventHandlers:
         """The lifecycle handlers (fields may be replaced at any time)."""
-        return self._handlers
+        return self._out.handlers
 
     @property
     def latency(self) -> float | None:
         """The last heartbeat round trip, in seconds."""
-        return self._latency
+        return self._session.latency
 
     @property
     def filter(self) -> SubscribePayload:
         """The current subscription filter (``None`` fields: everything)."""
+        types, models = self._session.types, self._session.models
         return SubscribePayload(
-            types=list(self._types) if self._types is not None else None,
-            models=list(self._models) if self._models is not None else None,
+            types=list(types) if types is not None else None,
+            models=list(models) if models is not None else None,
         )
 
     def connection_info(self) -> ConnectionInfo:
         """A snapshot of the connection statistics (the seed's ``getConnectionInfo``)."""
-        tracker = self._tracker
+        session = self._session
+        tracker = session.tracker
         return ConnectionInfo(
             state=self._state,
             connected_at=self._connected_at,
             disconnected_at=self._disconnected_at,
-            reconnect_attempts=self._backoff.attempt,
-            last_error=self._last_error,
-            latency=self._latency,
-            message_count=self._message_count,
-            bytes_received=self._bytes_received,
+            reconnect_attempts=session.backoff.attempt,
+            last_error=session.last_error,
+            latency=session.latency,
+            message_count=session.message_count,
+            bytes_received=session.bytes_received,
             bytes_sent=self._bytes_sent,
             epoch=tracker.epoch,
             last_sequence=tracker.last_sequence,
             duplicates=tracker.duplicates,
             out_of_order=tracker.out_of_order,
             gaps=tracker.gaps,
-            parse_errors=self._parse_errors,
+            parse_errors=session.parse_errors,
             queued=len(self._outbox),
             dropped=self._dropped,
-            resumed=self._resumed,
-            dialect=self._dialect.value if self._dialect is not None else None,
-            connections=self._connections,
-            resumes=self._resumes,
+            resumed=session.resumed,
+            dialect=session.dialect,
+            connections=session.connections,
+            resumes=session.resumes,
             missed=tracker.missed,
-            unknown_messages=self._unknown_messages,
+            unknown_messages=session.unknown_messages,
         )
 
     def subscribe(self, message_type: MessageType | str, callback: Callback) -> Subscription:
@@ -338,22 +245,11 @@ class WebSocketService:
         does not stop the others. Subscriptions outlive reconnects and
         :meth:`disconnect`; :meth:`aclose` clears them.
         """
-        callbacks = self._callbacks.setdefault(str(message_type), [])
-        callbacks.append(callback)
-        return Subscription(
-            callbacks,
-            callback,
-            id=next(self._ids),
-            type=str(message_type),
-            registry=self._subscriptions,
-        )
+        return self._out.subscribe(message_type, callback)
 
     def unsubscribe(self, subscription_id: int | Subscription) -> bool:
         """Remove the subscription with this id; returns whether it existed."""
-        if isinstance(subscription_id, Subscription):
-            subscription_id = subscription_id.id
-        subscription = self._subscriptions.get(subscription_id)
-        return subscription is not None and subscription._cancel()
+        return self._out.unsubscribe(subscription_id)
 
     def watch_state(
         self, callback: Callable[[ConnectionState, ConnectionState], object]
@@ -363,14 +259,7 @@ class WebSocketService:
         Unlike ``EventHandlers.on_state_change`` (one handler, set at
         construction) any number of watchers may come and go.
         """
-        self._state_watchers.append(callback)
-        return Subscription(
-            self._state_watchers,
-            callback,
-            id=next(self._ids),
-            type=STATE_CHANGES,
-            registry=self._subscriptions,
-        )
+        return self._out.watch_state(callback)
 
     def messages(
         self, types: Iterable[MessageType | str] | None = None, *, maxsize: int | None = None
@@ -385,16 +274,7 @@ class WebSocketService:
         :meth:`aclose` / :meth:`close` or when the client stopped for good.
         """
         size = self._config.message_queue_size if maxsize is None else maxsize
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ConfigError(f"maxsize must be a positive integer, got {size!r}")
-        if isinstance(types, str):
-            types = (types,)
-        wanted = frozenset(str(t) for t in types) if types is not None else None
-        stream = MessageStream(size, wanted)
-        if self._stopped:
-            stream.close()
-        self._streams.add(stream)
-        return stream
+        return self._out.stream(types, size, ended=self._stopped)
 
     async def connect(self) -> None:
         """Start connecting, and keep the connection up, in the background.
@@ -404,20 +284,26 @@ class WebSocketService:
         ``on_error`` and the reconnect policy (use :meth:`wait_connected` to
         wait). After :meth:`disconnect`, or after the client gave up (state
         ERROR), it starts anew with a fresh backoff. Raises
-        :class:`RuntimeError` after :meth:`aclose` / :meth:`close`.
+        :class:`~metricstream.exceptions.ClientClosedError` after
+        :meth:`aclose` / :meth:`close`.
+        """
+        self.connect_nowait()
+
+    def connect_nowait(self) -> None:
+        """:meth:`connect` for synchronous code running on the event loop.
+
+        Raises :class:`~metricstream.exceptions.ClientClosedError` after
+        :meth:`aclose` / :meth:`close`, and :class:`RuntimeError` when no
+        event loop runs in this thread.
         """
         if self._closing:
-            raise RuntimeError("a closed client cannot be connected again")
+            raise ClientClosedError("a closed client cannot be connected again")
         task = self._task
         if task is not None and not task.done():
             return
-        self._begin()
-
-    def _begin(self) -> None:
         self._stopped = False
         self._fatal = None
-        self._backoff.reset()
-        self._immediate_retry_used = False
+        self._session.start()
         self._wake.clear()
         self._connected_event = asyncio.Event()
         if self._config.debug:
@@ -439,13 +325,14 @@ class WebSocketService:
         """Wait until CONNECTED (bound it with ``asyncio.timeout``).
 
         Raises :class:`~metricstream.exceptions.ConnectionRejectedError` if the
-        server rejected the client for good and :class:`ConnectionError` if the
-        client stopped (closed, or out of attempts) first.
+        server rejected the client for good and
+        :class:`~metricstream.exceptions.StreamConnectionError` if the client
+        stopped (closed, or out of attempts) first.
         """
         await self.start()
         task = self._task
         assert task is not None
-        while not self.connected:
+        while not self.is_connected:
             if task.done():
                 self._raise_stopped()
             event = self._connected_event
@@ -461,8 +348,9 @@ class WebSocketService:
 
         Returns after :meth:`disconnect`, :meth:`aclose` or :meth:`close`;
         raises :class:`~metricstream.exceptions.ConnectionRejectedError` when
-        the server rejected the client and :class:`ConnectionError` when the
-        reconnect attempts ran out.
+        the server rejected the client and
+        :class:`~metricstream.exceptions.StreamConnectionError` when the reconnect
+        attempts ran out.
         """
         await self.start()
         generation = self._generation
@@ -510,25 +398,15 @@ class WebSocketService:
         if self._released:
             return
         self._released = True
-        pending = {t for t in self._handler_tasks if t is not asyncio.current_task()}
-        if pending:
-            _, late = await asyncio.wait(pending, timeout=self._config.close_timeout)
-            for task in late:
-                task.cancel()
-        for callbacks in self._callbacks.values():
-            callbacks.clear()
-        self._callbacks.clear()
-        self._state_watchers.clear()
-        self._subscriptions.clear()
-        self._streams.clear()
+        await self._out.release(self._config.close_timeout)
         self._outbox.clear()
 
     async def _stop_loop(self, reason: str) -> None:
-        conn = self._conn
-        if conn is not None:
-            conn.end_reason = reason
+        ws = self._ws
+        self._session.stop(reason)
+        if ws is not None:
             with contextlib.suppress(Exception):
-                await conn.ws.close(1000, "client closing")
+                await ws.close(1000, "client closing")
         task = self._task
         if task is asyncio.current_task():
             # Called from a callback, on the reader itself: the loop sees the
@@ -537,7 +415,7 @@ class WebSocketService:
         if task is not None and not task.done():
             # Let the loop see the close and report the disconnect; a loop
             # that is sleeping or dialling is simply cancelled.
-            await asyncio.wait({task}, timeout=self._config.close_timeout if conn else 0)
+            await asyncio.wait({task}, timeout=self._config.close_timeout if ws else 0)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -545,11 +423,11 @@ class WebSocketService:
     async def reconnect(self) -> None:
         """Reconnect now: cut a backoff wait short, or drop the connection and resume."""
         self._wake.set()
-        conn = self._conn
-        if conn is not None and conn.end_reason is None:
-            conn.end_reason = "reconnect requested"
+        ws = self._ws
+        if ws is not None:
+            self._session.abandon("reconnect requested")
             with contextlib.suppress(Exception):
-                await conn.ws.close(1000, "reconnecting")
+                await ws.close(1000, "reconnecting")
 
     async def __aenter__(self) -> Self:
         """Connect (when ``config.auto_connect``) and return the client."""
@@ -570,10 +448,10 @@ class WebSocketService:
         :class:`~metricstream.exceptions.QueueFullError`.
         """
         frame = encode(message)
-        conn = self._conn
-        if conn is not None and conn.connected:
+        ws = self._ws
+        if ws is not None and self._up:
             try:
-                await self._send_frame(conn, frame)
+                await self._send_frame(ws, frame)
             except ConnectionClosed:
                 pass  # Lost meanwhile: queue it for the next connection.
             else:
@@ -599,27 +477,24 @@ class WebSocketService:
         # leave a new ``types`` behind. ``_names`` also refuses a lone string.
         new_types = _names("types", types)
         new_models = _names("models", models)
-        self._types, self._models = new_types, new_models
-        conn = self._conn
-        if conn is None or not conn.connected:
+        self._session.set_filter(new_types, new_models)
+        ws = self._ws
+        if ws is None or not self._up:
             return None
-        # A filtered stream has gaps by design, and a widened one starts with
-        # one: neither may trigger a resync on this connection.
-        conn.gap_check = False
-        if conn.dialect is Dialect.FAKEAI:
-            for frame in self._adapter.subscribe_frames(self._models):
-                await self._send_frame(conn, frame)
+        if self._session.dialect == Dialect.FAKEAI:
+            for frame in FakeAIAdapter.subscribe_frames(new_models):
+                await self._send_frame(ws, frame)
             return None
         message: WebSocketMessage[Any] = (
             make_message(MessageType.UNSUBSCRIBE, None)
-            if self._types is None and self._models is None
+            if new_types is None and new_models is None
             else make_message(MessageType.SUBSCRIBE, self.filter)
         )
         waiter: asyncio.Future[SubscribePayload | None]
         waiter = asyncio.get_running_loop().create_future()
         self._ack_waiters.append(waiter)
         try:
-            await self._send_frame(conn, encode(message))
+            await self._send_frame(ws, encode(message))
             async with asyncio.timeout(self._config.heartbeat_timeout):
                 return await waiter
         except (ConnectionClosed, TimeoutError):
@@ -635,38 +510,31 @@ class WebSocketService:
 
     # ------------------------------------------------------- connection loop
 
+    @property
+    def _up(self) -> bool:
+        # The open connection proved itself (its first message arrived).
+        return self._session.state in (SessionState.STREAMING, SessionState.RESYNCING)
+
     async def _run(self, generation: int) -> None:
+        session = self._session
         try:
             while not self._stop_requested(generation):
-                retry = await self._connect_once()
+                decision = await self._connect_once()
                 if self._stop_requested(generation):
                     break
-                if retry is Retry.FATAL or not self._config.reconnect:
-                    self._finish(
-                        ConnectionState.ERROR if retry is Retry.FATAL else ConnectionState.CLOSED
-                    )
-                    return
-                delay: float | None
-                if retry is Retry.NOW and not self._immediate_retry_used:
-                    # At once, but only once in a row: a server that keeps
-                    # closing us at once gets the backoff like anyone else.
-                    self._immediate_retry_used = True
-                    delay = 0.0
-                else:
-                    delay = self._backoff.next_delay()
+                delay = decision.delay
                 if delay is None:
-                    self._last_error = (
-                        f"gave up after {self._backoff.attempt} reconnect attempts"
-                        + (f" ({self._last_error})" if self._last_error else "")
-                    )
-                    logger.error("%s", self._last_error)
-                    self._call(self._handlers.on_max_reconnect_attempts_reached)
-                    self._finish(ConnectionState.ERROR)
+                    if decision.gave_up:
+                        logger.error("%s", session.last_error)
+                        self._out.call(self.handlers.on_max_reconnect_attempts_reached)
+                    failed = decision.state is SessionState.FAILED
+                    self._finish(ConnectionState.ERROR if failed else ConnectionState.CLOSED)
                     return
                 self._set_state(ConnectionState.RECONNECTING)
+                attempt = session.backoff.attempt
                 if self._config.debug:
-                    logger.debug("reconnect attempt %d in %.3f s", self._backoff.attempt, delay)
-                self._call(self._handlers.on_reconnecting, self._backoff.attempt, delay)
+                    logger.debug("reconnect attempt %d in %.3f s", attempt, delay)
+                self._out.call(self.handlers.on_reconnecting, attempt, delay)
                 if not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
@@ -675,27 +543,11 @@ class WebSocketService:
         finally:
             self._release_waiters()
 
-    def _url(self) -> str:
-        params: dict[str, str | None] = {
-            "types": ",".join(self._types) if self._types is not None else None,
-            "models": ",".join(self._models) if self._models is not None else None,
-            "batch": "1" if self._config.batch else None,
-            "token": self._config.token if self._config.token_in_query else None,
-        }
-        tracker = self._tracker
-        if (
-            self._config.resume
-            and tracker.last_sequence is not None
-            and self._dialect is not Dialect.FAKEAI
-        ):
-            params["since"] = str(tracker.last_sequence)
-            params["epoch"] = tracker.epoch
-        return build_url(self._config.url, params)
-
-    async def _connect_once(self) -> Retry:
+    async def _connect_once(self) -> Decision:
         config = self._config
         if self._state is not ConnectionState.RECONNECTING:
             self._set_state(ConnectionState.CONNECTING)
+        url = build_url(config.url, self._session.connect())
         headers = dict(config.headers or {})
         if config.token is not None and not config.token_in_query:
             headers["Authorization"] = f"Bearer {config.token}"
@@ -706,7 +558,7 @@ class WebSocketService:
             extra["subprotocols"] = list(config.protocols)
         try:
             ws = await connect(
-                self._url(),
+                url,
                 additional_headers=headers,
                 **extra,
                 open_timeout=config.open_timeout,
@@ -723,32 +575,33 @@ class WebSocketService:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            retry = retry_for_status(status)
-            message = f"handshake rejected with HTTP {status}"
-            self._error(ConnectionRejectedError(message, code=status), fatal=retry is Retry.FATAL)
-            return retry
-        except InvalidURI as exc:
-            self._error(ConfigError(f"invalid url: {exc}"), fatal=True)
-            return Retry.FATAL
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            self._error(
-                ConnectionError(
-                    f"cannot connect to {redact_url(config.url)}: {str(exc) or type(exc).__name__}"
-                )
+            rejected = ConnectionRejectedError(
+                f"handshake rejected with HTTP {status}", code=status
             )
-            return Retry.BACKOFF
+            return self._failed(rejected, handshake_action(status))
+        except InvalidURI as exc:
+            return self._failed(ConfigError(f"invalid url: {exc}"), CloseAction.FATAL)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            reason = str(exc) or type(exc).__name__
+            error = StreamConnectionError(f"cannot connect to {redact_url(config.url)}: {reason}")
+            return self._failed(error, CloseAction.RETRY)
         if config.debug:
             logger.debug("handshake done (subprotocol %s)", ws.subprotocol)
         return await self._serve(ws)
 
-    async def _serve(self, ws: ClientConnection) -> Retry:
-        dialect = None if self._config.dialect is Dialect.AUTO else self._config.dialect
-        conn = _Connection(ws, dialect)
-        self._conn = conn
+    def _failed(self, error: MetricStreamError, action: CloseAction) -> Decision:
+        decision = self._session.connect_failed(error, action)
+        self._error(error, fatal=action is CloseAction.FATAL)
+        return decision
+
+    async def _serve(self, ws: ClientConnection) -> Decision:
+        session = self._session
+        session.opened()
+        self._ws = ws
         code: int | None = None
         reason = ""
         try:
-            await self._read(conn)
+            await self._read(ws)
         except ConnectionClosed as exc:
             # The server's close frame if it sent one; else ours, when the
             # client failed the connection itself (1009: frame too big).
@@ -756,283 +609,121 @@ class WebSocketService:
             if frame is not None:
                 code, reason = frame.code, frame.reason
             if exc.rcvd is None and exc.sent is not None and exc.sent.code == 1009:
-                self._parse_errors += 1
+                session.parse_errors += 1
                 logger.warning(
                     "a frame exceeded %d times max_message_size; reconnecting", _OVERSIZE_CEILING
                 )
         finally:
-            if self._conn is conn:
-                self._conn = None
-            if (keepalive := conn.keepalive) is not None:
+            if self._ws is ws:
+                self._ws = None
+            if (keepalive := self._keepalive) is not None:
+                self._keepalive = None
                 keepalive.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keepalive
             ws.transport.abort()  # no-op when closed; frees a dead socket at once
             self._release_waiters()
-        return self._after_close(conn, code, reason)
-
-    def _after_close(self, conn: _Connection, code: int | None, reason: str) -> Retry:
-        if conn.resync:
-            retry = Retry.NOW
-            why = conn.end_reason or "resync"
-        elif conn.end_reason is not None:
-            retry = Retry.BACKOFF
-            why = conn.end_reason
-        else:
-            retry = retry_for_close(code)
-            why = (
-                f"closed with code {code}" + (f" ({reason})" if reason else "")
-                if code is not None
-                else "connection lost"
-            )
-        if conn.connected:
+        decision = session.closed(code, reason)
+        if decision.was_open:
             self._disconnected_at = time.time()
-            self._call(self._handlers.on_disconnect, why)
-        if self._closing or conn.end_reason == "disconnected by the client":
-            return Retry.BACKOFF
-        if retry is Retry.FATAL:
-            assert code is not None
-            self._error(
-                ConnectionRejectedError(f"server rejected the client: {why}", code=code), fatal=True
-            )
-        else:
-            self._last_error = why
-            logger.info("disconnected: %s", why)
-        return retry
+            self._out.call(self.handlers.on_disconnect, decision.reason)
+        if decision.error is not None:
+            self._error(decision.error, fatal=True)
+        elif decision.action is not None:
+            logger.info("disconnected: %s", decision.reason)
+        return decision
 
-    async def _read(self, conn: _Connection) -> None:
-        """Read and handle frames until the connection ends.
-
-        Returns after a resync was requested; otherwise ends by raising
-        ``ConnectionClosed``.
-        """
-        ws = conn.ws
+    async def _read(self, ws: ClientConnection) -> None:
+        """Read frames and act on the session's events until the connection
+        ends (``ConnectionClosed``) or a resync was asked for (returns)."""
+        session = self._session
+        out = self._out
+        busy = self._busy
+        loop = asyncio.get_running_loop()
+        awaiting = SessionState.AWAITING_INIT
         while True:
-            if conn.connected:
-                frame = await ws.recv(decode=False)
-            else:
-                # Until a first valid message makes the connection CONNECTED
-                # (and starts the keepalive), each frame must come within the
+            if session.state is awaiting:
+                # Until a first valid message proves the connection (and
+                # starts the keepalive), each frame must come within the
                 # heartbeat timeout.
                 try:
                     async with asyncio.timeout(self._config.heartbeat_timeout):
                         frame = await ws.recv(decode=False)
                 except TimeoutError:
-                    conn.end_reason = "no first message within the heartbeat timeout"
+                    session.abandon("no first message within the heartbeat timeout")
                     ws.transport.abort()
                     raise ConnectionClosed(None, None) from None
-            self._bytes_received += len(frame)
-            if len(frame) > self._config.max_message_size:
-                self._parse_errors += 1
-                logger.warning(
-                    "skipped a %d-byte frame (max_message_size is %d)",
-                    len(frame),
-                    self._config.max_message_size,
-                )
-                if self._config.debug:
-                    logger.debug("raw oversized frame starts: %r", frame[:_RAW_LOG_LIMIT])
-                continue
-            for message in self._decode(conn, frame):
-                if not conn.connected:
-                    self._connect(conn)
-                await self._handle(conn, message)
-                if conn.resync:
-                    # Stop here: frames still buffered on this connection
-                    # would be judged against the position being abandoned.
+            else:
+                frame = await ws.recv(decode=False)
+            for event in session.receive(frame, loop.time()):
+                if isinstance(event, Opened):
+                    self._opened(ws, first=event.first)
+                elif isinstance(event, Resync):
+                    # Frames still buffered on this connection would be
+                    # judged against the position being abandoned.
                     await ws.close(1000, "resync")
                     return
+                else:
+                    # A message to deliver: the hot path, inline (one
+                    # coroutine less per message).
+                    if event.type is MessageType.SUBSCRIBED:
+                        self._acknowledged(event.data)
+                    await out.deliver(event, busy)
+                    if self._outbox:
+                        # Queued sends go out once the connection proved
+                        # itself with a first message, before anything newer.
+                        await self._flush_outbox(ws)
 
-    # ------------------------------------------------------------- decoding
-
-    def _decode(self, conn: _Connection, frame: bytes) -> list[WebSocketMessage[Any]]:
-        if conn.dialect is None:
-            conn.dialect = Dialect.FAKEAI if is_fakeai_greeting(frame) else Dialect.NATIVE
-        if self._dialect is not conn.dialect:
-            self._dialect = conn.dialect
-            logger.debug("speaking the %s dialect", conn.dialect.value)
-        try:
-            if conn.dialect is Dialect.FAKEAI:
-                return self._adapter.adapt(frame)
-            return decode_frame(frame)
-        except ProtocolError as exc:
-            if conn.dialect is Dialect.NATIVE and frame.lstrip()[:1] == b"[":
-                return self._decode_batch_leniently(frame)
-            self._invalid(exc, frame)
-            return []
-
-    def _decode_batch_leniently(self, frame: bytes) -> list[WebSocketMessage[Any]]:
-        # One bad message must not take its whole batch down: the good ones
-        # are applied, the bad one is skipped (and shows up as a gap).
-        try:
-            items = _raw_list_decoder.decode(frame)
-        except (msgspec.MsgspecError, RecursionError) as exc:
-            self._invalid(ProtocolError(f"invalid frame: {exc}"), frame)
-            return []
-        messages = []
-        for item in items:
-            try:
-                messages.append(decode(bytes(item)))
-            except ProtocolError as exc:
-                self._invalid(exc, bytes(item))
-        return messages
-
-    def _invalid(self, exc: ProtocolError, frame: bytes) -> None:
-        self._parse_errors += 1
-        logger.warning("skipped an invalid frame: %s", exc)
-        if self._config.debug:
-            logger.debug("raw invalid frame: %r", frame[:_RAW_LOG_LIMIT])
-
-    # ------------------------------------------------------------- handling
-
-    def _connect(self, conn: _Connection) -> None:
-        """The first message arrived: the connection is CONNECTED."""
-        conn.connected = True
-        conn.keepalive = asyncio.create_task(self._keepalive(conn), name="metricstream-keepalive")
-        conn.gap_check = (
-            conn.dialect is Dialect.NATIVE
-            and self._config.resume
-            and self._types is None
-            and self._models is None
+    def _opened(self, ws: ClientConnection, *, first: bool) -> None:
+        self._keepalive = asyncio.create_task(
+            self._keepalive_loop(ws), name="metricstream-keepalive"
         )
-        first = self._connections == 0
-        self._connections += 1
         self._connected_at = time.time()
-        self._backoff.reset()
-        self._immediate_retry_used = False
         self._set_state(ConnectionState.CONNECTED)
         assert self._connected_event is not None
         self._connected_event.set()
         self._connected_event = asyncio.Event()
-        self._call(self._handlers.on_connect)
+        self._out.call(self.handlers.on_connect)
         if not first:
-            self._call(self._handlers.on_reconnected)
+            self._out.call(self.handlers.on_reconnected)
 
-    async def _handle(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
-        mtype = message.type
-        if not message.is_known:
-            self._unknown_messages += 1
-            logger.debug("skipped a message of unknown type %r", mtype)
-            if self._config.debug:
-                logger.debug("raw unknown message: %r", encode(message)[:_RAW_LOG_LIMIT])
-            return
-        if mtype is MessageType.INIT:
-            if not self._start_epoch(conn, message):
+    async def _keepalive_loop(self, ws: ClientConnection) -> None:
+        """Send the heartbeats the session asks for; abort a silent connection."""
+        session = self._session
+        loop = asyncio.get_running_loop()
+        timeout = self._config.heartbeat_timeout
+        while True:
+            tick = session.tick(loop.time())
+            if tick.abandon is not None:
+                logger.warning("abandoning a silent connection: %s", tick.abandon)
+                # Abort, not close: a dead peer never answers a closing handshake.
+                ws.transport.abort()
                 return
-        elif mtype in STREAM_TYPES:
-            if message.sequence is not None and not self._accept(conn, message.sequence):
-                return
-            if not self._wanted(message):
-                return
-        elif mtype is MessageType.PONG:
-            self._pong(conn, message)
-        elif mtype is MessageType.SUBSCRIBED:
-            for waiter in self._ack_waiters:
-                if not waiter.done():
-                    waiter.set_result(message.data)
-                    break
-        elif mtype is MessageType.ERROR:
-            logger.warning("the server reported an error: %s", message.data.message)
-        await self._dispatch(conn, message)
-        if self._outbox:
-            # Queued sends go out once the connection proved itself with a
-            # first message (normally the init), before anything newer.
-            await self._flush_outbox(conn)
-
-    def _start_epoch(self, conn: _Connection, message: WebSocketMessage[Any]) -> bool:
-        metadata = message.metadata or {}
-        epoch = metadata.get("epoch")
-        resumed = metadata.get("resumed") is True
-        epoch = epoch if isinstance(epoch, str) else None
-        kept = self._tracker.start(epoch, message.sequence, resumed=resumed)
-        if resumed and not kept:
-            # The server offers to continue a stream we hold no position in:
-            # the only safe state is a fresh snapshot.
-            logger.warning("the server resumed a stream this client cannot continue; resyncing")
-            self._tracker.reset()
-            conn.resync = True
-            conn.end_reason = "resync: unexpected resume"
-            return False
-        if kept:
-            self._resumes += 1
-        self._resumed = kept
-        if not kept:
-            logger.info("fresh snapshot from the server (epoch %s)", epoch)
-        return True
-
-    def _accept(self, conn: _Connection, sequence: int) -> bool:
-        last = self._tracker.last_sequence
-        if conn.gap_check and last is not None and sequence > last + 1:
-            if self._gap_resync_from != last:
-                self._gap_resync_from = last
-                logger.warning(
-                    "sequence gap: expected %d, got %d; resuming from %d", last + 1, sequence, last
-                )
-                conn.resync = True
-                conn.end_reason = f"resync: sequence gap after {last}"
-                return False
-            logger.warning("sequence gap after %d persists after a resync; accepting it", last)
-        result = self._tracker.observe(sequence)
-        if not result.apply:
-            logger.debug("dropped %s message %d", result.verdict.value, sequence)
-        return result.apply
-
-    def _wanted(self, message: WebSocketMessage[Any]) -> bool:
-        if self._types is not None and message.type not in self._types:
-            return False
-        if self._models is not None and message.type in _MODEL_SCOPED:
-            model = getattr(message.data, "model", None)
-            return model is None or model in self._models
-        return True
-
-    def _pong(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
-        sent = conn.pings.popleft() if conn.pings else None
-        client_time = getattr(message.data, "client_time", None)
-        if client_time is not None:
-            self._latency = max(now_ms() - client_time, 0) / 1000
-        elif sent is not None:
-            self._latency = asyncio.get_running_loop().time() - sent
-
-    async def _dispatch(self, conn: _Connection, message: WebSocketMessage[Any]) -> None:
-        self._message_count += 1
-        # Pongs are the client's own business (latency): only a callback that
-        # asked for them by type sees them, so iterators carry data, not noise.
-        broadcast = message.type is not MessageType.PONG
-        callbacks = [
-            *self._callbacks.get(message.type, ()),
-            *(self._callbacks.get(ALL_TYPES, ()) if broadcast else ()),
-        ]
-        for callback in callbacks:
-            try:
-                result = callback(message.data, message)
-                if inspect.isawaitable(result):
-                    conn.busy = True
-                    try:
-                        await result
-                    finally:
-                        conn.busy = False
-            except Exception:
-                logger.exception("a %s callback failed", message.type)
-        if broadcast:
-            self._call(self._handlers.on_message, message)
-        # Checked first: iterating a WeakSet (a copy under an iteration
-        # guard) costs over a microsecond per message even when empty, and
-        # most clients never open a ``messages()`` iterator.
-        if not self._streams:
-            return
-        for stream in list(self._streams):
-            if not stream.wants(message, broadcast=broadcast):
-                continue
-            if not stream.offer(message):
-                conn.busy = True
+            if tick.heartbeat is not None:
                 try:
-                    await stream.put(message)
-                finally:
-                    conn.busy = False
+                    async with asyncio.timeout(timeout):
+                        await self._send_frame(ws, tick.heartbeat)
+                except TimeoutError:
+                    session.abandon(f"heartbeat not sent within {timeout:g} s")
+                    ws.transport.abort()
+                    return
+                except ConnectionClosed:
+                    return
+            await asyncio.sleep(max(tick.next_at - loop.time(), 0))
+
+    def _acknowledged(self, payload: SubscribePayload) -> None:
+        for waiter in self._ack_waiters:
+            if not waiter.done():
+                waiter.set_result(payload)
+                break
+
+    def _busy(self, busy: bool) -> None:
+        self._session.busy = busy
 
     # -------------------------------------------------------------- sending
 
-    async def _send_frame(self, conn: _Connection, frame: bytes) -> None:
-        await conn.ws.send(frame, text=True)
+    async def _send_frame(self, ws: ClientConnection, frame: bytes) -> None:
+        await ws.send(frame, text=True)
         self._bytes_sent += len(frame)
 
     def _enqueue(self, frame: bytes) -> None:
@@ -1049,56 +740,10 @@ class WebSocketService:
             logger.warning("offline queue full (%d): dropped the oldest queued message", size)
         self._outbox.append(frame)
 
-    async def _flush_outbox(self, conn: _Connection) -> None:
+    async def _flush_outbox(self, ws: ClientConnection) -> None:
         while self._outbox:
-            frame = self._outbox[0]
-            await self._send_frame(conn, frame)
+            await self._send_frame(ws, self._outbox[0])
             self._outbox.popleft()
-
-    async def _keepalive(self, conn: _Connection) -> None:
-        """Send heartbeats; abandon the connection when the peer falls silent."""
-        loop = asyncio.get_running_loop()
-        interval = self._config.heartbeat_interval
-        timeout = self._config.heartbeat_timeout
-        next_beat = loop.time()
-        probe_since: float | None = None  # when we started waiting for any frame
-        seen = self._bytes_received
-        while True:
-            now = loop.time()
-            wake = next_beat if probe_since is None else min(next_beat, probe_since + timeout)
-            await asyncio.sleep(max(wake - now, 0))
-            now = loop.time()
-            if self._bytes_received != seen:
-                seen = self._bytes_received
-                probe_since = None
-            if probe_since is not None and conn.busy:
-                probe_since = now
-            if probe_since is not None and now - probe_since >= timeout:
-                conn.end_reason = f"no frame for {timeout:g} s after a heartbeat"
-                logger.warning("abandoning a silent connection: %s", conn.end_reason)
-                # Abort, not close: a dead peer never answers a closing handshake.
-                conn.ws.transport.abort()
-                return
-            if now >= next_beat:
-                if conn.dialect is Dialect.FAKEAI:
-                    frame = FAKEAI_PING
-                else:
-                    frame = encode(
-                        make_message(MessageType.HEARTBEAT, HeartbeatPayload(client_time=now_ms()))
-                    )
-                conn.pings.append(now)
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._send_frame(conn, frame)
-                except TimeoutError:
-                    conn.end_reason = f"heartbeat not sent within {timeout:g} s"
-                    conn.ws.transport.abort()
-                    return
-                except ConnectionClosed:
-                    return
-                if probe_since is None:
-                    probe_since = now
-                next_beat = now + interval
 
     # ------------------------------------------------------------- plumbing
 
@@ -1114,15 +759,12 @@ class WebSocketService:
         self._state = state
         if self._config.debug:
             logger.debug("state %s -> %s", old.value, state.value)
-        self._call(self._handlers.on_state_change, old, state)
-        for watcher in list(self._state_watchers):
-            self._call(watcher, old, state)
+        self._out.state_changed(old, state)
 
     def _finish(self, state: ConnectionState) -> None:
         self._stopped = True
         self._set_state(state)
-        for stream in list(self._streams):
-            stream.close()
+        self._out.end_streams()
         self._release_waiters()
 
     def _release_waiters(self) -> None:
@@ -1130,39 +772,19 @@ class WebSocketService:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _error(self, exc: BaseException, *, fatal: bool = False) -> None:
-        self._last_error = str(exc)
+    def _error(self, exc: MetricStreamError, *, fatal: bool = False) -> None:
         if fatal:
             self._fatal = exc
             logger.error("%s", exc)
         else:
             logger.info("%s", exc)
-        self._call(self._handlers.on_error, exc)
+        self._out.call(self.handlers.on_error, exc)
 
     def _raise_stopped(self) -> None:
         if self._fatal is not None:
             raise self._fatal
-        raise ConnectionError(f"client stopped: {self._last_error or self._state.value}")
-
-    def _call(self, callback: Callable[..., object] | None, *args: Any) -> None:
-        if callback is None:
-            return
-        try:
-            result = callback(*args)
-        except Exception:
-            logger.exception("a client handler failed")
-            return
-        if inspect.isawaitable(result):
-            # Scheduled, not awaited: a slow handler must not hold up the
-            # reader (nor the heartbeat that the reader's silence would trip).
-            task = asyncio.ensure_future(result)
-            self._handler_tasks.add(task)
-            task.add_done_callback(self._handler_done)
-
-    def _handler_done(self, task: asyncio.Future[Any]) -> None:
-        self._handler_tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("a client handler failed", exc_info=exc)
+        last = self._session.last_error or self._state.value
+        raise StreamConnectionError(f"client stopped: {last}")
 
 
 def create_websocket_service(
@@ -1182,5 +804,5 @@ def create_websocket_service(
             asyncio.get_running_loop()
         except RuntimeError:
             return service
-        service._begin()
+        service.connect_nowait()
     return service

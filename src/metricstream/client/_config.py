@@ -17,7 +17,16 @@ from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..exceptions import ConfigError
-from ..protocol import Backoff
+from ..protocol import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_MAX_RECONNECT_INTERVAL,
+    DEFAULT_OFFLINE_QUEUE_SIZE,
+    DEFAULT_RECONNECT_DECAY,
+    DEFAULT_RECONNECT_INTERVAL,
+    DEFAULT_RECONNECT_JITTER,
+    Backoff,
+)
 
 __all__ = ["WebSocketConfig", "Dialect", "OverflowPolicy"]
 
@@ -146,17 +155,17 @@ class WebSocketConfig:
 
     url: str
     """``ws://`` or ``wss://`` URL of the stream, e.g. ``ws://127.0.0.1:8765/metrics/stream``."""
-    reconnect_interval: float = 1.0
+    reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL
     """First reconnect delay (the seed's ``reconnectInterval``)."""
-    max_reconnect_interval: float = 30.0
+    max_reconnect_interval: float = DEFAULT_MAX_RECONNECT_INTERVAL
     """Ceiling of the reconnect delay (the seed's ``maxReconnectInterval``)."""
-    reconnect_decay: float = 1.5
+    reconnect_decay: float = DEFAULT_RECONNECT_DECAY
     """Growth factor of the delay (the seed's ``reconnectDecay``)."""
     max_reconnect_attempts: int | None = None
     """Give up after this many failed attempts in a row (``None``: never)."""
-    heartbeat_interval: float = 30.0
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     """Seconds between the client's heartbeats (the seed's ``heartbeatInterval``)."""
-    heartbeat_timeout: float = 5.0
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
     """Seconds of silence after a heartbeat before the connection is abandoned."""
     debug: bool = False
     """Log raw frames of malformed or unknown messages and every lifecycle step at DEBUG."""
@@ -164,9 +173,9 @@ class WebSocketConfig:
     """WebSocket subprotocols offered in the handshake (``Sec-WebSocket-Protocol``)."""
     auto_connect: bool = True
     """Connect on entering ``async with`` (and in :func:`create_websocket_service`)."""
-    jitter: float = 0.5
+    jitter: float = DEFAULT_RECONNECT_JITTER
     """Each reconnect delay is scaled by a random factor in ``[1 - jitter, 1]``."""
-    max_queue_size: int = 100
+    max_queue_size: int = DEFAULT_OFFLINE_QUEUE_SIZE
     """How many outbound messages are kept while disconnected (the seed's 100)."""
     queue_overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST
     """What ``send()`` does when the offline queue is full."""

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, Self, TypeVar
 
+from ..exceptions import ClientClosedError
 from ..protocol import MessageType, SubscribePayload, WebSocketMessage
 from ._client import Callback, Subscription, WebSocketService
 from ._config import WebSocketConfig
@@ -20,7 +21,7 @@ from ._handlers import EventHandlers
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 
-__all__ = ["SyncClient", "SyncWebSocketService"]
+__all__ = ["SyncWebSocketService"]
 
 T = TypeVar("T")
 
@@ -61,7 +62,7 @@ class SyncWebSocketService:
     def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         if self._closed:
             coroutine.close()
-            raise RuntimeError("the client is closed")
+            raise ClientClosedError("the client is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result(timeout)
@@ -193,10 +194,6 @@ class SyncWebSocketService:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-#: The earlier name of :class:`SyncWebSocketService`.
-SyncClient = SyncWebSocketService
 
 
 async def _next(stream: MessageStream) -> WebSocketMessage[Any] | None:

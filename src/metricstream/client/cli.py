@@ -65,13 +65,16 @@ _SUMMARY_WIDTH = 200
 def _final_error(exc: BaseException) -> bool:
     """Whether the client ends on ``exc`` (and so has logged it at ERROR)."""
     from ..exceptions import ConfigError, ConnectionRejectedError
-    from ._policy import FATAL_CLOSE_CODES, FATAL_HTTP_STATUSES
+    from ..protocol import CloseAction, close_action, handshake_action
 
     if isinstance(exc, ConfigError):
         return True
     code = getattr(exc, "code", None)
-    return isinstance(exc, ConnectionRejectedError) and (
-        code in FATAL_CLOSE_CODES or code in FATAL_HTTP_STATUSES
+    # ``code`` is a close code, or the HTTP status of a refused handshake.
+    return (
+        isinstance(exc, ConnectionRejectedError)
+        and code is not None
+        and CloseAction.FATAL in (close_action(code), handshake_action(code))
     )
 
 

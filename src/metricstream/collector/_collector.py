@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, TypeAlias, get_args
+from typing import Any, Final, Protocol, get_args
 
 from ..exceptions import ConfigError
 from ..protocol import (
@@ -29,7 +29,7 @@ from ..protocol import (
     WebSocketMessage,
     make_message,
 )
-from ..protocol.messages import ErrorSeverity, RequestStatus
+from ..protocol.messages import CostPeriod, ErrorSeverity, RequestStatus
 from ._errors import InvalidMetricError
 from ._prices import DEFAULT_PRICES, ModelPrice
 from ._system import SystemSample, SystemSampler
@@ -46,7 +46,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CostPeriod: TypeAlias = Literal["hour", "day", "week", "month"]
 
 #: Service name of requests recorded without one (``breakdown_by_service``).
 DEFAULT_SERVICE: Final = "inference"

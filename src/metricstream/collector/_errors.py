@@ -1,16 +1,7 @@
-"""The collector's one error type."""
+"""The collector's one error type (defined with the others in ``exceptions``)."""
 
 from __future__ import annotations
 
-from ..exceptions import MetricStreamError
+from ..exceptions import InvalidMetricError
 
 __all__ = ["InvalidMetricError"]
-
-
-class InvalidMetricError(MetricStreamError, ValueError):
-    """A recorded value is invalid (negative tokens, NaN latency, unknown status...).
-
-    Raised in the caller's thread, before anything is recorded, so a bad value
-    never reaches the aggregates or the stream. It is a :class:`ValueError`, so
-    code that already guards against bad numbers catches it unchanged.
-    """

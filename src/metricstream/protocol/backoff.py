@@ -13,6 +13,12 @@ import random
 from collections.abc import Iterator
 
 from ..exceptions import ConfigError
+from .constants import (
+    DEFAULT_MAX_RECONNECT_INTERVAL,
+    DEFAULT_RECONNECT_DECAY,
+    DEFAULT_RECONNECT_INTERVAL,
+    DEFAULT_RECONNECT_JITTER,
+)
 
 __all__ = ["Backoff"]
 
@@ -29,12 +35,12 @@ class Backoff:
 
     def __init__(
         self,
-        initial: float = 1.0,
-        factor: float = 1.5,
-        max_delay: float = 30.0,
+        initial: float = DEFAULT_RECONNECT_INTERVAL,
+        factor: float = DEFAULT_RECONNECT_DECAY,
+        max_delay: float = DEFAULT_MAX_RECONNECT_INTERVAL,
         *,
         max_attempts: int | None = None,
-        jitter: float = 0.5,
+        jitter: float = DEFAULT_RECONNECT_JITTER,
         rng: random.Random | None = None,
     ) -> None:
         for name, value in (

@@ -18,8 +18,10 @@ import msgspec
 __all__ = [
     "CONNECTION_LOCAL_TYPES",
     "EVENT_TYPES",
+    "MODEL_SCOPED_TYPES",
     "STATE_TYPES",
     "STREAM_TYPES",
+    "CostPeriod",
     "CostUpdatePayload",
     "ErrorPayload",
     "ErrorSeverity",
@@ -93,6 +95,10 @@ EVENT_TYPES: frozenset[MessageType] = frozenset(
 )
 #: Messages published to the stream: they carry a ``sequence``.
 STREAM_TYPES: frozenset[MessageType] = STATE_TYPES | EVENT_TYPES
+#: Stream messages whose payload names a ``model``: the ``models`` filter applies.
+MODEL_SCOPED_TYPES: frozenset[MessageType] = frozenset(
+    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
+)
 #: Messages that belong to one connection and carry no ``sequence``.
 CONNECTION_LOCAL_TYPES: frozenset[MessageType] = frozenset(
     {MessageType.PONG, MessageType.HEARTBEAT, MessageType.ERROR, MessageType.SUBSCRIBED}
@@ -100,6 +106,7 @@ CONNECTION_LOCAL_TYPES: frozenset[MessageType] = frozenset(
 
 RequestStatus: TypeAlias = Literal["success", "error", "in_progress"]
 ErrorSeverity: TypeAlias = Literal["low", "medium", "high", "critical"]
+#: The period a ``cost_update`` covers.
 CostPeriod: TypeAlias = Literal["hour", "day", "week", "month"]
 
 

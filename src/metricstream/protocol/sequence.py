@@ -11,13 +11,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["SequenceResult", "SequenceTracker", "SequenceVerdict"]
+from .constants import MAX_TRACKED_HOLES
 
-# How many missing sequence numbers are remembered to tell a late arrival
-# (out of order) from a repeat (duplicate). Beyond it, late arrivals count as
-# duplicates: both are dropped, only the counter differs, and memory stays
-# bounded whatever a hostile server sends.
-_MAX_TRACKED_HOLES = 4096
+__all__ = ["SequenceResult", "SequenceTracker", "SequenceVerdict"]
 
 
 class SequenceVerdict(enum.Enum):
@@ -112,7 +108,7 @@ class SequenceTracker:
             return _NEW
         if sequence > last:
             missing = sequence - last - 1
-            if missing + len(self._holes) <= _MAX_TRACKED_HOLES:
+            if missing + len(self._holes) <= MAX_TRACKED_HOLES:
                 self._holes.update(range(last + 1, sequence))
             self._last = sequence
             self.accepted += 1

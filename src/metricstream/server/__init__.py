@@ -1,7 +1,11 @@
 """The stream server: hub, replay log, ASGI endpoint, uvicorn runner.
 
 - :class:`MetricsHub` numbers, logs and fans out stream messages and keeps
-  the snapshot every connection starts from.
+  the snapshot every connection starts from. It composes three parts:
+  :class:`Stream` (numbering, replay log, snapshot), :class:`SubscriberRegistry`
+  (the subscribers, each owning its :class:`Outbox`, and the fan-out) and a
+  :class:`FrameWriter` per connection (:class:`DirectWriter` to uvicorn's
+  transport, :class:`AsgiWriter` through ASGI ``send`` in a task).
 - :class:`ReplayLog` / :class:`MemoryReplayLog` keep the recent stream so a
   reconnecting client resumes without loss.
 - :func:`create_router` (include in any FastAPI app) and :func:`create_app`
@@ -16,30 +20,39 @@
 
 from ._app import HubCollector, create_app, create_router
 from ._endpoint import StreamEndpoint
-from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub, Subscriber
+from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub
 from ._limits import guarded_uvicorn_options
 from ._prometheus import LLM_METRIC_NAMES, LLMExporter
+from ._registry import Outbox, Subscriber, SubscriberRegistry
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from ._settings import ServerSettings
+from ._stream import Stream
 from ._uvicorn import StreamServer, uvicorn_config
 from ._wire import DirectWriter, EncodedFrame, text_frame
+from ._writers import AsgiWriter, FrameWriter, WriteContext
 
 __all__ = [
     "DEFAULT_MAX_BUFFER_BYTES",
     "LLM_METRIC_NAMES",
+    "AsgiWriter",
     "DirectWriter",
     "EncodedFrame",
+    "FrameWriter",
     "HubCollector",
     "HubStats",
     "LLMExporter",
     "LogEntry",
     "MemoryReplayLog",
     "MetricsHub",
+    "Outbox",
     "ReplayLog",
     "ServerSettings",
+    "Stream",
     "StreamEndpoint",
     "StreamServer",
     "Subscriber",
+    "SubscriberRegistry",
+    "WriteContext",
     "create_app",
     "create_router",
     "guarded_uvicorn_options",

@@ -21,7 +21,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ._endpoint import StreamEndpoint, _handshake_headers, _token_ok
-from ._hub import GOING_AWAY, MetricsHub
+from ._hub import MetricsHub
 from ._settings import ServerSettings
 
 __all__ = ["HubCollector", "create_app", "create_router"]
@@ -81,8 +81,13 @@ class HubCollector(Collector):
         )
         yield CounterMetricFamily(
             "metricstream_send_suspensions",
-            "Sends that found the client's transport paused and went to a writer task",
+            "Flushes that found a client's transport paused or its writer still busy",
             stats.send_suspensions,
+        )
+        yield CounterMetricFamily(
+            "metricstream_direct_write_fallbacks",
+            "Connections written through ASGI because uvicorn's internals were not as expected",
+            stats.direct_write_fallbacks,
         )
         yield CounterMetricFamily(
             "metricstream_replay_hits", "Resumes served from the replay log", stats.replay_hits
@@ -184,7 +189,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await hub.close_all(GOING_AWAY, grace=settings.close_timeout)
+        await hub.close_all(grace=settings.close_timeout)  # 1001, going away
 
     app = FastAPI(
         title="metricstream",

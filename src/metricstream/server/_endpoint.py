@@ -21,16 +21,16 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
 from starlette.types import Message, Receive, Scope, Send
 
-from ..exceptions import ProtocolError
+from ..exceptions import InvalidFilterError, ProtocolError
 from ..protocol import (
-    STREAM_TYPES,
+    CloseCode,
     ErrorPayload,
+    Filter,
     MessageType,
     PongPayload,
     SubscribePayload,
@@ -40,7 +40,7 @@ from ..protocol import (
     make_message,
     now_ms,
 )
-from ._hub import GOING_AWAY, MetricsHub, Subscriber, _Transport
+from ._hub import MetricsHub, Subscriber
 from ._limits import (
     AuthThrottle,
     BufferWatchdog,
@@ -49,20 +49,11 @@ from ._limits import (
     message_cost,
 )
 from ._settings import ServerSettings
-from ._wire import DirectWriter
+from ._wire import DirectWriter, Transport, find_transport
 
-__all__ = [
-    "CLOSE_BAD_TOKEN",
-    "CLOSE_TOO_MANY",
-    "StreamEndpoint",
-]
+__all__ = ["StreamEndpoint"]
 
 logger = logging.getLogger("metricstream.server")
-
-CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_BAD_TOKEN: Final = 4001
-CLOSE_TOO_MANY: Final = 4029
 
 # Types a client may send; every other known type gets ``unsupported_type``.
 _CLIENT_TYPES: Final = frozenset(
@@ -78,37 +69,6 @@ _CLIENT_TYPES: Final = frozenset(
 def _error_frame(code: str, message: str) -> str:
     payload = ErrorPayload(code=code, message=message)
     return encode(make_message(MessageType.ERROR, payload)).decode()
-
-
-_STREAM_TYPE_NAMES: Final = frozenset(t.value for t in STREAM_TYPES)
-
-
-def _split(values: list[str] | None) -> frozenset[str] | None:
-    """``types=a,b&types=c`` → {a, b, c}; absent or empty → None (no filter)."""
-    if values is None:
-        return None
-    names = frozenset(v.strip() for value in values for v in value.split(",") if v.strip())
-    return names or None
-
-
-def _find_transport(receive: Receive) -> _Transport | None:
-    """The asyncio transport behind ``receive``, when the server exposes it.
-
-    uvicorn hands the application the bound ``receive`` method of its
-    per-connection protocol object, which holds the transport. The endpoint
-    uses it for two read-mostly things only: to include the transport's write
-    buffer in the per-client buffer figure, and to abort a peer that will not
-    even take its close frame. Anything else (another server, a middleware
-    wrapping ``receive``) simply yields ``None`` and both refinements are off.
-    """
-    owner = getattr(receive, "__self__", None)
-    transport = getattr(owner, "transport", None)
-    if all(
-        callable(getattr(transport, name, None))
-        for name in ("get_write_buffer_size", "is_closing", "abort")
-    ):
-        return transport
-    return None
 
 
 class _TokenBucket:
@@ -170,7 +130,7 @@ class StreamEndpoint:
             stats.reject("origin")
             logger.info("refused a handshake from origin %r", origin)
             # Before accept, uvicorn turns this into an HTTP 403 response.
-            await send({"type": "websocket.close", "code": CLOSE_POLICY})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         if settings.token is not None and not await self._authenticate(
@@ -179,7 +139,7 @@ class StreamEndpoint:
             return
         if self.hub.closing:
             stats.reject("shutdown")
-            await _accept_and_close(send, GOING_AWAY, "server shutting down", offered)
+            await _accept_and_close(send, CloseCode.GOING_AWAY, "server shutting down", offered)
             _abort_later(receive, settings.close_timeout)
             return
         if self._active >= settings.max_connections:
@@ -191,7 +151,7 @@ class StreamEndpoint:
                 self._active,
                 settings.max_connections,
             )
-            await _accept_and_close(send, CLOSE_TOO_MANY, "too many connections", offered)
+            await _accept_and_close(send, CloseCode.TOO_MANY, "too many connections", offered)
             _abort_later(receive, settings.close_timeout)
             return
         problem = _query_filter_problem(settings, query)
@@ -202,7 +162,13 @@ class StreamEndpoint:
             )
             await send(_accept_message(offered))
             await send({"type": "websocket.send", "text": _error_frame("invalid_filter", problem)})
-            await send({"type": "websocket.close", "code": CLOSE_POLICY, "reason": "bad filter"})
+            await send(
+                {
+                    "type": "websocket.close",
+                    "code": CloseCode.POLICY_VIOLATION,
+                    "reason": "bad filter",
+                }
+            )
             _abort_later(receive, settings.close_timeout)
             return
         self._active += 1
@@ -221,7 +187,7 @@ class StreamEndpoint:
         """
         if getattr(getattr(receive, "__self__", None), "bounds_unread", False):
             return
-        transport = _find_transport(receive)
+        transport = find_transport(receive)
         if transport is not None:
             self._watchdog.watch(transport, _peer(scope))
 
@@ -249,7 +215,7 @@ class StreamEndpoint:
             # Refused before the WebSocket exists (HTTP 403, as for a foreign
             # origin): the cheapest answer there is.
             stats.reject("auth_throttled")
-            await send({"type": "websocket.close", "code": CLOSE_POLICY})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             _abort_later(receive, settings.close_timeout)
             return False
         if _token_ok(settings.token, authorization, query, offered):
@@ -263,7 +229,7 @@ class StreamEndpoint:
             )
         else:
             logger.info("refused a connection from %s: missing or invalid token (4001)", peer)
-        await _accept_and_close(send, CLOSE_BAD_TOKEN, "missing or invalid token", offered)
+        await _accept_and_close(send, CloseCode.BAD_TOKEN, "missing or invalid token", offered)
         _abort_later(receive, settings.close_timeout)
         return False
 
@@ -277,18 +243,31 @@ class StreamEndpoint:
         def send_text(frame: str) -> Any:
             return send({"type": "websocket.send", "text": frame})
 
-        transport = _find_transport(receive)
-        direct = DirectWriter.detect(receive) if self.settings.direct_write else None
+        transport = find_transport(receive)
+        direct = None
+        if self.settings.direct_write:
+            direct, fallback = DirectWriter.check(receive)
+            if fallback is not None:
+                self.hub.stats.direct_write_fallbacks += 1
+        filter_error: InvalidFilterError | None = None
+        try:
+            filt = Filter.from_query(query)
+        except InvalidFilterError as exc:
+            # As for ``subscribe``: the filter stays what it was (none), and
+            # the client is told why, instead of a filter matching nothing.
+            filt, filter_error = Filter(), exc
         sub = self.hub.attach(
             send_text,
             since=since,
             epoch=epoch,
-            types=_split(query.get("types")),
-            models=_split(query.get("models")),
+            types=filt.types,
+            models=filt.models,
             batch=batch,
             transport=transport,
             direct=direct,
         )
+        if filter_error is not None:
+            sub.send_local(_error_frame("invalid_filter", str(filter_error)))
         if "since" in query and since is None:
             sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))
         reader = asyncio.get_running_loop().create_task(self._read(receive, sub))
@@ -306,7 +285,7 @@ class StreamEndpoint:
             self.hub.detach(sub)
 
     async def _close(
-        self, send: Send, sub: Subscriber, code: int, transport: _Transport | None
+        self, send: Send, sub: Subscriber, code: int, transport: Transport | None
     ) -> None:
         timeout = self.settings.close_timeout
         # What is already queued (the last messages, an ``error`` explaining
@@ -358,7 +337,7 @@ class StreamEndpoint:
             if size > limit:
                 self.hub.stats.reject("message_too_big")
                 logger.info("closed a connection: a %d-byte message (limit %d) (1009)", size, limit)
-                sub.request_close(CLOSE_TOO_BIG)
+                sub.request_close(CloseCode.MESSAGE_TOO_BIG)
                 return
             # A message dropped for its bytes has still spent its message
             # tokens: a client over either limit is slowed on both.
@@ -370,7 +349,7 @@ class StreamEndpoint:
                 if bucket.drops >= settings.inbound_burst:
                     self.hub.stats.reject("inbound_rate")
                     logger.info("closed a connection: inbound flood (4029)")
-                    sub.request_close(CLOSE_TOO_MANY)
+                    sub.request_close(CloseCode.TOO_MANY)
                     return
                 if bucket.drops == 1:
                     sub.send_local(
@@ -414,21 +393,16 @@ class StreamEndpoint:
                 self.hub.stats.reject("invalid_filter")
                 sub.send_local(_error_frame("invalid_filter", problem))
                 return
-            # An empty list means "no filter", as an empty query parameter does.
-            types = frozenset(data.types or ()) or None
-            models = frozenset(data.models or ()) or None
-            unknown = sorted(types - _STREAM_TYPE_NAMES) if types else []
-            if unknown:
-                # A typo would otherwise install a filter that matches nothing.
-                sub.send_local(
-                    _error_frame("invalid_filter", f"not stream message types: {unknown}")
-                )
+            try:
+                filt = Filter.from_payload(data)
+            except InvalidFilterError as exc:
+                sub.send_local(_error_frame("invalid_filter", str(exc)))
                 return
-            sub.set_filter(types, models)
-            sub.send_local(_subscribed(types, models))
+            sub.set_filter(filt)
+            sub.send_local(_subscribed(filt))
         else:  # unsubscribe
-            sub.set_filter(None, None)
-            sub.send_local(_subscribed(None, None))
+            sub.set_filter(Filter())
+            sub.send_local(_subscribed(Filter()))
 
 
 # The ``client_time`` a pong may echo: epoch milliseconds a JavaScript
@@ -454,12 +428,8 @@ def _pong(message: WebSocketMessage[Any]) -> str:
     return encode(pong).decode()
 
 
-def _subscribed(types: Iterable[str] | None, models: Iterable[str] | None) -> str:
-    payload = SubscribePayload(
-        types=None if types is None else sorted(types),
-        models=None if models is None else sorted(models),
-    )
-    return encode(make_message(MessageType.SUBSCRIBED, payload)).decode()
+def _subscribed(filt: Filter) -> str:
+    return encode(make_message(MessageType.SUBSCRIBED, filt.to_payload())).decode()
 
 
 def _handshake_headers(scope: Scope) -> tuple[str | None, str, tuple[str, ...]]:
@@ -575,7 +545,7 @@ def _abort_later(receive: Receive, timeout: float) -> None:
     whatever the server still owes it (close frame, pongs) for as long as
     the host server's own close timeout, or forever.
     """
-    transport = _find_transport(receive)
+    transport = find_transport(receive)
     if transport is not None:
         asyncio.get_running_loop().call_later(timeout, _abort_if_stuck, transport)
 
@@ -596,9 +566,9 @@ def _reader_done(sub: Subscriber, task: asyncio.Task[None]) -> None:
     if exc is not None:
         # receive() itself failed: the connection cannot be read any more.
         logger.error("reading a connection failed: %r", exc)
-        sub.request_close(1011)
+        sub.request_close(CloseCode.INTERNAL_ERROR)
 
 
-def _abort_if_stuck(transport: _Transport) -> None:
+def _abort_if_stuck(transport: Transport) -> None:
     if not transport.is_closing() or transport.get_write_buffer_size() > 0:
         transport.abort()

@@ -41,7 +41,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from ..exceptions import ConfigError
-from ._hub import SLOW_CONSUMER, MetricsHub
+from ..protocol import CloseCode
+from ._hub import MetricsHub
 from ._limits import RateLimitedLog, unread_bound
 from ._settings import ServerSettings
 
@@ -418,8 +419,8 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._peer,
             self.ping_timeout or 0.0,
         )
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": SLOW_CONSUMER})
-        self.conn.send_close(SLOW_CONSUMER, "slow consumer: keepalive ping not answered")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": CloseCode.SLOW_CONSUMER})
+        self.conn.send_close(CloseCode.SLOW_CONSUMER, "slow consumer: keepalive ping not answered")
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         self.transport.close()

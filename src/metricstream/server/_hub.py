@@ -1,298 +1,66 @@
-"""The hub: one stream, its snapshot, its replay log, and the fan-out to clients.
+"""The hub: one stream and its subscribers, in three parts with one job each.
 
-Everything here runs on the event loop thread and nothing in the publish path
-awaits: :meth:`MetricsHub.publish` numbers a message, encodes it once, logs it,
-folds it into the snapshot and appends the same encoded text to the outbox of
-every subscriber that wants it. A ``call_soon`` callback then flushes every
-outbox touched in that loop iteration, so messages published together leave
-together (one JSON array per flush for ``batch=1`` subscribers).
+- :class:`~metricstream.server._stream.Stream` (``_stream``): numbering, the
+  replay log and the snapshot; it knows nothing of connections.
+- :class:`~metricstream.server._registry.SubscriberRegistry` (``_registry``):
+  the attached subscribers, each owning its bounded outbox, and the fan-out.
+- :class:`~metricstream.server._writers.FrameWriter` (``_writers``, ``_wire``):
+  how an outbox reaches its connection, straight to uvicorn's transport or
+  through ASGI ``send`` in a task.
 
-Writing without a task per client
----------------------------------
-Each message is encoded once into an :class:`EncodedFrame`, which keeps the
-complete WebSocket frame only (the JSON bytes and text are derived on the
-paths that need them). A subscriber is written to in one of two ways, both
-synchronous for a client that keeps up:
-
-- **Direct** (uvicorn, sans-I/O websockets, no compression; see
-  :class:`DirectWriter`): everything pending for the client goes to its
-  transport in one ``write`` of shared, pre-framed bytes, as
-  ``websockets.broadcast()`` does; when several messages are pending, the
-  joined frames or the ``batch=1`` array are built once per flush for all
-  the clients holding the same ones. While the transport is paused (its buffer
-  over the high-water mark) a small task waits for it to resume.
-- **Through ASGI** (any other server): writing is a coroutine
-  (``await send(...)``) that, on uvicorn, suspends only when the transport
-  is paused. The flush *steps* each send coroutine once by hand
-  (``coro.send(None)``): a healthy client's frame is written there and then
-  and no task is created. Only a send that really suspends is handed to a
-  task, which finishes it and drains that client's outbox with ordinary
-  awaits. ``MetricsHub(eager_send=False)`` turns the stepping off (every
-  flush then goes through a writer task), for ASGI servers whose ``send``
-  must run inside a task.
-
-Either way a slow client costs a task only while it is slow, and a stalled
-one stops at its byte bound and is closed with 4008.
+:class:`MetricsHub` composes them and keeps the public API. Everything runs
+on the event loop thread and nothing in the publish path awaits:
+:meth:`MetricsHub.publish` has the stream number, encode and log a message
+once, then the registry appends the same frame to every outbox that wants it;
+a ``call_soon`` callback flushes every outbox touched in that loop iteration,
+so messages published together leave together (one JSON array per flush for
+``batch=1`` subscribers). A stalled client stops at its byte bound and is
+closed with 4008.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from collections.abc import Iterable
+from typing import Any, Final
 
-import msgspec
-
-from .. import __version__
-from ..exceptions import ConfigError, ProtocolError
+from .._version import __version__
+from ..exceptions import ConfigError
 from ..protocol import (
-    PAYLOAD_TYPES,
-    STREAM_TYPES,
-    CostUpdatePayload,
-    ErrorUpdatePayload,
+    DEFAULT_SERVER_HEARTBEAT_INTERVAL,
+    CloseCode,
+    Filter,
     HeartbeatPayload,
     InitPayload,
-    KVCacheUpdatePayload,
     MessageType,
-    MetricsUpdatePayload,
-    ModelUpdatePayload,
-    RateLimitUpdatePayload,
-    RequestUpdatePayload,
-    SystemUpdatePayload,
     WebSocketMessage,
-    decode,
     encode,
     make_message,
 )
-from ._replay import LogEntry, MemoryReplayLog, ReplayLog
-from ._wire import DirectWriter, EncodedFrame, text_frame
+from ._registry import EVERYTHING, Subscriber, SubscriberRegistry
+from ._replay import MemoryReplayLog, ReplayLog
+from ._stats import HubStats
+from ._stream import Stream
+from ._wire import DirectWriter, EncodedFrame, Transport
+from ._writers import AsgiWriter, FrameWriter, SendText
 
 __all__ = ["DEFAULT_MAX_BUFFER_BYTES", "HubStats", "MetricsHub", "Subscriber"]
-
-logger = logging.getLogger("metricstream.server")
 
 #: Default bound of one subscriber's outbox, in bytes of pending frames.
 DEFAULT_MAX_BUFFER_BYTES: Final = 512 * 1024
 
-#: Close code of a subscriber whose outbox overflowed (protocol.md).
-SLOW_CONSUMER: Final = 4008
-#: Close code of a server going away.
-GOING_AWAY: Final = 1001
 
-# Message types whose payload names a model: the ``models`` filter applies.
-_MODEL_SCOPED: Final = frozenset(
-    {MessageType.MODEL_UPDATE, MessageType.REQUEST_UPDATE, MessageType.ERROR_UPDATE}
-)
-
-#: Sends one text frame; returns the (not yet started) send coroutine.
-SendText = Callable[[str], Coroutine[Any, Any, None]]
-
-# What a direct flush built for one subscriber, reusable for the next one
-# holding the same frames: (batch, frames, wire bytes, payload bytes,
-# messages, frames written).
-_Shared = tuple[bool, list[EncodedFrame], bytes, int, int, int]
-
-
-class _Transport(Protocol):
-    """The part of an asyncio transport the hub may use, when it has one."""
-
-    def get_write_buffer_size(self) -> int: ...
-
-    def is_closing(self) -> bool: ...
-
-    def abort(self) -> None: ...
-
-
-@dataclass(slots=True)
-class HubStats:
-    """Running totals of a hub, read by the Prometheus collector.
-
-    Plain integers updated in place: the fan-out path pays no lock and no
-    metric-library call per delivery.
-    """
-
-    published: int = 0
-    messages_sent: int = 0
-    frames_sent: int = 0
-    bytes_sent: int = 0
-    evictions: int = 0
-    #: Sends that could not complete at once (transport paused) and were
-    #: handed to a writer task; zero while every client keeps up.
-    send_suspensions: int = 0
-    replay_hits: int = 0
-    replay_misses: int = 0
-    connections_opened: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
-
-    def reject(self, reason: str) -> None:
-        """Count a connection refused for ``reason``."""
-        self.rejections[reason] = self.rejections.get(reason, 0) + 1
-
-
-class Subscriber:
-    """One connection's view of the hub: its filter and its bounded outbox.
-
-    Created by :meth:`MetricsHub.attach`. ``closed`` resolves with the close
-    code the connection should be closed with (4008 slow consumer, 1001 server
-    going away, or whatever :meth:`request_close` was given), or ``None`` when
-    the peer went away by itself.
-    """
-
-    __slots__ = (
-        "_credit",
-        "_hub",
-        "_inflight",
-        "_pending",
-        "_pending_bytes",
-        "_send",
-        "_task",
-        "_written",
-        "batch",
-        "closed",
-        "direct",
-        "dirty",
-        "models",
-        "open",
-        "transport",
-        "types",
+def _filter_of(types: Iterable[str] | None, models: Iterable[str] | None) -> Filter:
+    # As given, unvalidated: the hub serves in-process callers too, and an
+    # empty collection is a filter that matches nothing, not "everything"
+    # (the endpoint validates what comes off the wire, see Filter.of).
+    if types is None and models is None:
+        return EVERYTHING
+    return Filter(
+        None if types is None else frozenset(types),
+        None if models is None else frozenset(models),
     )
-
-    def __init__(
-        self,
-        hub: MetricsHub,
-        send: SendText,
-        *,
-        types: frozenset[str] | None,
-        models: frozenset[str] | None,
-        batch: bool,
-        transport: _Transport | None,
-        direct: DirectWriter | None,
-    ) -> None:
-        self._hub = hub
-        self._send = send
-        #: The direct writer, when frames bypass ASGI (see ``_wire``).
-        self.direct = direct
-        self.types = types
-        self.models = models
-        self.batch = batch
-        self.transport = transport
-        # A list, not a deque: an idle connection's outbox is empty, and an
-        # empty list is a tenth of an empty deque's size.
-        self._pending: list[EncodedFrame] = []
-        self._pending_bytes = 0
-        # Bytes of the frame a suspended send holds.
-        self._inflight = 0
-        # Direct writes: bytes left in the transport's buffer at the last look.
-        self._written = 0
-        # Extra allowance for the initial snapshot or replay (see MetricsHub.attach).
-        self._credit = 0
-        self._task: asyncio.Task[None] | None = None
-        self.dirty = False
-        self.open = True
-        self.closed: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes waiting for this client: the outbox, a suspended frame, and
-        (when the transport is known) the transport's write buffer."""
-        size = self._pending_bytes + self._inflight
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            size += transport.get_write_buffer_size()
-        return size
-
-    def set_filter(self, types: frozenset[str] | None, models: frozenset[str] | None) -> None:
-        """Replace the filter; applies to messages published from now on."""
-        self.types = types
-        self.models = models
-
-    def send_local(self, frame: str) -> None:
-        """Queue a connection-local frame (pong, error, subscribed, ...)."""
-        if self.open:
-            self._hub._enqueue(self, EncodedFrame.of_text(frame))
-
-    def request_close(self, code: int | None) -> None:
-        """Ask the connection's owner to close with ``code`` (``None``: peer gone)."""
-        self.open = False
-        if not self.closed.done():
-            self.closed.set_result(code)
-
-    async def drain(self) -> None:
-        """Wait until everything queued so far has been handed to the transport.
-
-        Works after :meth:`request_close` too: a closing subscriber takes no
-        new frames but still writes what it had, so that an ``error`` or the
-        last messages before a shutdown go out ahead of the close frame.
-        """
-        while self._pending or self._task is not None:
-            task = self._task
-            if task is not None:
-                # Waits for the task to end without taking on its outcome.
-                await asyncio.wait((task,))
-            else:
-                # The flush scheduled for these frames runs on the next
-                # iteration of the loop.
-                await asyncio.sleep(0)
-
-    def _discard(self) -> None:
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._written = 0
-        self._credit = 0
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-
-    def _take(self) -> tuple[str, int, int]:
-        """The next ASGI frame to write: (text, bytes, messages in it)."""
-        pending = self._pending
-        if not self.batch:
-            frame = pending[0]
-            del pending[0]
-            size = frame.size
-            self._pending_bytes -= size
-            return frame.text, size, 1
-        count = len(pending)
-        # One decode for the whole array: frames keep only their wire bytes.
-        text = "[" + b",".join([f.data for f in pending]).decode() + "]"
-        size = self._pending_bytes + count + 1
-        pending.clear()
-        self._pending_bytes = 0
-        return text, size, count
-
-    def _take_wire(self) -> tuple[list[EncodedFrame], bytes, int, int, int]:
-        """Everything pending as wire bytes: (the frames taken, bytes, payload
-        bytes, messages, frames).
-
-        A plain subscriber gets its frames back to back in one write (one
-        system call for the lot); a ``batch=1`` subscriber gets one array.
-        The outbox list itself is handed back (a fresh one replaces it), so
-        that the flush can recognise other subscribers holding the very same
-        frames and give them the same bytes (see ``MetricsHub._pump_direct``).
-        """
-        pending = self._pending
-        count = len(pending)
-        size = self._pending_bytes
-        if count == 1:
-            frame = pending[0]
-            data = frame.wire if not self.batch else text_frame(b"[" + frame.data + b"]")
-            frames = 1
-            size += 2 if self.batch else 0
-        elif self.batch:
-            data = text_frame(b"[" + b",".join([f.data for f in pending]) + b"]")
-            size += count + 1
-            frames = 1
-        else:
-            data = b"".join([f.wire for f in pending])
-            frames = count
-        self._pending = []
-        self._pending_bytes = 0
-        return pending, data, size, count, frames
 
 
 class MetricsHub:
@@ -316,8 +84,7 @@ class MetricsHub:
         recent_requests: int = 50,
         recent_errors: int = 20,
         max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
-        heartbeat_interval: float | None = 15.0,
-        eager_send: bool = True,
+        heartbeat_interval: float | None = DEFAULT_SERVER_HEARTBEAT_INTERVAL,
         server_version: str = __version__,
     ) -> None:
         if recent_requests < 0 or recent_errors < 0:
@@ -326,61 +93,42 @@ class MetricsHub:
             raise ConfigError(f"max_buffer_bytes must be at least 1024, got {max_buffer_bytes}")
         if heartbeat_interval is not None and not heartbeat_interval > 0:
             raise ConfigError(f"heartbeat_interval must be positive, got {heartbeat_interval}")
-        self._log: ReplayLog = log if log is not None else MemoryReplayLog()
-        self._sequence = 0
         self._max_buffer = max_buffer_bytes
         self._heartbeat_interval = heartbeat_interval
-        self._eager = eager_send
-        self._server_version = server_version
         self._started = time.monotonic()
         self.stats = HubStats()
-        # Snapshot state, derived from the published stream itself.
-        self._metrics: MetricsUpdatePayload | None = None
-        self._models: dict[str, ModelUpdatePayload] = {}
-        self._rate_limits: dict[str, RateLimitUpdatePayload] = {}
-        self._costs: CostUpdatePayload | None = None
-        self._kv_cache: KVCacheUpdatePayload | None = None
-        self._system: SystemUpdatePayload | None = None
-        self._recent_requests: deque[RequestUpdatePayload] = deque(maxlen=recent_requests)
-        self._recent_errors: deque[ErrorUpdatePayload] = deque(maxlen=recent_errors)
-        # Encoded unfiltered snapshot, reused until the next publish.
-        self._snapshot_cache: tuple[int, EncodedFrame] | None = None
-        self._subscribers: set[Subscriber] = set()
-        self._dirty: list[Subscriber] = []
-        self._flush_handle: asyncio.Handle | None = None
-        # The wire bytes last built in this flush, with what they were built
-        # from: (batch, frames taken, bytes, payload bytes, messages, frames).
-        # Bytes built in this flush, by (batch, first frame, frame count):
-        # several kinds of client (batch=1, plain, filtered) interleave in
-        # one flush, and one slot would rebuild at every change of kind.
-        self._shared: dict[tuple[bool, int, int], _Shared] = {}
+        self._stream = Stream(
+            log if log is not None else MemoryReplayLog(),
+            recent_requests=recent_requests,
+            recent_errors=recent_errors,
+            max_frame_bytes=max_buffer_bytes,
+            server_version=server_version,
+        )
+        self._registry = SubscriberRegistry(self.stats, max_buffer_bytes)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing = False
-        # Set whenever no subscriber is attached (close_all waits on it).
-        self._empty = asyncio.Event()
-        self._empty.set()
 
     # -- properties ---------------------------------------------------------
 
     @property
     def epoch(self) -> str:
         """The epoch of the stream (the replay log's)."""
-        return self._log.epoch
+        return self._stream.epoch
 
     @property
     def sequence(self) -> int:
         """The sequence of the newest published message (0: none yet)."""
-        return self._sequence
+        return self._stream.sequence
 
     @property
     def log(self) -> ReplayLog:
         """The replay log."""
-        return self._log
+        return self._stream.log
 
     @property
     def connection_count(self) -> int:
         """How many subscribers are attached now."""
-        return len(self._subscribers)
+        return len(self._registry)
 
     @property
     def max_buffer_bytes(self) -> int:
@@ -395,7 +143,7 @@ class MetricsHub:
     @property
     def subscribers(self) -> frozenset[Subscriber]:
         """The attached subscribers (a copy)."""
-        return frozenset(self._subscribers)
+        return frozenset(self._registry)
 
     @property
     def uptime(self) -> float:
@@ -407,7 +155,8 @@ class MetricsHub:
     def publish(self, message: WebSocketMessage[Any]) -> WebSocketMessage[Any]:
         """Publish one stream message; returns it with its ``sequence`` set.
 
-        Raises ``ValueError`` for a type that is not a stream type (state or
+        Raises :class:`~metricstream.exceptions.PublishError` (a
+        ``ValueError``) for a type that is not a stream type (state or
         event), a payload that does not fit its type (checked with the same
         decoder the clients use: ranges, NaN, missing fields), or a message
         larger than the per-client buffer bound; a dict payload is
@@ -416,126 +165,15 @@ class MetricsHub:
         use ``loop.call_soon_threadsafe(hub.publish, message)``). Nothing
         changes when it raises. Never awaits any client.
         """
-        try:
-            mtype = MessageType(message.type)
-        except ValueError:
-            raise ValueError(f"cannot publish unknown message type {message.type!r}") from None
-        if mtype not in STREAM_TYPES:
-            raise ValueError(f"cannot publish {mtype.value!r}: not a stream message type")
-        data = message.data
-        payload_type = PAYLOAD_TYPES[mtype]
-        assert payload_type is not None
-        if not isinstance(data, payload_type):
-            try:
-                data = msgspec.convert(data, payload_type, from_attributes=True)
-            except msgspec.ValidationError as exc:
-                raise ValueError(f"invalid {mtype.value} payload: {exc}") from exc
+        published, entry = self._stream.prepare(message)
         # Fails (RuntimeError) before anything changes when called off the
         # event loop thread while clients are attached.
-        loop = asyncio.get_running_loop() if self._subscribers else None
-        seq = self._sequence + 1
-        message = WebSocketMessage(
-            type=mtype,
-            timestamp=message.timestamp,
-            data=data,
-            sequence=seq,
-            metadata=message.metadata,
-        )
-        encoded = encode(message)
-        # Structs are not validated when built in Python, so a payload with a
-        # percentage of 150 or a NaN latency would reach every client, which
-        # rejects it, and stay in the snapshot that every new client's init
-        # carries. Check the bytes once, here, with the clients' own decoder.
-        try:
-            decode(encoded)
-        except ProtocolError as exc:
-            raise ValueError(f"cannot publish: {exc}") from None
-        frame = EncodedFrame(encoded)
-        # A message bigger than a client's whole buffer would evict every
-        # client at once, and no resume could ever carry it.
-        if frame.size > self._max_buffer:
-            raise ValueError(
-                f"cannot publish a {frame.size}-byte {mtype.value} message: "
-                f"larger than the per-client buffer ({self._max_buffer} bytes)"
-            )
-        self._sequence = seq
-        self._log.append(
-            LogEntry(seq, mtype, data.model if mtype in _MODEL_SCOPED else None, frame)
-        )
-        self._fold(mtype, data)
-        self._snapshot_cache = None
+        loop = asyncio.get_running_loop() if len(self._registry) else None
+        self._stream.commit(published, entry)
         self.stats.published += 1
         if loop is not None:
-            self._fan_out(loop, mtype, data, frame)
-        return message
-
-    def _fold(self, mtype: MessageType, data: Any) -> None:
-        """Fold one message into the snapshot: state newest-wins, events kept as recent."""
-        if mtype is MessageType.METRICS_UPDATE:
-            self._metrics = data
-        elif mtype is MessageType.MODEL_UPDATE:
-            self._models[data.model] = data
-        elif mtype is MessageType.REQUEST_UPDATE:
-            self._recent_requests.append(data)
-        elif mtype is MessageType.ERROR_UPDATE:
-            self._recent_errors.append(data)
-        elif mtype is MessageType.SYSTEM_UPDATE:
-            self._system = data
-        elif mtype is MessageType.RATE_LIMIT_UPDATE:
-            self._rate_limits[data.endpoint] = data
-        elif mtype is MessageType.COST_UPDATE:
-            self._costs = data
-        elif mtype is MessageType.KV_CACHE_UPDATE:
-            self._kv_cache = data
-
-    def _fan_out(
-        self, loop: asyncio.AbstractEventLoop, mtype: MessageType, data: Any, frame: EncodedFrame
-    ) -> None:
-        model = data.model if mtype in _MODEL_SCOPED else None
-        size = frame.size
-        limit = self._max_buffer
-        dirty = self._dirty
-        evicted: list[Subscriber] = []
-        for sub in self._subscribers:
-            if not sub.open:
-                continue
-            types = sub.types
-            if types is not None and mtype not in types:
-                continue
-            models = sub.models
-            if models is not None and model is not None and model not in models:
-                continue
-            sub._pending.append(frame)
-            sub._pending_bytes += size
-            if sub._pending_bytes + sub._inflight + sub._written > limit + sub._credit and (
-                self._over_bound(sub)
-            ):
-                evicted.append(sub)
-            elif not sub.dirty:
-                sub.dirty = True
-                dirty.append(sub)
-        for sub in evicted:
-            self._evict(sub)
-        if dirty and self._flush_handle is None:
-            self._flush_handle = loop.call_soon(self._flush)
-
-    def _over_bound(self, sub: Subscriber) -> bool:
-        """Whether ``sub`` holds more than its bound, after refreshing the one
-        figure that may be stale (what the transport still buffers)."""
-        limit = self._max_buffer + sub._credit
-        if sub.direct is not None and sub._written:
-            sub._written = sub.direct.buffer_size()
-        return sub._pending_bytes + sub._inflight + sub._written > limit
-
-    def _evict(self, sub: Subscriber) -> None:
-        logger.info(
-            "closing a slow consumer: %d bytes held (bound %d)",
-            sub._pending_bytes + sub._inflight + sub._written,
-            self._max_buffer,
-        )
-        self.stats.evictions += 1
-        sub._discard()
-        sub.request_close(SLOW_CONSUMER)
+            self._registry.fan_out(loop, entry.type, entry.model, entry.frame)
+        return published
 
     def heartbeat(self) -> None:
         """Send one server ``heartbeat`` to every subscriber (encoded once)."""
@@ -543,12 +181,7 @@ class MetricsHub:
             MessageType.HEARTBEAT,
             HeartbeatPayload(server_time=int(time.time() * 1000), uptime_seconds=self.uptime),
         )
-        frame = EncodedFrame(encode(message))
-        for sub in list(self._subscribers):
-            if sub.open:
-                self._enqueue(sub, frame)
-
-    # -- snapshot -----------------------------------------------------------
+        self._registry.broadcast(EncodedFrame(encode(message)))
 
     def snapshot(
         self, *, types: Iterable[str] | None = None, models: Iterable[str] | None = None
@@ -560,63 +193,7 @@ class MetricsHub:
         filter empties the sections of types not listed; a ``models`` filter
         keeps model-scoped entries of the listed models only.
         """
-        tset = None if types is None else frozenset(types)
-        mset = None if models is None else frozenset(models)
-
-        def want(t: MessageType) -> bool:
-            return tset is None or t in tset
-
-        def model_ok(model: str | None) -> bool:
-            return mset is None or model is None or model in mset
-
-        return InitPayload(
-            metrics=self._metrics if want(MessageType.METRICS_UPDATE) else None,
-            models={k: v for k, v in self._models.items() if model_ok(k)}
-            if want(MessageType.MODEL_UPDATE)
-            else {},
-            rate_limits=dict(self._rate_limits) if want(MessageType.RATE_LIMIT_UPDATE) else {},
-            costs=self._costs if want(MessageType.COST_UPDATE) else None,
-            kv_cache=self._kv_cache if want(MessageType.KV_CACHE_UPDATE) else None,
-            system=self._system if want(MessageType.SYSTEM_UPDATE) else None,
-            recent_requests=[r for r in self._recent_requests if model_ok(r.model)]
-            if want(MessageType.REQUEST_UPDATE)
-            else [],
-            recent_errors=[e for e in self._recent_errors if model_ok(e.model)]
-            if want(MessageType.ERROR_UPDATE)
-            else [],
-        )
-
-    def _init_frame(
-        self,
-        *,
-        resumed: bool,
-        types: frozenset[str] | None,
-        models: frozenset[str] | None,
-    ) -> EncodedFrame:
-        unfiltered = types is None and models is None
-        if not resumed and unfiltered:
-            cached = self._snapshot_cache
-            if cached is not None and cached[0] == self._sequence:
-                return cached[1]
-        payload = InitPayload() if resumed else self.snapshot(types=types, models=models)
-        # Every section is written out, empty ones included (the payload
-        # Struct would omit defaults): clients in other languages can read
-        # ``data.recent_requests`` without checking that it exists.
-        data = {name: getattr(payload, name) for name in payload.__struct_fields__}
-        message = make_message(
-            MessageType.INIT,
-            data,
-            sequence=self._sequence,
-            metadata={
-                "epoch": self.epoch,
-                "resumed": resumed,
-                "server_version": self._server_version,
-            },
-        )
-        frame = EncodedFrame(encode(message))
-        if not resumed and unfiltered:
-            self._snapshot_cache = (self._sequence, frame)
-        return frame
+        return self._stream.snapshot(_filter_of(types, models))
 
     # -- subscribers --------------------------------------------------------
 
@@ -629,70 +206,48 @@ class MetricsHub:
         types: Iterable[str] | None = None,
         models: Iterable[str] | None = None,
         batch: bool = False,
-        transport: _Transport | None = None,
+        transport: Transport | None = None,
         direct: DirectWriter | None = None,
     ) -> Subscriber:
         """Attach a subscriber; its outbox starts with ``init`` (and a replay).
 
-        ``send(text)`` returns a coroutine that writes one text frame. With
+        ``send(text)`` returns a coroutine that writes one text frame; it is
+        awaited in a task (:class:`AsgiWriter`) unless ``direct`` is given. With
         ``since`` and a matching ``epoch`` the subscriber resumes: an empty
         ``init`` with ``resumed: true`` and then every stream message after
         ``since``, in order. The resume happens only when the log still holds
         all of them and they fit in the subscriber's byte bound; otherwise the
         ``init`` carries a full snapshot. Must be called on the event loop.
         """
-        tset = None if types is None else frozenset(types)
-        mset = None if models is None else frozenset(models)
-        sub = Subscriber(
-            self, send, types=tset, models=mset, batch=batch, transport=transport, direct=direct
-        )
-        replay: list[LogEntry] | None = None
+        filt = _filter_of(types, models)
+        writer: FrameWriter = direct if direct is not None else AsgiWriter(send)
+        registry = self._registry
+        sub = registry.new(writer, filter=filt, batch=batch, transport=transport)
+        replay = None
         if since is not None:
-            if epoch == self.epoch:
-                replay = self._log.entries_after(since)
-                if replay is not None and sum(e.size for e in replay) > self._max_buffer:
-                    replay = None
+            replay = self._stream.replay(since, epoch, self._max_buffer)
             if replay is None:
                 self.stats.replay_misses += 1
             else:
                 self.stats.replay_hits += 1
         # Everything below is synchronous: no message can be published between
         # the snapshot (or replay) and the subscriber joining the fan-out.
-        init = self._init_frame(resumed=replay is not None, types=tset, models=mset)
-        self._enqueue(sub, init, bounded=False)
+        registry.enqueue(
+            sub, self._stream.init_frame(resumed=replay is not None, filt=filt), bounded=False
+        )
         for entry in replay or ():
-            if self._accepts(sub, entry.type, entry.model):
-                self._enqueue(sub, entry.frame, bounded=False)
-        # The snapshot and the replay may exceed the live bound once; they are
-        # allowed for until the outbox first drains below the bound.
-        sub._credit = sub._pending_bytes
-        self._subscribers.add(sub)
-        self._empty.clear()
+            if filt.accepts(entry.type, entry.model):
+                registry.enqueue(sub, entry.frame, bounded=False)
+        registry.add(sub)
         self.stats.connections_opened += 1
         self._ensure_heartbeat()
         return sub
 
     def detach(self, sub: Subscriber) -> None:
         """Remove a subscriber and drop whatever it had pending."""
-        self._subscribers.discard(sub)
-        if not self._subscribers:
-            self._empty.set()
-        sub.open = False
-        sub._discard()
-        if not sub.closed.done():
-            sub.closed.set_result(None)
+        self._registry.remove(sub)
 
-    @staticmethod
-    def _accepts(sub: Subscriber, mtype: str, model: str | None) -> bool:
-        types = sub.types
-        if types is not None and mtype not in types:
-            return False
-        models = sub.models
-        if models is not None and mtype in _MODEL_SCOPED:
-            return model is None or model in models
-        return True
-
-    async def close_all(self, code: int = GOING_AWAY, *, grace: float = 5.0) -> None:
+    async def close_all(self, code: int = CloseCode.GOING_AWAY, *, grace: float = 5.0) -> None:
         """Ask every subscriber's connection to close with ``code`` and wait
         (up to ``grace`` seconds) until all are detached.
 
@@ -700,191 +255,11 @@ class MetricsHub:
         endpoint turns them away with 1001 once this has been called.
         """
         self._closing = True
-        for sub in list(self._subscribers):
-            sub.request_close(code)
-        if self._subscribers:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._empty.wait()
+        await self._registry.close_all(code, grace)
         task = self._heartbeat_task
         if task is not None:
             task.cancel()
             self._heartbeat_task = None
-
-    # -- outbox flushing ----------------------------------------------------
-
-    def _enqueue(self, sub: Subscriber, frame: EncodedFrame, *, bounded: bool = True) -> None:
-        sub._pending.append(frame)
-        sub._pending_bytes += frame.size
-        if bounded and self._over_bound(sub):
-            self._evict(sub)
-            return
-        if not sub.dirty:
-            sub.dirty = True
-            self._dirty.append(sub)
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_handle = None
-        dirty = self._dirty
-        self._dirty = []
-        self._shared.clear()
-        try:
-            for sub in dirty:
-                sub.dirty = False
-                if sub._task is None:
-                    self._pump(sub)
-        finally:
-            # Only shared within one flush: do not pin the bytes afterwards.
-            self._shared.clear()
-
-    def _pump(self, sub: Subscriber) -> None:
-        """Write what ``sub`` has pending, stepping each send by hand until one
-        suspends; the rest is then left to a task (see the module docstring)."""
-        if sub.direct is not None:
-            self._pump_direct(sub, sub.direct)
-            return
-        stats = self.stats
-        # Not ``sub.open``: a closing subscriber still writes what it had
-        # (an evicted or failed one has had its outbox cleared).
-        while sub._pending:
-            frame, size, count = sub._take()
-            coro = sub._send(frame)
-            if not self._eager:
-                self._start_writer(sub, coro, None, size, count)
-                return
-            try:
-                yielded = coro.send(None)
-            except StopIteration:
-                stats.messages_sent += count
-                stats.frames_sent += 1
-                stats.bytes_sent += size
-                continue
-            except Exception as exc:
-                self._send_failed(sub, exc)
-                return
-            self._start_writer(sub, coro, yielded, size, count)
-            return
-        if sub._pending_bytes <= self._max_buffer:
-            sub._credit = 0
-
-    def _pump_direct(self, sub: Subscriber, direct: DirectWriter) -> None:
-        """Write everything pending in one go, straight to the transport."""
-        if not sub._pending:
-            return
-        if not direct.usable:
-            self._send_failed(sub, None)
-            return
-        if direct.paused:
-            # The transport is over its high-water mark: wait for it to
-            # drain instead of growing its buffer; the outbox (bounded)
-            # keeps collecting meanwhile.
-            self.stats.send_suspensions += 1
-            sub._task = asyncio.get_running_loop().create_task(self._await_writable(sub, direct))
-            return
-        pending = sub._pending
-        key = (sub.batch, id(pending[0]), len(pending))
-        shared = self._shared.get(key)
-        if shared is not None and shared[1] == pending:
-            # The same frames as an earlier subscriber of this flush (list
-            # equality is identity of the frames here): unfiltered clients
-            # that keep up all hold the same outbox, so the array (or the
-            # joined frames) is built once per flush and every one of them
-            # is written the same bytes object, as single frames always are.
-            _, _, data, size, count, frames = shared
-            sub._pending = []
-            sub._pending_bytes = 0
-        else:
-            taken, data, size, count, frames = sub._take_wire()
-            if count > 1 or sub.batch:
-                self._shared[key] = (sub.batch, taken, data, size, count, frames)
-        try:
-            direct.write(data)
-        except Exception as exc:  # pragma: no cover - transports buffer, they do not raise
-            self._send_failed(sub, exc)
-            return
-        stats = self.stats
-        stats.messages_sent += count
-        stats.frames_sent += frames
-        stats.bytes_sent += size
-        # What the transport could not pass to the kernel yet still counts
-        # against the bound: with direct writes it is where a backlog sits.
-        sub._written = written = direct.buffer_size()
-        if written <= self._max_buffer:
-            sub._credit = 0
-
-    async def _await_writable(self, sub: Subscriber, direct: DirectWriter) -> None:
-        try:
-            await direct.wait_writable()
-        finally:
-            sub._task = None
-        self._pump(sub)
-        self._shared.clear()
-
-    def _start_writer(
-        self,
-        sub: Subscriber,
-        coro: Coroutine[Any, Any, None],
-        yielded: Any,
-        size: int,
-        count: int,
-    ) -> None:
-        self.stats.send_suspensions += 1
-        sub._inflight = size
-        sub._task = asyncio.get_running_loop().create_task(
-            self._writer(sub, coro, yielded, size, count)
-        )
-
-    async def _writer(
-        self,
-        sub: Subscriber,
-        coro: Coroutine[Any, Any, None],
-        yielded: Any,
-        size: int,
-        count: int,
-    ) -> None:
-        """Finish a suspended send, then drain the outbox with plain awaits."""
-        stats = self.stats
-        try:
-            try:
-                if yielded is None and not self._eager:
-                    await coro
-                else:
-                    await _finish_stepped(coro, yielded)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._send_failed(sub, exc)
-                return
-            stats.messages_sent += count
-            stats.frames_sent += 1
-            stats.bytes_sent += size
-            sub._inflight = 0
-            while sub._pending:
-                frame, size, count = sub._take()
-                sub._inflight = size
-                try:
-                    await sub._send(frame)
-                except Exception as exc:
-                    self._send_failed(sub, exc)
-                    return
-                sub._inflight = 0
-                stats.messages_sent += count
-                stats.frames_sent += 1
-                stats.bytes_sent += size
-            if sub._pending_bytes <= self._max_buffer:
-                sub._credit = 0
-        finally:
-            sub._inflight = 0
-            sub._task = None
-
-    def _send_failed(self, sub: Subscriber, exc: BaseException | None) -> None:
-        # The connection is gone (the ASGI server raises on a closed socket):
-        # stop writing; the endpoint sees the disconnect and detaches.
-        logger.debug("send failed, dropping subscriber: %r", exc)
-        sub._discard()
-        sub.request_close(None)
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat_interval is None:
@@ -897,33 +272,7 @@ class MetricsHub:
 
     async def _heartbeat_loop(self, interval: float) -> None:
         # Runs while anyone listens; the next attach restarts it.
-        while self._subscribers:
+        while len(self._registry):
             await asyncio.sleep(interval)
             self.heartbeat()
         self._heartbeat_task = None
-
-
-async def _finish_stepped(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
-    """Drive a coroutine that was stepped by hand and suspended, to its end.
-
-    Does what an ``asyncio.Task`` does with a coroutine: wait for the future
-    it yielded (or one loop iteration for a bare ``yield``), then resume it.
-    Cancellation closes the coroutine, which runs its ``finally`` blocks.
-    """
-    try:
-        while True:
-            if yielded is None:
-                await asyncio.sleep(0)
-            elif asyncio.isfuture(yielded):
-                # Task clears this flag on every future it accepts.
-                yielded._asyncio_future_blocking = False
-                await asyncio.wait((yielded,))
-            else:
-                raise RuntimeError(f"send coroutine yielded {yielded!r}, not a future")
-            try:
-                yielded = coro.send(None)
-            except StopIteration:
-                return
-    except BaseException:
-        coro.close()
-        raise

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, PublishError
 from ..protocol import WebSocketMessage
 from ._wire import EncodedFrame
 
@@ -48,7 +48,7 @@ class LogEntry:
     def of(cls, message: WebSocketMessage[Any], frame: EncodedFrame) -> LogEntry:
         """The entry of a published ``message`` (its ``sequence`` set) and its frame."""
         if message.sequence is None:
-            raise ValueError("a logged message must have a sequence")
+            raise PublishError("a logged message must have a sequence")
         model = getattr(message.data, "model", None)
         # ``type`` as given: a ``MessageType`` member is shared by every
         # entry, where ``str()`` of it would be a new string per entry.

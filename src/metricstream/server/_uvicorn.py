@@ -8,7 +8,8 @@ from typing import Any
 
 import uvicorn
 
-from ._hub import GOING_AWAY, MetricsHub
+from ..protocol import CloseCode
+from ._hub import MetricsHub
 
 __all__ = ["StreamServer", "uvicorn_config"]
 
@@ -25,9 +26,8 @@ def uvicorn_config(
 ) -> uvicorn.Config:
     """A uvicorn config tuned for the stream.
 
-    - the sans-I/O ``websockets`` implementation (the one whose ``send``
-      returns without suspending while the transport accepts data, see the
-      hub's module docstring);
+    - the sans-I/O ``websockets`` implementation (the one whose connections
+      the hub can write to directly, see ``_wire.DirectWriter``);
     - uvloop and httptools when installed;
     - permessage-deflate off unless asked for: on small frames it costs more
       CPU and memory than it saves bandwidth;
@@ -67,7 +67,7 @@ class StreamServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Close the stream's clients with 1001, then shut uvicorn down."""
-        await self.hub.close_all(GOING_AWAY, grace=self._close_timeout)
+        await self.hub.close_all(CloseCode.GOING_AWAY, grace=self._close_timeout)
         await super().shutdown(sockets=sockets)
 
     @property

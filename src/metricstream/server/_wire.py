@@ -11,15 +11,30 @@ each is all it should pay for.
 :class:`DirectWriter` writes such wire bytes straight to the transport of a
 uvicorn connection, skipping the per-client ASGI ``send`` call chain; see
 :meth:`DirectWriter.detect` for exactly when it is used.
+
+This is the one module that reads uvicorn's internals (the protocol object
+behind ``receive``: its ``conn``, ``transport``, ``writable``,
+``close_sent``). ``pyproject.toml`` bounds uvicorn to the versions this was
+checked against and ``tests/server/test_uvicorn_range.py`` runs a real server
+and client on the lowest and the newest of them. When the internals do not
+look as expected, the connection falls back to ASGI ``send``: logged once per
+process and counted (``metricstream_direct_write_fallbacks``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
-__all__ = ["DirectWriter", "EncodedFrame", "text_frame"]
+if TYPE_CHECKING:
+    from ._registry import Subscriber
+    from ._writers import WriteContext
+
+__all__ = ["DirectWriter", "EncodedFrame", "Transport", "find_transport", "text_frame"]
+
+logger = logging.getLogger("metricstream.server")
 
 _OP_TEXT_FIN: Final = 0x81
 
@@ -83,8 +98,61 @@ class EncodedFrame:
         return f"EncodedFrame({text[:60]!r}{'...' if len(text) > 60 else ''})"
 
 
+class Transport(Protocol):
+    """The part of an asyncio transport the server may use, when it has one."""
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes buffered, not yet passed to the kernel."""
+        ...
+
+    def is_closing(self) -> bool:
+        """Whether the transport is closing or closed."""
+        ...
+
+    def abort(self) -> None:
+        """Close at once, dropping buffered data."""
+        ...
+
+
+def find_transport(receive: Any) -> Transport | None:
+    """The asyncio transport behind ``receive``, when the server exposes it.
+
+    uvicorn hands the application the bound ``receive`` method of its
+    per-connection protocol object, which holds the transport. The endpoint
+    uses it for two read-mostly things only: to include the transport's write
+    buffer in the per-client buffer figure, and to abort a peer that will not
+    even take its close frame. Anything else (another server, a middleware
+    wrapping ``receive``) simply yields ``None`` and both refinements are off.
+    """
+    owner = getattr(receive, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    if all(
+        callable(getattr(transport, name, None))
+        for name in ("get_write_buffer_size", "is_closing", "abort")
+    ):
+        return transport
+    return None
+
+
+# Whether a fallback to ASGI was logged already: once per process is enough
+# to tell an operator that uvicorn's internals changed.
+_fallback_logged = False
+
+
+def _fell_back(why: str) -> None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        logger.warning(
+            "writing to clients through ASGI send instead of directly: %s "
+            "(logged once; counted in metricstream_direct_write_fallbacks)",
+            why,
+        )
+
+
 class DirectWriter:
-    """Writes pre-framed bytes to one uvicorn WebSocket connection's transport.
+    """A :class:`~metricstream.server.FrameWriter` that writes pre-framed
+    bytes to one uvicorn WebSocket connection's transport.
 
     Used only when all of these hold, checked by :meth:`detect`:
 
@@ -115,20 +183,34 @@ class DirectWriter:
     def detect(cls, receive: Any) -> DirectWriter | None:
         """A writer for the connection behind ``receive``, or ``None`` when
         the direct path does not apply (any other server or implementation,
-        a middleware wrapping ``receive``, an extension negotiated)."""
+        a middleware wrapping ``receive``, an extension negotiated).
+
+        ``None`` for a uvicorn sans-I/O connection whose internals are not
+        what this module expects is a fallback: logged once, and the caller
+        counts it (see :func:`detect_or_fallback`).
+        """
+        return cls.check(receive)[0]
+
+    @classmethod
+    def check(cls, receive: Any) -> tuple[DirectWriter | None, str | None]:
+        """:meth:`detect`, plus why a uvicorn sans-I/O connection could not be
+        written directly (``None`` when it could, or when it is not one)."""
         owner = getattr(receive, "__self__", None)
         if owner is None:
-            return None
+            return None, None
         try:
             from uvicorn.protocols.websockets.websockets_sansio_impl import (
                 WebSocketsSansIOProtocol,
             )
             from websockets.protocol import State
         except ImportError:  # pragma: no cover - uvicorn or websockets missing
-            return None
+            return None, None
         if not isinstance(owner, WebSocketsSansIOProtocol):
-            return None
+            return None, None
         conn = getattr(owner, "conn", None)
+        if conn is not None and getattr(conn, "extensions", None) not in ([], None):
+            # Compression negotiated: framed bytes would be wrong, by design.
+            return None, None
         transport = getattr(owner, "transport", None)
         writable = getattr(owner, "writable", None)
         if (
@@ -139,8 +221,10 @@ class DirectWriter:
             or not isinstance(getattr(owner, "close_sent", None), bool)
             or not callable(getattr(transport, "write", None))
         ):
-            return None
-        return cls(owner, State.OPEN)
+            why = "uvicorn's sans-I/O protocol object does not have the expected attributes"
+            _fell_back(why)
+            return None, why
+        return cls(owner, State.OPEN), None
 
     @property
     def usable(self) -> bool:
@@ -167,3 +251,59 @@ class DirectWriter:
     async def wait_writable(self) -> None:
         """Wait until the transport resumes writing (or the connection is lost)."""
         await self._writable.wait()
+
+    # -- FrameWriter ----------------------------------------------------------
+
+    def pump(self, sub: Subscriber, ctx: WriteContext) -> None:
+        """Write everything pending in one go, straight to the transport."""
+        outbox = sub.outbox
+        if outbox.task is not None or not outbox.frames:
+            return
+        if not self.usable:
+            sub.fail(None)
+            return
+        if self.paused:
+            # The transport is over its high-water mark: wait for it to
+            # drain instead of growing its buffer; the outbox (bounded)
+            # keeps collecting meanwhile.
+            ctx.stats.send_suspensions += 1
+            outbox.task = asyncio.get_running_loop().create_task(self._await_writable(sub, ctx))
+            return
+        pending = outbox.frames
+        key = (sub.batch, id(pending[0]), len(pending))
+        shared = ctx.shared.get(key)
+        if shared is not None and shared[1] == pending:
+            # The same frames as an earlier subscriber of this flush (list
+            # equality is identity of the frames here): unfiltered clients
+            # that keep up all hold the same outbox, so the array (or the
+            # joined frames) is built once per flush and every one of them
+            # is written the same bytes object, as single frames always are.
+            _, _, data, size, count, frames = shared
+            outbox.frames = []
+            outbox.size = 0
+        else:
+            taken, data, size, count, frames = outbox.take_wire(sub.batch)
+            if count > 1 or sub.batch:
+                ctx.shared[key] = (sub.batch, taken, data, size, count, frames)
+        try:
+            self.write(data)
+        except Exception as exc:  # pragma: no cover - transports buffer, they do not raise
+            sub.fail(exc)
+            return
+        stats = ctx.stats
+        stats.messages_sent += count
+        stats.frames_sent += frames
+        stats.bytes_sent += size
+        # What the transport could not pass to the kernel yet still counts
+        # against the bound: with direct writes it is where a backlog sits.
+        outbox.written = self.buffer_size()
+        outbox.settle(ctx.max_buffer)
+
+    async def _await_writable(self, sub: Subscriber, ctx: WriteContext) -> None:
+        try:
+            await self.wait_writable()
+        finally:
+            sub.outbox.task = None
+        self.pump(sub, ctx)
+        # Bytes are shared within one flush only: do not pin them afterwards.
+        ctx.shared.clear()

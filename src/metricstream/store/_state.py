@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Final
 
+from ..exceptions import ConfigError
 from ..protocol import (
+    MAX_KEYS,
     PAYLOAD_TYPES,
     STATE_TYPES,
     CostUpdatePayload,
@@ -57,11 +59,6 @@ class RealtimeMetricsState:
     last_update: int | None = None
 
 
-# Keyed state caps: a server (or a hostile one) naming ever more models or
-# endpoints must not grow a long-running dashboard without bound.
-_MAX_KEYS: Final = 1024
-
-
 class StateReducer:
     """Applies stream messages to a :class:`RealtimeMetricsState`.
 
@@ -76,7 +73,7 @@ class StateReducer:
 
     def __init__(self, *, max_recent_requests: int = 50, max_recent_errors: int = 20) -> None:
         if max_recent_requests < 1 or max_recent_errors < 1:
-            raise ValueError("history sizes must be at least 1")
+            raise ConfigError("history sizes must be at least 1")
         self.max_recent_requests = max_recent_requests
         self.max_recent_errors = max_recent_errors
         self._requests: deque[RequestUpdatePayload] = deque(maxlen=max_recent_requests)
@@ -173,10 +170,10 @@ class StateReducer:
             self._singletons[MessageType.KV_CACHE_UPDATE] = data.kv_cache
         for mtype in self._singletons:
             self._versions[(mtype, "")] = version
-        for name, model in list(data.models.items())[-_MAX_KEYS:]:
+        for name, model in list(data.models.items())[-MAX_KEYS:]:
             self._models[name] = model
             self._versions[(MessageType.MODEL_UPDATE, name)] = version
-        for endpoint, limit in list(data.rate_limits.items())[-_MAX_KEYS:]:
+        for endpoint, limit in list(data.rate_limits.items())[-MAX_KEYS:]:
             self._rate_limits[endpoint] = limit
             self._versions[(MessageType.RATE_LIMIT_UPDATE, endpoint)] = version
         # The snapshot lists events oldest first, in the order they happened.
@@ -220,7 +217,7 @@ class StateReducer:
     def _put(self, table: OrderedDict[str, Any], mtype: MessageType, key: str, value: Any) -> None:
         table[key] = value
         table.move_to_end(key)
-        if len(table) > _MAX_KEYS:
+        if len(table) > MAX_KEYS:
             evicted, _ = table.popitem(last=False)
             self._versions.pop((mtype, evicted), None)
 

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+from ..exceptions import ConfigError
 from ..protocol import (
     ErrorUpdatePayload,
     MessageType,
@@ -216,7 +217,7 @@ class MetricsStore:
     Feed it with :meth:`apply` or bind it to a client (``MetricsStore(service)``)
     and read :attr:`state` or one of the views. Memory is bounded: histories
     hold ``max_recent_requests``/``max_recent_errors`` entries and keyed state
-    at most 1024 keys.
+    at most :data:`~metricstream.protocol.MAX_KEYS` (1024) keys per table.
     """
 
     def __init__(
@@ -296,7 +297,7 @@ class MetricsStore:
         made at once.
         """
         if interval is not None and not interval > 0:
-            raise ValueError(f"interval must be positive, got {interval!r}")
+            raise ConfigError(f"interval must be positive, got {interval!r}")
         watch = Watch(self, selector, callback, interval)
         self._watches.add(watch)
         return watch
@@ -358,10 +359,6 @@ class MetricsStore:
             and stats.queue_size < QUEUE_LIMIT
         )
         return SystemHealth(health=stats, is_healthy=healthy)
-
-    def subscription(self, message_type: MessageType | str, callback: MessageCallback) -> _Listener:
-        """``useWebSocketSubscription``: the same as :meth:`on`."""
-        return self.on(message_type, callback)
 
     def request_history(
         self,
@@ -432,7 +429,7 @@ class RequestHistory:
         filter_fn: Callable[[RequestUpdatePayload], bool] | None = None,
     ) -> None:
         if max_size < 1:
-            raise ValueError(f"max_size must be at least 1, got {max_size!r}")
+            raise ConfigError(f"max_size must be at least 1, got {max_size!r}")
         self._items: deque[RequestUpdatePayload] = deque(maxlen=max_size)
         self._filter = filter_fn
         self._listener = store.on(MessageType.REQUEST_UPDATE, self._add)
@@ -466,7 +463,7 @@ class ErrorMonitor:
         on_error: Callable[[ErrorUpdatePayload], object] | None = None,
     ) -> None:
         if max_size < 1:
-            raise ValueError(f"max_size must be at least 1, got {max_size!r}")
+            raise ConfigError(f"max_size must be at least 1, got {max_size!r}")
         self._items: deque[ErrorUpdatePayload] = deque(maxlen=max_size)
         self._on_error = on_error
         self.error_count = 0

@@ -15,7 +15,20 @@
 //   selects): a browser cannot set headers on a WebSocket, and a token in
 //   the URL would end up in access logs; asks for `batch=1` array frames;
 // - follows the close-code table: 4001/1008 stop with an error, 4008
-//   reconnects at once, anything else backs off.
+//   reconnects at once (once in a row), anything else backs off.
+//
+// Every protocol constant (close codes and their actions, defaults, bounds)
+// comes from ./protocol.js, generated from the Python package; the pure
+// functions below run the shared test vectors (tests/protocol/vectors.json)
+// under `node --test`, as the Python session does.
+
+import {
+  CLOSE_ACTIONS,
+  CloseAction,
+  MAX_TRACKED_HOLES,
+  MODEL_SCOPED_TYPES,
+  PROTOCOL_DEFAULTS,
+} from "./protocol.js";
 
 export const ConnectionState = Object.freeze({
   CONNECTING: "CONNECTING",
@@ -27,15 +40,9 @@ export const ConnectionState = Object.freeze({
 });
 
 export const DEFAULTS = Object.freeze({
-  reconnectInterval: 1000,
-  maxReconnectInterval: 30000,
-  reconnectDecay: 1.5,
-  reconnectJitter: 0.5,
+  ...PROTOCOL_DEFAULTS,
   maxReconnectAttempts: Infinity,
-  heartbeatInterval: 10000,
-  heartbeatTimeout: 5000,
   openTimeout: 10000,
-  offlineQueueSize: 100,
   batch: true,
   resume: true,
   token: null,
@@ -45,9 +52,6 @@ export const DEFAULTS = Object.freeze({
   debug: false,
 });
 
-// Close codes after which retrying cannot help (bad token, refused origin).
-export const FATAL_CLOSE_CODES = Object.freeze([1008, 4001]);
-export const SLOW_CONSUMER = 4008;
 // The subprotocol the server selects, and the prefix of the token's entry.
 export const STREAM_SUBPROTOCOL = "metricstream";
 export const TOKEN_SUBPROTOCOL_PREFIX = "metricstream.token.";
@@ -58,7 +62,6 @@ export function base64url(text) {
   for (const byte of new TextEncoder().encode(text)) binary += String.fromCharCode(byte);
   return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
-const MAX_TRACKED_HOLES = 1024;
 const TICK_MS = 200;
 
 // Timers run on the monotonic clock: a wall-clock jump (NTP, a user changing
@@ -77,11 +80,53 @@ export function backoffDelay(attempt, config = DEFAULTS, random = Math.random) {
   return capped * (1 - config.reconnectJitter * random());
 }
 
-/** What to do after a close with `code`: "fatal", "now" or "backoff". */
+/** What to do after a close with `code` (null: no close frame): a CloseAction value. */
 export function closeAction(code) {
-  if (FATAL_CLOSE_CODES.includes(code)) return "fatal";
-  if (code === SLOW_CONSUMER) return "now";
-  return "backoff";
+  if (code === null || code === undefined) return CloseAction.RETRY;
+  return CLOSE_ACTIONS[String(code)] ?? CloseAction.RETRY;
+}
+
+/**
+ * Whether a stream message of `type` about `model` passes `filter`
+ * ({types, models}; null or empty: no filter on that dimension). The
+ * protocol's one filter rule (metricstream.protocol.Filter).
+ */
+export function filterAccepts(filter, type, model) {
+  const types = filter.types && filter.types.length ? filter.types : null;
+  const models = filter.models && filter.models.length ? filter.models : null;
+  if (types !== null && !types.includes(type)) return false;
+  if (models !== null && model !== null && model !== undefined) {
+    if (MODEL_SCOPED_TYPES.includes(type)) return models.includes(model);
+  }
+  return true;
+}
+
+/**
+ * One text frame as its messages: {messages, invalid}. A batch (array) is
+ * decoded leniently: a bad item is skipped and counted, the others kept.
+ */
+export function decodeFrame(text) {
+  let parsed;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return { messages: [], invalid: 1 };
+  }
+  const items = Array.isArray(parsed) ? parsed : [parsed];
+  const messages = [];
+  let invalid = 0;
+  for (const message of items) {
+    const bad =
+      !isObject(message) ||
+      typeof message.type !== "string" ||
+      (message.data !== undefined && message.data !== null && typeof message.data !== "object") ||
+      (message.sequence !== undefined &&
+        message.sequence !== null &&
+        !(Number.isInteger(message.sequence) && message.sequence >= 0));
+    if (bad) invalid += 1;
+    else messages.push(message);
+  }
+  return { messages, invalid };
 }
 
 /** Normalise a wire timestamp to ms: values below 1e11 are seconds. */
@@ -182,6 +227,8 @@ export class StreamClient {
     // A gap answered by a resume from this sequence: if the same gap shows
     // up again, the server cannot fill it and it is accepted.
     this._gapResyncFrom = null;
+    // A reset-and-retry close was answered at once since the last connection.
+    this._immediateUsed = false;
     this._encoder = new TextEncoder();
     this._decoder = new TextDecoder();
   }
@@ -423,25 +470,11 @@ export class StreamClient {
     }
     // Any frame proves the peer alive.
     conn.probeSince = null;
-    let parsed;
-    try {
-      parsed = JSON.parse(text);
-    } catch {
-      this._invalid("frame is not JSON");
-      return;
-    }
-    const messages = Array.isArray(parsed) ? parsed : [parsed];
+    // One bad message does not take its batch down: it is skipped (and a
+    // gap in the sequence shows it).
+    const { messages, invalid } = decodeFrame(text);
+    for (let i = 0; i < invalid; i += 1) this._invalid("invalid message skipped");
     for (const message of messages) {
-      // One bad message does not take its batch down: it is skipped (and a
-      // gap in the sequence shows it).
-      if (!isObject(message) || typeof message.type !== "string") {
-        this._invalid("message is not an object with a string type");
-        continue;
-      }
-      if (message.data !== undefined && message.data !== null && typeof message.data !== "object") {
-        this._invalid(`${message.type}: data is not an object`);
-        continue;
-      }
       this.info.messageCount += 1;
       this._handle(conn, message);
       if (conn.resync || this._conn !== conn) break;
@@ -465,6 +498,7 @@ export class StreamClient {
     const wasReconnect = this.info.connectedAt !== null;
     this.info.connectedAt = Date.now();
     this.info.reconnectAttempts = 0;
+    this._immediateUsed = false;
     this.info.lastError = null;
     this._setState(ConnectionState.CONNECTED);
     this._emit(wasReconnect ? "reconnected" : "connected", this.info);
@@ -512,13 +546,10 @@ export class StreamClient {
     }
     if (!conn.established) this._established(conn);
     const sequence = message.sequence;
-    if (sequence !== undefined && sequence !== null) {
-      if (!Number.isInteger(sequence) || sequence < 0) {
-        this._invalid(`${message.type}: sequence is not a non-negative integer`);
-        return;
-      }
-      if (!this._accept(conn, sequence)) return;
-    }
+    if (sequence !== undefined && sequence !== null && !this._accept(conn, sequence)) return;
+    // A server that ignores the filter (or one widened meanwhile) must not
+    // show the page what it did not ask for.
+    if (!filterAccepts(this.config, message.type, data.model)) return;
     this._emit("message", message);
   }
 
@@ -584,8 +615,14 @@ export class StreamClient {
       this._setState(ConnectionState.CLOSED);
       return;
     }
-    const action = resync ? "now" : closeAction(code);
-    if (action === "fatal") {
+    let action = resync ? CloseAction.RESET_AND_RETRY : closeAction(code);
+    if (action === CloseAction.RESET_AND_RETRY) {
+      // At once only once in a row: a server that keeps closing us at once
+      // gets the backoff like anyone else.
+      if (this._immediateUsed) action = CloseAction.RETRY;
+      this._immediateUsed = true;
+    }
+    if (action === CloseAction.FATAL) {
       this._fatal(
         code === 4001
           ? "the server rejected the token (4001): open the page with ?token=<token>"
@@ -594,7 +631,7 @@ export class StreamClient {
       return;
     }
     this.info.lastError = why;
-    if (action === "now") {
+    if (action === CloseAction.RESET_AND_RETRY) {
       this._setState(ConnectionState.RECONNECTING);
       // Immediately, but from a fresh task so a close storm cannot recurse.
       this._retryTimer = setTimeout(() => {

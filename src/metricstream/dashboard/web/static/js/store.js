@@ -4,6 +4,8 @@
 // Everything here comes from the network and is treated as untrusted: each
 // payload is checked for the shape the views need before it is kept.
 
+import { MAX_KEYS } from "./protocol.js";
+
 const STATE_TYPES = new Set([
   "metrics_update",
   "model_update",
@@ -12,8 +14,6 @@ const STATE_TYPES = new Set([
   "cost_update",
   "kv_cache_update",
 ]);
-
-const MAX_KEYS = 500;
 
 function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
