@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("none", "tui", "server", "all")
-COMMANDS = ("serve", "watch", "dashboard", "demo", "schema")
+COMMANDS = ("serve", "watch", "dashboard", "demo", "schema", "schema-js")
 # The extra each command needs to run (the others need only the core).
 NEEDS = {"serve": "server", "demo": "server", "dashboard": "tui"}
 INSTALLED = {"none": set(), "tui": {"tui"}, "server": {"server"}, "all": {"server", "tui"}}
@@ -188,7 +188,7 @@ def test_the_wheel_carries_the_license_and_no_development_extras(venvs: dict[str
         for line in metadata.splitlines()
         if line.startswith("Provides-Extra:")
     }
-    assert extras == {"server", "tui", "gpu", "all"}
+    assert extras == {"server", "tui", "gpu", "proxy", "all"}
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert requires
     assert not [line for line in requires if "fakeai" in line or "pytest" in line]
