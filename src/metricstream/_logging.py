@@ -17,13 +17,14 @@ paths with their query, which is where a ``?token=`` would otherwise leak.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import re
 import sys
 import time
 from typing import Any, Literal, TextIO
+
+from .protocol.auth import TOKEN_SUBPROTOCOL_PREFIX, token_subprotocol
 
 __all__ = [
     "LOG_FORMATS",
@@ -46,7 +47,7 @@ REDACTED = "***"
 # the value after ``Bearer``; the value ends at a separator of either syntax.
 _QUERY_SECRET = re.compile(r"(?i)(\b(?:access_)?token=)[^&\s\"'#;,]+")
 _BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+")
-_SUBPROTOCOL = re.compile(r"(\bmetricstream\.token\.)[A-Za-z0-9_\-]+")
+_SUBPROTOCOL = re.compile(rf"(\b{re.escape(TOKEN_SUBPROTOCOL_PREFIX)})[A-Za-z0-9_\-]+")
 
 _secrets: set[str] = set()
 # The handler configure_logging installed, so a second call replaces it
@@ -59,7 +60,7 @@ def add_secret(secret: str) -> None:
     if secret:
         _secrets.add(secret)
         # The form a browser sends it in, as a WebSocket subprotocol entry.
-        _secrets.add(base64.urlsafe_b64encode(secret.encode()).decode().rstrip("="))
+        _secrets.add(token_subprotocol(secret).removeprefix(TOKEN_SUBPROTOCOL_PREFIX))
 
 
 def redact(text: str) -> str:

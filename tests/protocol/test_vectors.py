@@ -20,13 +20,17 @@ import pytest
 
 from metricstream.client import build_url
 from metricstream.protocol import (
+    STREAM_SUBPROTOCOL,
     STREAM_TYPES,
+    TOKEN_SUBPROTOCOL_PREFIX,
     ClientSession,
     Filter,
     SequenceTracker,
     WebSocketMessage,
     close_action,
     javascript,
+    token_from_subprotocols,
+    token_subprotocol,
 )
 
 from ..support import require_executable, scaled
@@ -134,3 +138,13 @@ def test_schema_js_writes_the_module(tmp_path: Path) -> None:
     target = tmp_path / "protocol.js"
     assert main(["schema-js", "--output", str(target)]) == 0
     assert target.read_text(encoding="utf-8") == javascript.render()
+
+
+def test_the_token_subprotocol_round_trips() -> None:
+    entry = token_subprotocol("s3cret/+=é")
+    assert entry.startswith(TOKEN_SUBPROTOCOL_PREFIX)
+    # An HTTP token: no padding or other separators a subprotocol may not hold.
+    assert not set(entry) & set('=/+ ,;"')
+    assert token_from_subprotocols([STREAM_SUBPROTOCOL, entry]) == "s3cret/+=é".encode()
+    assert token_from_subprotocols([STREAM_SUBPROTOCOL]) is None
+    assert token_from_subprotocols([TOKEN_SUBPROTOCOL_PREFIX + "!!"]) is None

@@ -8,6 +8,12 @@ nothing here imports asyncio or a network library, so every rule of the
 protocol is testable without an event loop or a socket.
 """
 
+from .auth import (
+    STREAM_SUBPROTOCOL,
+    TOKEN_SUBPROTOCOL_PREFIX,
+    token_from_subprotocols,
+    token_subprotocol,
+)
 from .backoff import Backoff
 from .close import FATAL_HTTP_STATUSES, CloseAction, CloseCode, close_action, handshake_action
 from .codec import PAYLOAD_TYPES, decode, decode_frame, encode, encode_batch, normalize_timestamp
@@ -83,7 +89,9 @@ __all__ = [
     "PAYLOAD_TYPES",
     "PROTOCOL_VERSION",
     "STATE_TYPES",
+    "STREAM_SUBPROTOCOL",
     "STREAM_TYPES",
+    "TOKEN_SUBPROTOCOL_PREFIX",
     "Backoff",
     "ClientSession",
     "CloseAction",
@@ -126,4 +134,6 @@ __all__ = [
     "make_message",
     "normalize_timestamp",
     "now_ms",
+    "token_from_subprotocols",
+    "token_subprotocol",
 ]

@@ -35,8 +35,12 @@ class CloseCode(enum.IntEnum):
     """The server is shutting down or redeploying."""
     ABNORMAL = 1006
     """No close frame at all (never sent: what a lost connection reads as)."""
+    INVALID_PAYLOAD = 1007
+    """A text frame that is not valid UTF-8."""
     POLICY_VIOLATION = 1008
-    """The handshake's ``Origin`` is not allowed."""
+    """A filter in the URL beyond the server's bounds (after an ``invalid_filter``
+    error). A refused origin or a throttled address is refused earlier, as an
+    HTTP 403 to the handshake."""
     MESSAGE_TOO_BIG = 1009
     """A frame exceeded the receiver's size limit."""
     INTERNAL_ERROR = 1011

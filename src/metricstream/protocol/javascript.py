@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .auth import STREAM_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX
 from .close import _ACTIONS, FATAL_HTTP_STATUSES, CloseAction, CloseCode
 from .constants import (
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -96,6 +97,10 @@ def render() -> str:
         f"export const MAX_TRACKED_HOLES = {MAX_TRACKED_HOLES};\n",
         "/** Keys kept per keyed state table (models, rate-limit endpoints). */\n"
         f"export const MAX_KEYS = {MAX_KEYS};\n",
+        "/** The subprotocol the server selects; a browser offers it with its token. */\n"
+        f"export const STREAM_SUBPROTOCOL = {_js(STREAM_SUBPROTOCOL)};\n",
+        "/** Prefix of the subprotocol entry carrying the token (base64url, unpadded). */\n"
+        f"export const TOKEN_SUBPROTOCOL_PREFIX = {_js(TOKEN_SUBPROTOCOL_PREFIX)};\n",
     ]
     return "\n".join(parts)
 

@@ -14,8 +14,6 @@ enforces the inbound limits. Writing is the hub's business.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import functools
 import hmac
@@ -28,6 +26,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import InvalidFilterError, ProtocolError
 from ..protocol import (
+    STREAM_SUBPROTOCOL,
     CloseCode,
     ErrorPayload,
     Filter,
@@ -39,6 +38,7 @@ from ..protocol import (
     encode,
     make_message,
     now_ms,
+    token_from_subprotocols,
 )
 from ._hub import MetricsHub, Subscriber
 from ._limits import (
@@ -456,31 +456,11 @@ def _handshake_headers(scope: Scope) -> tuple[str | None, str, tuple[str, ...]]:
     return origin, authorization, offered
 
 
-#: The subprotocol the server selects when a client offers it. A browser
-#: that offers subprotocols fails the handshake unless the server selects
-#: one, so a browser passing its token as a subprotocol entry offers this too.
-STREAM_SUBPROTOCOL: Final = "metricstream"
-#: Prefix of the subprotocol entry carrying the token, base64url-encoded
-#: without padding (a subprotocol must be an HTTP token: no ``=``, ``/``, ``+``).
-TOKEN_SUBPROTOCOL_PREFIX: Final = "metricstream.token."
-
-
 def _accept_message(offered: tuple[str, ...]) -> Message:
     # Never echo the token entry: only the plain protocol name is selected.
     if STREAM_SUBPROTOCOL in offered:
         return {"type": "websocket.accept", "subprotocol": STREAM_SUBPROTOCOL}
     return {"type": "websocket.accept"}
-
-
-def _subprotocol_token(offered: tuple[str, ...]) -> bytes | None:
-    for item in offered:
-        if item.startswith(TOKEN_SUBPROTOCOL_PREFIX):
-            encoded = item[len(TOKEN_SUBPROTOCOL_PREFIX) :]
-            try:
-                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-            except (binascii.Error, ValueError):
-                return None
-    return None
 
 
 def _token_ok(
@@ -501,7 +481,7 @@ def _token_ok(
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), expected):
         ok = True
-    given_protocol = _subprotocol_token(offered)
+    given_protocol = token_from_subprotocols(offered)
     if given_protocol is not None and hmac.compare_digest(given_protocol, expected):
         ok = True
     given = query.get("token")

@@ -394,8 +394,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.guard.log.info(
                     "invalid_utf8", "closed a connection from %s: invalid UTF-8 (1007)", self._peer
                 )
-                self.conn.send_close(1007, "invalid UTF-8")
-                self.queue.put_nowait({"type": "websocket.disconnect", "code": 1007})
+                self.conn.send_close(CloseCode.INVALID_PAYLOAD, "invalid UTF-8")
+                self.queue.put_nowait(
+                    {"type": "websocket.disconnect", "code": CloseCode.INVALID_PAYLOAD}
+                )
                 self.transport.write(b"".join(self.conn.data_to_send()))
                 self.close_sent = True
                 self.transport.close()

@@ -28,6 +28,8 @@ import {
   MAX_TRACKED_HOLES,
   MODEL_SCOPED_TYPES,
   PROTOCOL_DEFAULTS,
+  STREAM_SUBPROTOCOL,
+  TOKEN_SUBPROTOCOL_PREFIX,
 } from "./protocol.js";
 
 export const ConnectionState = Object.freeze({
@@ -51,10 +53,6 @@ export const DEFAULTS = Object.freeze({
   random: Math.random,
   debug: false,
 });
-
-// The subprotocol the server selects, and the prefix of the token's entry.
-export const STREAM_SUBPROTOCOL = "metricstream";
-export const TOKEN_SUBPROTOCOL_PREFIX = "metricstream.token.";
 
 /** `text` as UTF-8, base64url without padding (a subprotocol is an HTTP token). */
 export function base64url(text) {

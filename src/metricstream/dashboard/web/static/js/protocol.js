@@ -5,7 +5,7 @@
 export const PROTOCOL_VERSION = 1;
 
 /** Every close code the protocol names. */
-export const CloseCode = Object.freeze({"NORMAL": 1000, "GOING_AWAY": 1001, "ABNORMAL": 1006, "POLICY_VIOLATION": 1008, "MESSAGE_TOO_BIG": 1009, "INTERNAL_ERROR": 1011, "SERVICE_RESTART": 1012, "BAD_TOKEN": 4001, "SLOW_CONSUMER": 4008, "TOO_MANY": 4029});
+export const CloseCode = Object.freeze({"NORMAL": 1000, "GOING_AWAY": 1001, "ABNORMAL": 1006, "INVALID_PAYLOAD": 1007, "POLICY_VIOLATION": 1008, "MESSAGE_TOO_BIG": 1009, "INTERNAL_ERROR": 1011, "SERVICE_RESTART": 1012, "BAD_TOKEN": 4001, "SLOW_CONSUMER": 4008, "TOO_MANY": 4029});
 
 /** What a client does after a close. */
 export const CloseAction = Object.freeze({"RETRY": "retry", "RESET_AND_RETRY": "reset_and_retry", "FATAL": "fatal"});
@@ -30,3 +30,9 @@ export const MAX_TRACKED_HOLES = 4096;
 
 /** Keys kept per keyed state table (models, rate-limit endpoints). */
 export const MAX_KEYS = 1024;
+
+/** The subprotocol the server selects; a browser offers it with its token. */
+export const STREAM_SUBPROTOCOL = "metricstream";
+
+/** Prefix of the subprotocol entry carrying the token (base64url, unpadded). */
+export const TOKEN_SUBPROTOCOL_PREFIX = "metricstream.token.";
