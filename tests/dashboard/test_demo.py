@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,31 @@ def test_demo_moves_to_a_free_port_when_its_port_is_taken() -> None:
         )
     assert result.returncode == 0, result.stderr
     assert f"port {taken} is taken" in result.stderr
+
+
+def test_demo_ignores_the_settings_meant_for_a_server_of_ones_own(tmp_path: Path) -> None:
+    # A token, a scrape target and a config file set for `serve` must not
+    # reach the demo's server: its dashboard would be refused (4001).
+    config = tmp_path / "serve.toml"
+    config.write_text('[serve]\ntoken = "from-file"\n')
+    env = {
+        **os.environ,
+        "METRICSTREAM_TOKEN": "s3cret",
+        "METRICSTREAM_SCRAPE": "http://127.0.0.1:9/metrics",
+        "METRICSTREAM_CONFIG": str(config),
+    }
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "metricstream", "demo"),
+            *("--port", str(free_port()), "--seed", "3", "--duration", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        timeout=scaled(60),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "4001" not in result.stderr
+    assert [line for line in result.stdout.splitlines() if line.startswith("seq")], result.stdout

@@ -186,7 +186,11 @@ def demo(args: argparse.Namespace) -> int:
     try:
         # Its own POSIX session: a Ctrl-C in the terminal reaches this process
         # only, which then stops the server in order.
-        server = subprocess.Popen(command, start_new_session=True, pass_fds=(watch_fd,))
+        # Without the user's METRICSTREAM_* settings: they configure a serve
+        # of their own (a token, a scrape target, TLS), not this demo's,
+        # whose dashboard would then be refused or look elsewhere.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSTREAM_")}
+        server = subprocess.Popen(command, start_new_session=True, pass_fds=(watch_fd,), env=env)
     finally:
         os.close(watch_fd)
     # keep_fd stays open (and is not inherited: pipes are close-on-exec)
