@@ -128,7 +128,7 @@ class StreamEndpoint:
         origin, authorization, offered = _handshake_headers(scope)
         if not settings.origin_allowed(origin):
             stats.reject("origin")
-            logger.info("refused a handshake from origin %r", origin)
+            self._log.info("origin", "refused a handshake from origin %r", origin)
             # Before accept, uvicorn turns this into an HTTP 403 response.
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
@@ -221,6 +221,8 @@ class StreamEndpoint:
         if _token_ok(settings.token, authorization, query, offered):
             return True
         stats.reject("token")
+        # Each failure is said: the per-address throttle already bounds how
+        # many one address can cause.
         if self._auth.failed(peer):
             logger.info(
                 "refused a connection from %s: missing or invalid token (4001); "
@@ -336,7 +338,12 @@ class StreamEndpoint:
             )
             if size > limit:
                 self.hub.stats.reject("message_too_big")
-                logger.info("closed a connection: a %d-byte message (limit %d) (1009)", size, limit)
+                self._log.info(
+                    "message_too_big",
+                    "closed a connection: a %d-byte message (limit %d) (1009)",
+                    size,
+                    limit,
+                )
                 sub.request_close(CloseCode.MESSAGE_TOO_BIG)
                 return
             # A message dropped for its bytes has still spent its message
@@ -348,7 +355,7 @@ class StreamEndpoint:
             if not within:
                 if bucket.drops >= settings.inbound_burst:
                     self.hub.stats.reject("inbound_rate")
-                    logger.info("closed a connection: inbound flood (4029)")
+                    self._log.info("inbound_rate", "closed a connection: inbound flood (4029)")
                     sub.request_close(CloseCode.TOO_MANY)
                     return
                 if bucket.drops == 1:
