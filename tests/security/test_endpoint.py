@@ -12,6 +12,7 @@ import json
 import logging
 import time
 
+import httpx
 import pytest
 from benchmarks._attacks import RawSocket, control_frame, ping_flood, upgrade_request
 from websockets.exceptions import InvalidStatus
@@ -76,6 +77,35 @@ async def test_subscribe_costs_more_than_a_ping() -> None:
         answers = [(await recv(ws))["type"] for _ in range(5)]
         # 20 tokens at 5 each: four subscribes, then the drop is answered.
         assert answers == ["subscribed"] * 4 + ["error"]
+
+
+async def test_token_guesses_on_pages_and_the_stream_share_one_throttle() -> None:
+    settings = ServerSettings(token="s3cret", auth_failure_burst=3, auth_failure_rate=0.01)
+    async with running(settings=settings) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.3")
+        async with httpx.AsyncClient(transport=transport, base_url=base) as attacker:
+            # Two guesses on /metrics, one on the page: the burst is spent.
+            assert (await attacker.get("/metrics?token=guess")).status_code == 401
+            assert (await attacker.get("/metrics", headers=bearer("guess"))).status_code == 401
+            assert (await attacker.get("/?token=guess")).status_code == 401
+            # Now the right token is refused too, on the pages...
+            throttled = await attacker.get("/metrics", headers=bearer("s3cret"))
+            assert throttled.status_code == 429
+            assert "Retry-After" in throttled.headers
+            assert (await attacker.get("/?token=s3cret")).status_code == 429
+        # ...and on the stream, from that address only.
+        with pytest.raises(InvalidStatus) as refused:
+            async with open_client(server.url("token=s3cret"), local_addr=("127.0.0.3", 0)):
+                pass
+        assert refused.value.response.status_code == 403
+        async with httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/metrics", headers=bearer("s3cret"))).status_code == 200
+        assert server.hub.stats.rejections["auth_throttled"] >= 3
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_failed_tokens_are_throttled_per_address_and_logged_without_the_token(

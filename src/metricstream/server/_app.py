@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,7 +19,8 @@ from prometheus_client.registry import Collector
 from starlette.routing import WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ._endpoint import StreamEndpoint, _handshake_headers, _token_ok
+from ..exceptions import ConfigError
+from ._endpoint import StreamEndpoint
 from ._hub import MetricsHub
 from ._settings import ServerSettings
 
@@ -129,16 +129,23 @@ def create_router(
     settings: ServerSettings | None = None,
     *,
     registry: CollectorRegistry | None = None,
+    endpoint: StreamEndpoint | None = None,
 ) -> APIRouter:
     """A FastAPI router serving ``hub``: the WebSocket stream, ``/healthz``, ``/metrics``.
 
     Include it in your own app with ``app.include_router(create_router(hub))``.
     ``registry`` receives the hub's Prometheus collector; by default the
-    router gets a registry of its own, served at ``/metrics``.
+    router gets a registry of its own, served at ``/metrics``. ``endpoint``
+    is the stream's :class:`StreamEndpoint` (built from ``hub`` and
+    ``settings`` when omitted); pass your own to share its token throttle
+    with other routes that check the token.
     """
     settings = settings if settings is not None else ServerSettings()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-    endpoint = StreamEndpoint(hub, settings)
+    if endpoint is None:
+        endpoint = StreamEndpoint(hub, settings)
+    elif endpoint.hub is not hub or endpoint.settings is not settings:
+        raise ConfigError("endpoint must serve the same hub with the same settings")
     registry.register(HubCollector(hub))
     router = APIRouter()
     router.routes.append(WebSocketRoute(settings.path, endpoint, name="metrics_stream"))
@@ -158,8 +165,9 @@ def create_router(
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        if not http_token_ok(settings, request.scope):
-            return _unauthorized()
+        refusal = endpoint.http_refusal(request.scope)
+        if refusal is not None:
+            return _refused(refusal)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return router
@@ -200,31 +208,26 @@ def create_app(
         **fastapi_kwargs,
     )
     app.state.hub = hub
-    app.include_router(create_router(hub, settings, registry=registry))
+    # One endpoint, so the page's token check shares the stream's throttle.
+    endpoint = StreamEndpoint(hub, settings)
+    app.include_router(create_router(hub, settings, registry=registry, endpoint=endpoint))
     if dashboard:
         # Imported here: the page's router lives with the dashboards.
         from ..dashboard.web import create_web_router
 
         app.include_router(create_web_router())
         if settings.token is not None and settings.protect_http:
-            app.add_middleware(_PageTokenGate, settings=settings)
+            app.add_middleware(_PageTokenGate, endpoint=endpoint)
     return app
 
 
-def http_token_ok(settings: ServerSettings, scope: Scope) -> bool:
-    """Whether an HTTP request may see a page guarded by the stream's token.
-
-    True when no token is set or ``protect_http`` is off; otherwise the
-    request must carry it as ``Authorization: Bearer`` or ``?token=``.
-    """
-    if settings.token is None or not settings.protect_http:
-        return True
-    _, authorization, _ = _handshake_headers(scope)
-    query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-    return _token_ok(settings.token, authorization, query)
-
-
-def _unauthorized() -> Response:
+def _refused(status: int) -> Response:
+    if status == 429:
+        return JSONResponse(
+            {"detail": "too many failed token checks from this address; try again later"},
+            status_code=429,
+            headers={"Retry-After": "5"},
+        )
     return JSONResponse(
         {"detail": "missing or invalid token"},
         status_code=401,
@@ -241,9 +244,9 @@ class _PageTokenGate:
     router belongs to the dashboard package.
     """
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+    def __init__(self, app: ASGIApp, endpoint: StreamEndpoint) -> None:
         self.app = app
-        self.settings = settings
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -251,7 +254,8 @@ class _PageTokenGate:
             root: str = scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root) :]
-            if path in ("", "/") and not http_token_ok(self.settings, scope):
-                await _unauthorized()(scope, receive, send)
+            refusal = self.endpoint.http_refusal(scope) if path in ("", "/") else None
+            if refusal is not None:
+                await _refused(refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

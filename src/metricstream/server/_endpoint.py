@@ -111,6 +111,30 @@ class StreamEndpoint:
         self._watchdog = BufferWatchdog(hub)
         self._log = RateLimitedLog()
 
+    def http_refusal(self, scope: Scope) -> int | None:
+        """The HTTP status refusing a request for a page guarded by the token.
+
+        ``None`` when the request may proceed: no token is set,
+        ``protect_http`` is off, or it carries the token (``Authorization:
+        Bearer`` or ``?token=``). Otherwise 401, or 429 while the client's
+        address has spent its failed attempts: failures here and on the
+        stream share one throttle, so ``/metrics`` is no side door for
+        guessing.
+        """
+        settings = self.settings
+        if settings.token is None or not settings.protect_http:
+            return None
+        peer = _peer(scope)
+        if self._auth.blocked(peer):
+            self.hub.stats.reject("auth_throttled")
+            return 429
+        _, authorization, _ = _handshake_headers(scope)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if _token_ok(settings.token, authorization, query):
+            return None
+        self._auth.failed(peer)
+        return 401
+
     @property
     def active(self) -> int:
         """Connections past the handshake and not yet finished."""
