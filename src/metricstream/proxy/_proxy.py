@@ -202,7 +202,8 @@ class _Request:
         return self._decoded
 
 
-def _base_url(upstream: str) -> str:
+def base_url(upstream: str) -> str:
+    """``upstream`` without a trailing ``/`` or ``/v1``; ConfigError unless it is an http(s) URL."""
     base = upstream.rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
@@ -245,11 +246,11 @@ class RecordingProxy:
         max_capture_bytes: int = 4 << 20,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.routes = {model: _base_url(url) for model, url in (routes or {}).items()}
+        self.routes = {model: base_url(url) for model, url in (routes or {}).items()}
         if upstream is None and not self.routes:
             raise ConfigError("give an upstream URL, or routes of models to upstream URLs")
         self.app = app
-        self.upstream = _base_url(upstream) if upstream is not None else None
+        self.upstream = base_url(upstream) if upstream is not None else None
         self.collector = collector
         self.client = client
         self.max_capture_bytes = max_capture_bytes
