@@ -293,7 +293,7 @@ async def test_tls_token_redacted_logs_and_llm_figures_at_metrics(tmp_path: Path
     assert any("metricstream.server: stream at /metrics/stream over TLS" in ln for ln in lines)
 
 
-async def test_proxy_scrape_publishes_the_engines_figures(tmp_path: Path) -> None:
+async def test_proxy_scrape_publishes_the_engines_figures_under_a_root_path(tmp_path: Path) -> None:
     log = tmp_path / "proxy.log"
     with serve_engine() as engine:
         engine.serve(
@@ -310,6 +310,9 @@ async def test_proxy_scrape_publishes_the_engines_figures(tmp_path: Path) -> Non
         )
         async with StandIn(answer) as upstream:
             args = ("--upstream", upstream.url, "--scrape", engine.url, "--scrape-interval", "0.1")
+            # Served under a prefix a reverse proxy strips: the upstream still
+            # gets the path the client asked for.
+            args += ("--root-path", "/llm")
             async with proxy_command(*args, "--interval", "0.2", env={}, log=log) as url:
                 frames: list[dict[str, Any]] = []
                 ws_url = url.replace("http://", "ws://") + "/metrics/stream"
@@ -341,6 +344,7 @@ async def test_proxy_scrape_publishes_the_engines_figures(tmp_path: Path) -> Non
                         while not done():
                             frames.append(json.loads(await ws.recv()))
                     exposition = (await http.get("/metrics")).text
+        assert [e.target for e in upstream.exchanges] == ["/v1/chat/completions"]
     metrics = latest(frames, "metrics_update")
     assert metrics is not None
     assert metrics["metadata"]["engines"][engine.url]["engine"] == "vllm"

@@ -260,8 +260,14 @@ class RecordingProxy:
         """Serve one ASGI connection."""
         if scope["type"] == "http":
             path: str = scope["path"]
+            # Behind a reverse proxy that strips a prefix (``--root-path``),
+            # the ASGI server puts the prefix back in front of ``path``: the
+            # upstream is asked for the path the client named, without it.
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
             if path.startswith("/v1/") or path == "/v1":
-                await self._proxy(scope, receive, send)
+                await self._proxy(scope, receive, send, path)
                 return
         await self.app(scope, receive, send)
 
@@ -290,7 +296,7 @@ class RecordingProxy:
         state.exchange.error_type = "model_not_found"
         self._guard(self._record, state, self._clock())
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         started = self._clock()
         chunks: list[bytes] = []
         while True:
@@ -301,7 +307,7 @@ class RecordingProxy:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        state = _Request(scope["path"], body, started)
+        state = _Request(path, body, started)
         base = self.upstream
         if self.routes:
             base = self._route(state)
@@ -310,6 +316,9 @@ class RecordingProxy:
                 return
         assert base is not None
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        root_bytes = scope.get("root_path", "").encode("latin-1")
+        if root_bytes and raw_path.startswith(root_bytes):
+            raw_path = raw_path[len(root_bytes) :]
         query: bytes = scope.get("query_string", b"")
         url = base + raw_path.decode("latin-1")
         if query:
