@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
 from prometheus_client import CollectorRegistry
 
 from ..collector import MetricsCollector
 from ..server import MetricsHub, ServerSettings, create_app
 from ._proxy import RecordingProxy
+from ._upstream import UpstreamClient
 
 __all__ = ["create_proxy_app"]
 
@@ -19,7 +19,7 @@ def create_proxy_app(
     *,
     hub: MetricsHub,
     collector: MetricsCollector,
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     settings: ServerSettings | None = None,
     dashboard: bool = True,
     routes: Mapping[str, str] | None = None,

@@ -2,7 +2,8 @@
 
 The relay path deals in bytes only: the request body goes upstream as the
 client sent it, the upstream's status, headers and body come back as they
-arrive, chunk by chunk (``aiter_raw``: no decoding, no buffering). Recording
+arrive, piece by piece (``aiter_raw``: no decoding, no buffering), through
+the proxy's own pooled HTTP/1.1 client (:mod:`._upstream`). Recording
 reads a copy of what passes and runs behind guards, so a recording bug is
 logged and can never turn a response into a failure.
 """
@@ -10,8 +11,6 @@ logged and can never turn a response into a failure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.cookiejar
 import logging
 import re
 import time
@@ -26,6 +25,13 @@ from ..collector import MetricsCollector
 from ..collector._middleware import _Exchange
 from ..exceptions import ConfigError
 from ..protocol.messages import ErrorSeverity
+from ._upstream import (
+    UpstreamBrokenError,
+    UpstreamClient,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
 
 __all__ = [
     "HOP_BY_HOP",
@@ -57,7 +63,7 @@ HOP_BY_HOP: Final = frozenset(
         b"upgrade",
     }
 )
-# Set by each hop for itself: httpx writes the upstream's Host and the
+# Set by each hop for itself: the client writes the upstream's Host and the
 # length of the (same) body; uvicorn frames the response to the client.
 # ``Expect: 100-continue`` was answered by this hop, which has read the whole
 # body before forwarding it: the upstream has nothing left to agree to.
@@ -76,8 +82,6 @@ _encode: Final = msgspec.json.Encoder()
 # Characters per token when the upstream reported no usage (a rough,
 # widely used rule of thumb for English text).
 _CHARS_PER_TOKEN: Final = 4
-# Bytes of an event stream read ahead of a slow client before reading pauses.
-_MAX_PENDING: Final = 256 * 1024
 
 
 def _mask(text: str) -> str:
@@ -109,21 +113,19 @@ def upstream_client(
     read_timeout: float | None = 600.0,
     max_connections: int | None = 1000,
     max_keepalive: int = 200,
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     """The pooled HTTP client a :class:`RecordingProxy` sends with.
 
     ``read_timeout`` bounds the wait for each piece of the response
-    (a model may think for minutes before its first token); cookies the
-    upstream sets are never kept, since they belong to the proxy's clients.
+    (a model may think for minutes before its first token). The client
+    keeps no cookies (they belong to the proxy's clients), follows no
+    redirects and adds no header of its own.
     """
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect_timeout, read=read_timeout, write=60.0, pool=None),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_keepalive
-        ),
-        cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
-        follow_redirects=False,
-        trust_env=False,
+    return UpstreamClient(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_connections=max_connections,
+        max_keepalive=max_keepalive,
     )
 
 
@@ -227,7 +229,7 @@ class RecordingProxy:
     other to ``upstream``; without ``upstream``, a request naming no model
     (``GET /v1/models``) goes to the first route's and one naming an unknown
     model is answered 404 ``model_not_found``. ``client`` is the pooled
-    :class:`httpx.AsyncClient` to send with (see :func:`upstream_client`;
+    :class:`~metricstream.proxy.UpstreamClient` to send with (see :func:`upstream_client`;
     the caller closes it). Each request is recorded on ``collector``: see
     docs/proxy.md for what is measured and how.
 
@@ -241,7 +243,7 @@ class RecordingProxy:
         *,
         upstream: str | None,
         collector: MetricsCollector,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         routes: Mapping[str, str] | None = None,
         max_capture_bytes: int = 4 << 20,
         clock: Callable[[], float] = time.perf_counter,
@@ -320,14 +322,13 @@ class RecordingProxy:
         if root_bytes and raw_path.startswith(root_bytes):
             raw_path = raw_path[len(root_bytes) :]
         query: bytes = scope.get("query_string", b"")
-        url = base + raw_path.decode("latin-1")
-        if query:
-            url += "?" + query.decode("latin-1")
-        request = httpx.Request(
-            scope["method"],
-            url,
-            headers=_forwardable(scope["headers"], _REQUEST_DROP),
-            content=body,
+        target = raw_path + b"?" + query if query else raw_path
+        upstream = (
+            scope["method"].encode("latin-1"),
+            base,
+            target,
+            _forwardable(scope["headers"], _REQUEST_DROP),
+            body,
         )
 
         task = asyncio.current_task()
@@ -349,7 +350,7 @@ class RecordingProxy:
         watcher.add_done_callback(on_receive)
         self._guard(self.collector.request_started)
         try:
-            await self._relay(request, state, send)
+            await self._relay(upstream, state, send)
             done = True
         except asyncio.CancelledError:
             done = True
@@ -367,47 +368,51 @@ class RecordingProxy:
             self._guard(self.collector.request_finished)
             self._guard(self._record, state, self._clock())
 
-    async def _relay(self, request: httpx.Request, state: _Request, send: Send) -> None:
+    async def _relay(
+        self,
+        upstream: tuple[bytes, str, bytes, list[tuple[bytes, bytes]], bytes],
+        state: _Request,
+        send: Send,
+    ) -> None:
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            response = await self.client.send(*upstream)
+        except UpstreamTimeoutError as exc:
             state.outcome = "timeout"
             await self._answer(
-                send, 504, "upstream_timeout", f"the upstream did not answer in time ({exc!r})"
+                send, 504, "upstream_timeout", f"the upstream did not answer in time ({exc})"
             )
             state.exchange.complete = True
             return
-        except httpx.TransportError as exc:
+        except UpstreamUnreachableError as exc:
             state.outcome = "unreachable"
             await self._answer(
-                send,
-                502,
-                "upstream_unreachable",
-                f"the upstream could not be reached ({type(exc).__name__})",
+                send, 502, "upstream_unreachable", f"the upstream could not be reached ({exc})"
             )
             state.exchange.complete = True
             return
         try:
-            headers = response.headers.raw
             exchange = state.exchange
             exchange.status = response.status_code
-            state.request_id = response.headers.get("x-request-id")
-            self._guard(self._start_inspection, state, response.headers)
+            state.request_id = response.header("x-request-id") or None
+            self._guard(self._start_inspection, state, response)
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": _forwardable(headers, _RESPONSE_DROP),
+                    "headers": _forwardable(response.headers, _RESPONSE_DROP),
                 }
             )
+            # Each piece is everything that arrived since the last one was
+            # taken: while the client's write is in progress, the upstream is
+            # still read, and what came meanwhile leaves in the next write.
+            # Nothing waits for more, so the client sees the upstream's
+            # timing; a slow client holds the pieces back, and past the
+            # client's buffer bound reading from the upstream pauses.
             try:
-                if exchange.response_kind == "sse":
-                    await self._relay_events(response, state, send)
-                else:
-                    async for chunk in response.aiter_raw():
-                        self._inspect(state, chunk)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.TransportError:
+                async for chunk in response.aiter_raw():
+                    self._inspect(state, chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except UpstreamBrokenError:
                 # The upstream broke off mid-response: the status is sent, so
                 # the only honest thing left is to break the client's
                 # connection too (uvicorn closes it on the exception), rather
@@ -427,61 +432,6 @@ class RecordingProxy:
             except Exception:
                 inspector.enabled = False
                 logger.exception("reading a response for its metrics failed")
-
-    async def _relay_events(self, response: httpx.Response, state: _Request, send: Send) -> None:
-        """Relay an event stream: read and write side by side.
-
-        An event stream comes in many small pieces, and an upstream that
-        writes several at once hands them over together. Reading goes on
-        while the client's previous write is in progress; whatever has
-        arrived meanwhile leaves in the next write. Nothing ever waits for
-        more data: a lone piece is written as soon as the writer is free, so
-        the timing the client sees is the upstream's. At most
-        ``_MAX_PENDING`` bytes wait for a slow client before reading pauses.
-        """
-        pending: list[bytes] = []
-        size = 0
-        ready = asyncio.Event()  # pieces are waiting, or the stream ended
-        room = asyncio.Event()  # the writer took the pending pieces
-        ended = False
-
-        async def write() -> None:
-            nonlocal size
-            try:
-                while True:
-                    await ready.wait()
-                    ready.clear()
-                    while pending:
-                        body = pending[0] if len(pending) == 1 else b"".join(pending)
-                        pending.clear()
-                        size = 0
-                        room.set()
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                    if ended:
-                        return
-            finally:
-                room.set()  # never leave the reader waiting on a writer that stopped
-
-        writer = asyncio.ensure_future(write())
-        try:
-            async for chunk in response.aiter_raw():
-                self._inspect(state, chunk)
-                pending.append(chunk)
-                size += len(chunk)
-                ready.set()
-                if size >= _MAX_PENDING:
-                    room.clear()
-                    await room.wait()
-                if writer.done():
-                    break
-            ended = True
-            ready.set()
-            await writer
-        finally:
-            if not writer.done():
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
 
     @staticmethod
     async def _answer(send: Send, status: int, kind: str, message: str) -> None:
@@ -507,8 +457,8 @@ class RecordingProxy:
         except Exception:
             logger.exception("recording a proxied request failed")
 
-    def _start_inspection(self, state: _Request, headers: httpx.Headers) -> None:
-        content_type = headers.get("content-type", "").lower()
+    def _start_inspection(self, state: _Request, response: UpstreamResponse) -> None:
+        content_type = response.header("content-type").lower()
         exchange = state.exchange
         if "text/event-stream" in content_type:
             exchange.response_kind = "sse"
@@ -517,7 +467,7 @@ class RecordingProxy:
             exchange.response_body = bytearray()
         else:
             return
-        encoding = headers.get("content-encoding", "").strip().lower()
+        encoding = response.header("content-encoding").strip().lower()
         state.inspector = _Inspector(exchange, encoding, self.max_capture_bytes)
 
     def _record(self, state: _Request, finished: float) -> None:
