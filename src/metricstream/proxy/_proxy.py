@@ -408,10 +408,14 @@ class RecordingProxy:
             # Nothing waits for more, so the client sees the upstream's
             # timing; a slow client holds the pieces back, and past the
             # client's buffer bound reading from the upstream pauses.
+            # The last piece carries the end of the body: one write fewer
+            # when the answer arrived whole.
+            last = False
             try:
                 async for chunk in response.aiter_raw():
                     self._inspect(state, chunk)
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    last = response.finished
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
             except UpstreamBrokenError:
                 # The upstream broke off mid-response: the status is sent, so
                 # the only honest thing left is to break the client's
@@ -419,7 +423,8 @@ class RecordingProxy:
                 # than end a truncated body as if it were complete.
                 state.outcome = "broken"
                 raise
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not last:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             exchange.complete = True
         finally:
             await response.aclose()

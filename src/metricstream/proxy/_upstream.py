@@ -310,6 +310,12 @@ class UpstreamResponse:
         values = [v.decode("latin-1") for k, v in self.headers if k.lower() == key]
         return ", ".join(values)
 
+    @property
+    def finished(self) -> bool:
+        """Whether the whole body has arrived and been taken: no piece follows."""
+        connection = self._connection
+        return connection.complete and not connection.body
+
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives, undecoded (content encoding kept), never empty pieces.
 
