@@ -28,6 +28,7 @@ from ..protocol.messages import ErrorSeverity
 from ._upstream import (
     UpstreamBrokenError,
     UpstreamClient,
+    UpstreamError,
     UpstreamResponse,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
@@ -74,6 +75,8 @@ _RESPONSE_DROP: Final = HOP_BY_HOP
 # anything that looks like a credential masked.
 _MAX_ERROR_MESSAGE: Final = 500
 _MAX_NAME: Final = 200
+# Bytes of one upstream's model list read for merging (a list is a few KiB).
+_MAX_LISTING: Final = 16 << 20
 _SECRET: Final = re.compile(
     r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-*]+|((?:bearer|api[_-]?key)[\s:=]+)\S+", re.IGNORECASE
 )
@@ -350,7 +353,10 @@ class RecordingProxy:
         watcher.add_done_callback(on_receive)
         self._guard(self.collector.request_started)
         try:
-            await self._relay(upstream, state, send)
+            if self.routes and path == "/v1/models" and scope["method"] == "GET":
+                await self._merge_models(upstream, state, send)
+            else:
+                await self._relay(upstream, state, send)
             done = True
         except asyncio.CancelledError:
             done = True
@@ -428,6 +434,129 @@ class RecordingProxy:
             exchange.complete = True
         finally:
             await response.aclose()
+
+    async def _merge_models(
+        self,
+        upstream: tuple[bytes, str, bytes, list[tuple[bytes, bytes]], bytes],
+        state: _Request,
+        send: Send,
+    ) -> None:
+        """``GET /v1/models`` with routes: one list of the models each
+        upstream would be sent, asked of every upstream at once.
+
+        Each upstream contributes the models the proxy routes to it (the
+        default upstream: every model no route names). The upstream that
+        would have answered alone (the default, else the first route's) is
+        the reference: when it fails or does not answer with a model list,
+        its answer passes through unchanged, as without merging; an other
+        upstream that fails is left out of the list (and logged).
+        """
+        method, primary, target, headers, body = upstream
+        # The answers are read here, so they must come uncompressed.
+        headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+        bases = list(dict.fromkeys([primary, *self.routes.values()]))
+        results = await asyncio.gather(
+            *(self._fetch(method, base, target, headers, body) for base in bases),
+            return_exceptions=True,
+        )
+        first = results[0]
+        if isinstance(first, BaseException):
+            if isinstance(first, UpstreamTimeoutError):
+                state.outcome = "timeout"
+                await self._answer(
+                    send, 504, "upstream_timeout", f"the upstream did not answer in time ({first})"
+                )
+            elif isinstance(first, UpstreamError):
+                state.outcome = "unreachable"
+                await self._answer(
+                    send,
+                    502,
+                    "upstream_unreachable",
+                    f"the upstream could not be reached ({first})",
+                )
+            else:
+                raise first
+            state.exchange.complete = True
+            return
+        response, answer = first
+        state.exchange.status = response.status_code
+        listing = _model_list(answer) if response.status_code == 200 else None
+        if listing is None:
+            self._guard(self._start_inspection, state, response)
+            self._inspect(state, answer)
+            headers = _forwardable(response.headers, _RESPONSE_DROP)
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(answer)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": answer, "more_body": False})
+            state.exchange.complete = True
+            return
+        merged: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for base, result in zip(bases, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, UpstreamError):
+                    raise result
+                logger.warning("listing the models of %s failed: %s", base, result)
+                continue
+            models = listing if result is first else None
+            if models is None:
+                if result[0].status_code == 200:
+                    models = _model_list(result[1])
+                if models is None:
+                    logger.warning(
+                        "%s answered /v1/models with HTTP %d and no model list",
+                        base,
+                        result[0].status_code,
+                    )
+                    continue
+            for entry in models:
+                name = entry.get("id")
+                # Listed where a request naming it would go, once.
+                if (
+                    isinstance(name, str)
+                    and name not in seen
+                    and self.routes.get(name, self.upstream) == base
+                ):
+                    seen.add(name)
+                    merged.append(entry)
+        answer = _encode.encode({"object": "list", "data": merged})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer, "more_body": False})
+        state.exchange.complete = True
+
+    async def _fetch(
+        self,
+        method: bytes,
+        base: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> tuple[UpstreamResponse, bytes]:
+        """A whole (small) answer: at most ``_MAX_LISTING`` bytes."""
+        response = await self.client.send(method, base, target, headers, body)
+        try:
+            pieces: list[bytes] = []
+            size = 0
+            async for piece in response.aiter_raw():
+                size += len(piece)
+                if size > _MAX_LISTING:
+                    raise UpstreamBrokenError(f"a model list larger than {_MAX_LISTING} bytes")
+                pieces.append(piece)
+        finally:
+            await response.aclose()
+        return response, b"".join(pieces)
 
     def _inspect(self, state: _Request, chunk: bytes) -> None:
         inspector = state.inspector
@@ -568,6 +697,18 @@ async def _disconnect(receive: Receive) -> Message:
         message = await receive()
         if message.get("type") == "http.disconnect":
             return message
+
+
+def _model_list(body: bytes) -> list[dict[str, Any]] | None:
+    """The entries of an OpenAI model list (``{"object": "list", "data": [...]}``), or None."""
+    try:
+        obj = _json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [entry for entry in data if isinstance(entry, dict)]
 
 
 def _user(request: dict[str, Any]) -> str | None:
