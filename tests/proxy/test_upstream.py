@@ -4,10 +4,12 @@ framing HTTP/1.1 allows, reuse or drop connections, and misbehave."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import trustme
 
 from metricstream.proxy import UpstreamClient
 from metricstream.proxy._upstream import (
@@ -51,9 +53,11 @@ class RawUpstream:
 
 
 @asynccontextmanager
-async def raw_upstream(handler: Handler) -> AsyncIterator[RawUpstream]:
+async def raw_upstream(
+    handler: Handler, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[RawUpstream]:
     upstream = RawUpstream(handler)
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0, ssl=tls)
     upstream.port = server.sockets[0].getsockname()[1]
     try:
         yield upstream
@@ -178,3 +182,29 @@ async def test_failures_before_and_after_the_head() -> None:
     with pytest.raises(UpstreamUnreachableError):
         await down.send(b"GET", f"http://127.0.0.1:{upstream.port}", b"/", [], b"")
     await down.aclose()
+
+
+async def test_an_https_upstream_is_verified_and_spoken_to_over_tls() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+
+    async def answer(head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecure")
+        return True
+
+    async with raw_upstream(answer, server_context) as upstream:
+        base = f"https://localhost:{upstream.port}"
+        async with UpstreamClient(ssl_context=trusting) as client:
+            response = await client.send(b"GET", base, b"/v1/models", [], b"")
+            assert b"".join([p async for p in response.aiter_raw()]) == b"secure"
+            await response.aclose()
+        assert upstream.heads[0].startswith(
+            b"GET /v1/models HTTP/1.1\r\nHost: localhost:%d\r\n" % upstream.port
+        )
+        # The default context trusts the public CAs only: this one is refused.
+        async with UpstreamClient() as client:
+            with pytest.raises(UpstreamUnreachableError):
+                await client.send(b"GET", base, b"/v1/models", [], b"")

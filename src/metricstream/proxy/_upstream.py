@@ -453,8 +453,10 @@ class UpstreamClient:
         context: ssl.SSLContext | None = None
         if origin.scheme == "https":
             if self._ssl is None:
-                # httpx's default context: certifi's CAs, as before.
-                self._ssl = httpx.create_ssl_context()
+                # httpx's default context: certifi's CAs, whatever SSL_CERT_*
+                # the environment sets; and said plainly that this is HTTP/1.1.
+                self._ssl = httpx.create_ssl_context(trust_env=False)
+                self._ssl.set_alpn_protocols(["http/1.1"])
             context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
