@@ -208,3 +208,42 @@ async def test_an_https_upstream_is_verified_and_spoken_to_over_tls() -> None:
         async with UpstreamClient() as client:
             with pytest.raises(UpstreamUnreachableError):
                 await client.send(b"GET", base, b"/v1/models", [], b"")
+
+
+async def test_a_piece_late_beyond_the_read_timeout_breaks_the_response() -> None:
+    hold = asyncio.Event()
+
+    async def stall(head: bytes, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nab")
+        await writer.drain()
+        await hold.wait()
+        return False
+
+    async with raw_upstream(stall) as upstream, UpstreamClient(read_timeout=0.3) as client:
+        response = await client.send(b"POST", f"http://127.0.0.1:{upstream.port}", b"/", [], b"")
+        pieces = response.aiter_raw()
+        assert await anext(pieces) == b"ab"
+        with pytest.raises(UpstreamBrokenError, match=r"within 0\.3 s"):
+            await anext(pieces)
+        await response.aclose()
+        hold.set()
+
+
+async def test_a_request_the_upstream_does_not_read_times_out_on_writing() -> None:
+    hold = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hold.wait()
+        writer.close()
+
+    server = await asyncio.start_server(never_reads, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with UpstreamClient(write_timeout=0.3) as client:
+            # More than the socket buffers on both ends take.
+            body = b"x" * (64 << 20)
+            with pytest.raises(UpstreamTimeoutError, match="not taken"):
+                await client.send(b"POST", f"http://127.0.0.1:{port}", b"/", [], body)
+    finally:
+        hold.set()
+        server.close()
