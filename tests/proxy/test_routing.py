@@ -10,7 +10,7 @@ import pytest
 from metricstream.exceptions import ConfigError
 from metricstream.proxy.cli import parse_upstreams
 from tests.proxy.conftest import Exchange, Reply, StandIn, running_proxy, watching
-from tests.support import scaled
+from tests.support import free_port, scaled
 
 
 def _named(name: str) -> object:
@@ -51,7 +51,9 @@ async def test_requests_go_to_the_upstream_of_their_model() -> None:
     ):
         first = await http.post("/v1/chat/completions", json={"model": "m1"})
         second = await http.post("/v1/chat/completions", json={"model": "m2"})
-        listing = await http.get("/v1/models")  # names no model: the first route's
+        # Names no model: every upstream is asked; these answer no model
+        # list, so the first route's answer passes through as it is.
+        listing = await http.get("/v1/models")
         unknown = await http.post("/v1/chat/completions", json={"model": "m3"})
         records = await stream.until("request_update", 4)
         [error] = await stream.until("error_update", 1)
@@ -61,7 +63,7 @@ async def test_requests_go_to_the_upstream_of_their_model() -> None:
     assert unknown.status_code == 404
     assert unknown.json()["error"]["type"] == "model_not_found"
     assert [e.target for e in one.exchanges] == ["/v1/chat/completions", "/v1/models"]
-    assert [e.target for e in two.exchanges] == ["/v1/chat/completions"]
+    assert [e.target for e in two.exchanges] == ["/v1/chat/completions", "/v1/models"]
     assert [r["data"]["model"] for r in records] == ["m1", "m2", "(none)", "m3"]
     assert records[3]["data"]["status"] == "error"
     assert error["data"]["error_type"] == "model_not_found"
@@ -97,3 +99,54 @@ def test_a_proxy_needs_somewhere_to_send() -> None:
         RecordingProxy(
             app, upstream=None, routes={"m": "ftp://files"}, collector=collector, client=client
         )
+
+
+def _models(*names: str, status: int = 200) -> object:
+    async def handler(exchange: Exchange) -> Reply:
+        listing = {"object": "list", "data": [{"id": n, "object": "model"} for n in names]}
+        body = json.dumps(listing if status == 200 else {"error": {"message": "no"}}).encode()
+        return Reply(status=status, headers=[("Content-Type", "application/json")], pieces=[body])
+
+    return handler
+
+
+async def test_models_are_listed_where_a_request_for_them_would_go() -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    async with (
+        StandIn(_models("a", "b", "shared")) as fallback,  # type: ignore[arg-type]
+        StandIn(_models("m1", "x")) as one,  # type: ignore[arg-type]
+        StandIn(_models("shared", "y")) as two,  # type: ignore[arg-type]
+        running_proxy(fallback.url, routes={"m1": one.url, "shared": two.url, "m3": down}) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=scaled(30)) as http,
+    ):
+        headers = {"Authorization": "Bearer sk-k", "Accept-Encoding": "gzip"}
+        listing = await http.get("/v1/models", headers=headers)
+    assert listing.status_code == 200
+    # "x" and "y" would go to the default upstream, which does not list
+    # them; "shared" goes to its route; the unreachable upstream is left out.
+    assert [m["id"] for m in listing.json()["data"]] == ["a", "b", "m1", "shared"]
+    assert listing.json()["object"] == "list"
+    for upstream in (fallback, one, two):
+        [seen] = upstream.exchanges
+        assert (seen.method, seen.target) == ("GET", "/v1/models")
+        assert seen.header("Authorization") == ["Bearer sk-k"]
+        assert seen.header("Accept-Encoding") == []
+
+
+async def test_a_failing_reference_upstream_answers_models_as_it_would_alone() -> None:
+    async with (
+        StandIn(_models(status=401)) as fallback,  # type: ignore[arg-type]
+        StandIn(_models("m1")) as one,  # type: ignore[arg-type]
+        running_proxy(fallback.url, routes={"m1": one.url}) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=scaled(30)) as http,
+    ):
+        listing = await http.get("/v1/models")
+    assert listing.status_code == 401
+    assert listing.json() == {"error": {"message": "no"}}
+    async with (
+        running_proxy(
+            f"http://127.0.0.1:{free_port()}", routes={"m1": f"http://127.0.0.1:{free_port()}"}
+        ) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=scaled(30)) as http,
+    ):
+        assert (await http.get("/v1/models")).status_code == 502

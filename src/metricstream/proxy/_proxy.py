@@ -2,7 +2,8 @@
 
 The relay path deals in bytes only: the request body goes upstream as the
 client sent it, the upstream's status, headers and body come back as they
-arrive, chunk by chunk (``aiter_raw``: no decoding, no buffering). Recording
+arrive, piece by piece (``aiter_raw``: no decoding, no buffering), through
+the proxy's own pooled HTTP/1.1 client (:mod:`._upstream`). Recording
 reads a copy of what passes and runs behind guards, so a recording bug is
 logged and can never turn a response into a failure.
 """
@@ -10,8 +11,6 @@ logged and can never turn a response into a failure.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.cookiejar
 import logging
 import re
 import time
@@ -26,6 +25,14 @@ from ..collector import MetricsCollector
 from ..collector._middleware import _Exchange
 from ..exceptions import ConfigError
 from ..protocol.messages import ErrorSeverity
+from ._upstream import (
+    UpstreamBrokenError,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
 
 __all__ = [
     "HOP_BY_HOP",
@@ -57,7 +64,7 @@ HOP_BY_HOP: Final = frozenset(
         b"upgrade",
     }
 )
-# Set by each hop for itself: httpx writes the upstream's Host and the
+# Set by each hop for itself: the client writes the upstream's Host and the
 # length of the (same) body; uvicorn frames the response to the client.
 # ``Expect: 100-continue`` was answered by this hop, which has read the whole
 # body before forwarding it: the upstream has nothing left to agree to.
@@ -68,6 +75,8 @@ _RESPONSE_DROP: Final = HOP_BY_HOP
 # anything that looks like a credential masked.
 _MAX_ERROR_MESSAGE: Final = 500
 _MAX_NAME: Final = 200
+# Bytes of one upstream's model list read for merging (a list is a few KiB).
+_MAX_LISTING: Final = 16 << 20
 _SECRET: Final = re.compile(
     r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-*]+|((?:bearer|api[_-]?key)[\s:=]+)\S+", re.IGNORECASE
 )
@@ -76,8 +85,6 @@ _encode: Final = msgspec.json.Encoder()
 # Characters per token when the upstream reported no usage (a rough,
 # widely used rule of thumb for English text).
 _CHARS_PER_TOKEN: Final = 4
-# Bytes of an event stream read ahead of a slow client before reading pauses.
-_MAX_PENDING: Final = 256 * 1024
 
 
 def _mask(text: str) -> str:
@@ -109,21 +116,19 @@ def upstream_client(
     read_timeout: float | None = 600.0,
     max_connections: int | None = 1000,
     max_keepalive: int = 200,
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     """The pooled HTTP client a :class:`RecordingProxy` sends with.
 
     ``read_timeout`` bounds the wait for each piece of the response
-    (a model may think for minutes before its first token); cookies the
-    upstream sets are never kept, since they belong to the proxy's clients.
+    (a model may think for minutes before its first token). The client
+    keeps no cookies (they belong to the proxy's clients), follows no
+    redirects and adds no header of its own.
     """
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect_timeout, read=read_timeout, write=60.0, pool=None),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_keepalive
-        ),
-        cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
-        follow_redirects=False,
-        trust_env=False,
+    return UpstreamClient(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_connections=max_connections,
+        max_keepalive=max_keepalive,
     )
 
 
@@ -202,7 +207,8 @@ class _Request:
         return self._decoded
 
 
-def _base_url(upstream: str) -> str:
+def base_url(upstream: str) -> str:
+    """``upstream`` without a trailing ``/`` or ``/v1``; ConfigError unless it is an http(s) URL."""
     base = upstream.rstrip("/")
     if base.endswith("/v1"):
         base = base[:-3]
@@ -226,7 +232,7 @@ class RecordingProxy:
     other to ``upstream``; without ``upstream``, a request naming no model
     (``GET /v1/models``) goes to the first route's and one naming an unknown
     model is answered 404 ``model_not_found``. ``client`` is the pooled
-    :class:`httpx.AsyncClient` to send with (see :func:`upstream_client`;
+    :class:`~metricstream.proxy.UpstreamClient` to send with (see :func:`upstream_client`;
     the caller closes it). Each request is recorded on ``collector``: see
     docs/proxy.md for what is measured and how.
 
@@ -240,16 +246,16 @@ class RecordingProxy:
         *,
         upstream: str | None,
         collector: MetricsCollector,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         routes: Mapping[str, str] | None = None,
         max_capture_bytes: int = 4 << 20,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.routes = {model: _base_url(url) for model, url in (routes or {}).items()}
+        self.routes = {model: base_url(url) for model, url in (routes or {}).items()}
         if upstream is None and not self.routes:
             raise ConfigError("give an upstream URL, or routes of models to upstream URLs")
         self.app = app
-        self.upstream = _base_url(upstream) if upstream is not None else None
+        self.upstream = base_url(upstream) if upstream is not None else None
         self.collector = collector
         self.client = client
         self.max_capture_bytes = max_capture_bytes
@@ -259,8 +265,14 @@ class RecordingProxy:
         """Serve one ASGI connection."""
         if scope["type"] == "http":
             path: str = scope["path"]
+            # Behind a reverse proxy that strips a prefix (``--root-path``),
+            # the ASGI server puts the prefix back in front of ``path``: the
+            # upstream is asked for the path the client named, without it.
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
             if path.startswith("/v1/") or path == "/v1":
-                await self._proxy(scope, receive, send)
+                await self._proxy(scope, receive, send, path)
                 return
         await self.app(scope, receive, send)
 
@@ -289,7 +301,7 @@ class RecordingProxy:
         state.exchange.error_type = "model_not_found"
         self._guard(self._record, state, self._clock())
 
-    async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         started = self._clock()
         chunks: list[bytes] = []
         while True:
@@ -300,7 +312,7 @@ class RecordingProxy:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        state = _Request(scope["path"], body, started)
+        state = _Request(path, body, started)
         base = self.upstream
         if self.routes:
             base = self._route(state)
@@ -309,15 +321,17 @@ class RecordingProxy:
                 return
         assert base is not None
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        root_bytes = scope.get("root_path", "").encode("latin-1")
+        if root_bytes and raw_path.startswith(root_bytes):
+            raw_path = raw_path[len(root_bytes) :]
         query: bytes = scope.get("query_string", b"")
-        url = base + raw_path.decode("latin-1")
-        if query:
-            url += "?" + query.decode("latin-1")
-        request = httpx.Request(
-            scope["method"],
-            url,
-            headers=_forwardable(scope["headers"], _REQUEST_DROP),
-            content=body,
+        target = raw_path + b"?" + query if query else raw_path
+        upstream = (
+            scope["method"].encode("latin-1"),
+            base,
+            target,
+            _forwardable(scope["headers"], _REQUEST_DROP),
+            body,
         )
 
         task = asyncio.current_task()
@@ -339,7 +353,10 @@ class RecordingProxy:
         watcher.add_done_callback(on_receive)
         self._guard(self.collector.request_started)
         try:
-            await self._relay(request, state, send)
+            if self.routes and path == "/v1/models" and scope["method"] == "GET":
+                await self._merge_models(upstream, state, send)
+            else:
+                await self._relay(upstream, state, send)
             done = True
         except asyncio.CancelledError:
             done = True
@@ -357,57 +374,189 @@ class RecordingProxy:
             self._guard(self.collector.request_finished)
             self._guard(self._record, state, self._clock())
 
-    async def _relay(self, request: httpx.Request, state: _Request, send: Send) -> None:
+    async def _relay(
+        self,
+        upstream: tuple[bytes, str, bytes, list[tuple[bytes, bytes]], bytes],
+        state: _Request,
+        send: Send,
+    ) -> None:
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+            response = await self.client.send(*upstream)
+        except UpstreamTimeoutError as exc:
             state.outcome = "timeout"
             await self._answer(
-                send, 504, "upstream_timeout", f"the upstream did not answer in time ({exc!r})"
+                send, 504, "upstream_timeout", f"the upstream did not answer in time ({exc})"
             )
             state.exchange.complete = True
             return
-        except httpx.TransportError as exc:
+        except UpstreamUnreachableError as exc:
             state.outcome = "unreachable"
             await self._answer(
-                send,
-                502,
-                "upstream_unreachable",
-                f"the upstream could not be reached ({type(exc).__name__})",
+                send, 502, "upstream_unreachable", f"the upstream could not be reached ({exc})"
             )
             state.exchange.complete = True
             return
         try:
-            headers = response.headers.raw
             exchange = state.exchange
             exchange.status = response.status_code
-            state.request_id = response.headers.get("x-request-id")
-            self._guard(self._start_inspection, state, response.headers)
+            state.request_id = response.header("x-request-id") or None
+            self._guard(self._start_inspection, state, response)
             await send(
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": _forwardable(headers, _RESPONSE_DROP),
+                    "headers": _forwardable(response.headers, _RESPONSE_DROP),
                 }
             )
+            # Each piece is everything that arrived since the last one was
+            # taken: while the client's write is in progress, the upstream is
+            # still read, and what came meanwhile leaves in the next write.
+            # Nothing waits for more, so the client sees the upstream's
+            # timing; a slow client holds the pieces back, and past the
+            # client's buffer bound reading from the upstream pauses.
+            # The last piece carries the end of the body: one write fewer
+            # when the answer arrived whole.
+            last = False
             try:
-                if exchange.response_kind == "sse":
-                    await self._relay_events(response, state, send)
-                else:
-                    async for chunk in response.aiter_raw():
-                        self._inspect(state, chunk)
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            except httpx.TransportError:
+                async for chunk in response.aiter_raw():
+                    self._inspect(state, chunk)
+                    last = response.finished
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+            except UpstreamBrokenError:
                 # The upstream broke off mid-response: the status is sent, so
                 # the only honest thing left is to break the client's
                 # connection too (uvicorn closes it on the exception), rather
                 # than end a truncated body as if it were complete.
                 state.outcome = "broken"
                 raise
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not last:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             exchange.complete = True
         finally:
             await response.aclose()
+
+    async def _merge_models(
+        self,
+        upstream: tuple[bytes, str, bytes, list[tuple[bytes, bytes]], bytes],
+        state: _Request,
+        send: Send,
+    ) -> None:
+        """``GET /v1/models`` with routes: one list of the models each
+        upstream would be sent, asked of every upstream at once.
+
+        Each upstream contributes the models the proxy routes to it (the
+        default upstream: every model no route names). The upstream that
+        would have answered alone (the default, else the first route's) is
+        the reference: when it fails or does not answer with a model list,
+        its answer passes through unchanged, as without merging; an other
+        upstream that fails is left out of the list (and logged).
+        """
+        method, primary, target, headers, body = upstream
+        # The answers are read here, so they must come uncompressed.
+        headers = [(k, v) for k, v in headers if k.lower() != b"accept-encoding"]
+        bases = list(dict.fromkeys([primary, *self.routes.values()]))
+        results = await asyncio.gather(
+            *(self._fetch(method, base, target, headers, body) for base in bases),
+            return_exceptions=True,
+        )
+        first = results[0]
+        if isinstance(first, BaseException):
+            if isinstance(first, UpstreamTimeoutError):
+                state.outcome = "timeout"
+                await self._answer(
+                    send, 504, "upstream_timeout", f"the upstream did not answer in time ({first})"
+                )
+            elif isinstance(first, UpstreamError):
+                state.outcome = "unreachable"
+                await self._answer(
+                    send,
+                    502,
+                    "upstream_unreachable",
+                    f"the upstream could not be reached ({first})",
+                )
+            else:
+                raise first
+            state.exchange.complete = True
+            return
+        response, answer = first
+        state.exchange.status = response.status_code
+        listing = _model_list(answer) if response.status_code == 200 else None
+        if listing is None:
+            self._guard(self._start_inspection, state, response)
+            self._inspect(state, answer)
+            headers = _forwardable(response.headers, _RESPONSE_DROP)
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(answer)).encode()))
+            await send(
+                {"type": "http.response.start", "status": response.status_code, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": answer, "more_body": False})
+            state.exchange.complete = True
+            return
+        merged: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for base, result in zip(bases, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, UpstreamError):
+                    raise result
+                logger.warning("listing the models of %s failed: %s", base, result)
+                continue
+            models = listing if result is first else None
+            if models is None:
+                if result[0].status_code == 200:
+                    models = _model_list(result[1])
+                if models is None:
+                    logger.warning(
+                        "%s answered /v1/models with HTTP %d and no model list",
+                        base,
+                        result[0].status_code,
+                    )
+                    continue
+            for entry in models:
+                name = entry.get("id")
+                # Listed where a request naming it would go, once.
+                if (
+                    isinstance(name, str)
+                    and name not in seen
+                    and self.routes.get(name, self.upstream) == base
+                ):
+                    seen.add(name)
+                    merged.append(entry)
+        answer = _encode.encode({"object": "list", "data": merged})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer, "more_body": False})
+        state.exchange.complete = True
+
+    async def _fetch(
+        self,
+        method: bytes,
+        base: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> tuple[UpstreamResponse, bytes]:
+        """A whole (small) answer: at most ``_MAX_LISTING`` bytes."""
+        response = await self.client.send(method, base, target, headers, body)
+        try:
+            pieces: list[bytes] = []
+            size = 0
+            async for piece in response.aiter_raw():
+                size += len(piece)
+                if size > _MAX_LISTING:
+                    raise UpstreamBrokenError(f"a model list larger than {_MAX_LISTING} bytes")
+                pieces.append(piece)
+        finally:
+            await response.aclose()
+        return response, b"".join(pieces)
 
     def _inspect(self, state: _Request, chunk: bytes) -> None:
         inspector = state.inspector
@@ -417,61 +566,6 @@ class RecordingProxy:
             except Exception:
                 inspector.enabled = False
                 logger.exception("reading a response for its metrics failed")
-
-    async def _relay_events(self, response: httpx.Response, state: _Request, send: Send) -> None:
-        """Relay an event stream: read and write side by side.
-
-        An event stream comes in many small pieces, and an upstream that
-        writes several at once hands them over together. Reading goes on
-        while the client's previous write is in progress; whatever has
-        arrived meanwhile leaves in the next write. Nothing ever waits for
-        more data: a lone piece is written as soon as the writer is free, so
-        the timing the client sees is the upstream's. At most
-        ``_MAX_PENDING`` bytes wait for a slow client before reading pauses.
-        """
-        pending: list[bytes] = []
-        size = 0
-        ready = asyncio.Event()  # pieces are waiting, or the stream ended
-        room = asyncio.Event()  # the writer took the pending pieces
-        ended = False
-
-        async def write() -> None:
-            nonlocal size
-            try:
-                while True:
-                    await ready.wait()
-                    ready.clear()
-                    while pending:
-                        body = pending[0] if len(pending) == 1 else b"".join(pending)
-                        pending.clear()
-                        size = 0
-                        room.set()
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
-                    if ended:
-                        return
-            finally:
-                room.set()  # never leave the reader waiting on a writer that stopped
-
-        writer = asyncio.ensure_future(write())
-        try:
-            async for chunk in response.aiter_raw():
-                self._inspect(state, chunk)
-                pending.append(chunk)
-                size += len(chunk)
-                ready.set()
-                if size >= _MAX_PENDING:
-                    room.clear()
-                    await room.wait()
-                if writer.done():
-                    break
-            ended = True
-            ready.set()
-            await writer
-        finally:
-            if not writer.done():
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
 
     @staticmethod
     async def _answer(send: Send, status: int, kind: str, message: str) -> None:
@@ -497,8 +591,8 @@ class RecordingProxy:
         except Exception:
             logger.exception("recording a proxied request failed")
 
-    def _start_inspection(self, state: _Request, headers: httpx.Headers) -> None:
-        content_type = headers.get("content-type", "").lower()
+    def _start_inspection(self, state: _Request, response: UpstreamResponse) -> None:
+        content_type = response.header("content-type").lower()
         exchange = state.exchange
         if "text/event-stream" in content_type:
             exchange.response_kind = "sse"
@@ -507,7 +601,7 @@ class RecordingProxy:
             exchange.response_body = bytearray()
         else:
             return
-        encoding = headers.get("content-encoding", "").strip().lower()
+        encoding = response.header("content-encoding").strip().lower()
         state.inspector = _Inspector(exchange, encoding, self.max_capture_bytes)
 
     def _record(self, state: _Request, finished: float) -> None:
@@ -603,6 +697,18 @@ async def _disconnect(receive: Receive) -> Message:
         message = await receive()
         if message.get("type") == "http.disconnect":
             return message
+
+
+def _model_list(body: bytes) -> list[dict[str, Any]] | None:
+    """The entries of an OpenAI model list (``{"object": "list", "data": [...]}``), or None."""
+    try:
+        obj = _json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [entry for entry in data if isinstance(entry, dict)]
 
 
 def _user(request: dict[str, Any]) -> str | None:

@@ -12,8 +12,16 @@ import contextlib
 import logging
 from typing import Any
 
-from .._logging import LOG_FORMATS, LOG_LEVELS
-from .._options import Option, add_options, check_port, check_positive, check_range
+from .._options import Option, add_options
+from ._serveopts import (
+    DATA,
+    INTERVAL,
+    LIMIT_OPTIONS,
+    LOGGING_OPTIONS,
+    NETWORK_OPTIONS,
+    SCRAPE_OPTIONS,
+    SECURITY_OPTIONS,
+)
 
 __all__ = ["COMMAND", "OPTIONS", "add_parser", "serve"]
 
@@ -22,162 +30,14 @@ COMMAND = "serve"
 logger = logging.getLogger("metricstream.server")
 
 
-def _check_token(value: Any) -> str | None:
-    if not value.strip():
-        return "must not be empty"
-    if any(c in value for c in "\r\n"):
-        return "must not contain line breaks"
-    return None
-
-
-def _check_origins(value: Any) -> str | None:
-    for origin in value:
-        if origin != "*" and "://" not in origin:
-            return f"origin {origin!r} must look like 'https://host[:port]' or be '*'"
-    return None
-
-
-def _check_root_path(value: Any) -> str | None:
-    if value and (not value.startswith("/") or value.endswith("/")):
-        return f"must start with '/' and not end with one, got {value!r}"
-    return None
-
-
-_NET = "network"
-_SEC = "security"
-_LIM = "limits"
-_LOG = "logging"
-_DATA = "data"
-
 #: Every option of ``serve``, in ``--help`` order.
 OPTIONS: tuple[Option, ...] = (
-    Option(name="host", kind="str", default="127.0.0.1", help="address to bind", group=_NET),
-    Option(name="port", kind="int", default=8765, help="TCP port", check=check_port, group=_NET),
+    *NETWORK_OPTIONS,
+    *SECURITY_OPTIONS,
+    *LIMIT_OPTIONS,
+    INTERVAL,
     Option(
-        name="ssl_certfile",
-        kind="str",
-        default=None,
-        metavar="FILE",
-        help="PEM certificate (chain): serve HTTPS and wss://",
-        group=_NET,
-    ),
-    Option(
-        name="ssl_keyfile",
-        kind="str",
-        default=None,
-        metavar="FILE",
-        help="PEM private key of --ssl-certfile (when not in that file)",
-        group=_NET,
-    ),
-    Option(
-        name="proxy_headers",
-        kind="bool",
-        default=False,
-        help="trust X-Forwarded-For/-Proto from --forwarded-allow-ips (behind a reverse proxy)",
-        group=_NET,
-    ),
-    Option(
-        name="forwarded_allow_ips",
-        kind="str",
-        default="127.0.0.1",
-        metavar="IPS",
-        help="comma-separated proxy addresses (or *) whose X-Forwarded-* headers are trusted",
-        group=_NET,
-    ),
-    Option(
-        name="root_path",
-        kind="str",
-        default="",
-        metavar="PATH",
-        help="URL prefix the app is served under by a proxy that strips it, e.g. /metricstream",
-        check=_check_root_path,
-        group=_NET,
-    ),
-    Option(
-        name="token",
-        kind="str",
-        default=None,
-        secret=True,
-        metavar="TOKEN",
-        help="require this bearer token on the stream (header, subprotocol or ?token=)",
-        check=_check_token,
-        group=_SEC,
-    ),
-    Option(
-        name="protect_http",
-        kind="bool",
-        default=True,
-        help="with --token, also require it on / (the web page) and /metrics",
-        group=_SEC,
-    ),
-    Option(
-        name="allowed_origins",
-        kind="list",
-        default=[],
-        metavar="ORIGIN",
-        help="accept browser handshakes from these origins only (repeatable or "
-        "comma-separated), e.g. https://dash.example.com",
-        check=_check_origins,
-        group=_SEC,
-        aliases=("--allowed-origin",),
-    ),
-    Option(
-        name="max_connections",
-        kind="int",
-        default=10_000,
-        help="stream connections plus sockets still in their handshake; more are refused",
-        check=check_range(1, 10_000_000),
-        group=_LIM,
-    ),
-    Option(
-        name="max_message_size",
-        kind="int",
-        default=64 * 1024,
-        help="largest client message in bytes",
-        check=check_range(64, 2**31),
-        group=_LIM,
-    ),
-    Option(
-        name="max_buffer_bytes",
-        kind="int",
-        default=512 * 1024,
-        help="per-client outbound buffer bound in bytes",
-        check=check_positive,
-        group=_LIM,
-    ),
-    Option(
-        name="heartbeat_interval",
-        kind="float",
-        default=15.0,
-        help="seconds between server heartbeats",
-        check=check_positive,
-        group=_LIM,
-    ),
-    Option(
-        name="handshake_timeout",
-        kind="float",
-        default=5.0,
-        help="seconds a new connection may take to send its request (408 after)",
-        check=check_positive,
-        group=_LIM,
-    ),
-    Option(
-        name="ws_per_message_deflate",
-        kind="bool",
-        default=False,
-        help="negotiate permessage-deflate (it costs CPU and memory)",
-        group=_LIM,
-    ),
-    Option(
-        name="interval",
-        kind="float",
-        default=1.0,
-        help="seconds between state updates",
-        check=check_positive,
-        group=_DATA,
-    ),
-    Option(
-        name="demo", kind="bool", default=False, help="publish generated demo traffic", group=_DATA
+        name="demo", kind="bool", default=False, help="publish generated demo traffic", group=DATA
     ),
     Option(
         name="seed",
@@ -185,50 +45,10 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SEED",
         default=None,
         help="random seed of the demo traffic",
-        group=_DATA,
+        group=DATA,
     ),
-    Option(
-        name="scrape",
-        kind="list",
-        default=[],
-        metavar="URL",
-        help="an inference engine's Prometheus endpoint (vLLM, SGLang, TGI) whose figures "
-        "to publish, e.g. http://localhost:8000/metrics (repeatable)",
-        group=_DATA,
-    ),
-    Option(
-        name="scrape_interval",
-        kind="float",
-        default=1.0,
-        help="seconds between two scrapes of an engine",
-        check=check_positive,
-        group=_DATA,
-    ),
-    Option(
-        name="log_level",
-        kind="str",
-        default="info",
-        choices=LOG_LEVELS,
-        metavar="LEVEL",
-        help="lowest level logged (to stderr)",
-        group=_LOG,
-    ),
-    Option(
-        name="log_format",
-        kind="str",
-        default="text",
-        choices=LOG_FORMATS,
-        metavar="FORMAT",
-        help="text lines, or one JSON object per line for log shippers",
-        group=_LOG,
-    ),
-    Option(
-        name="access_log",
-        kind="bool",
-        default=True,
-        help="log every HTTP request and WebSocket handshake (tokens redacted)",
-        group=_LOG,
-    ),
+    *SCRAPE_OPTIONS,
+    *LOGGING_OPTIONS,
 )
 
 
@@ -263,24 +83,15 @@ def serve(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
-    from .._logging import add_secret, uvicorn_log_options
     from ..exceptions import ConfigError
     from ._app import create_app
-    from ._hub import MetricsHub
-    from ._limits import guarded_uvicorn_options
     from ._prometheus import LLMExporter
-    from ._settings import ServerSettings
-    from ._uvicorn import StreamServer, uvicorn_config
+    from ._serveopts import log_started, stream_hub, stream_server, stream_settings
 
-    if args.ssl_keyfile and not args.ssl_certfile:
-        raise ConfigError("--ssl-keyfile needs --ssl-certfile")
-    if args.token:
-        add_secret(args.token)
+    settings = stream_settings(args)
     if args.scrape and args.demo:
         raise ConfigError("--scrape and --demo do not combine: both publish the KV cache")
-    hub = MetricsHub(
-        max_buffer_bytes=args.max_buffer_bytes, heartbeat_interval=args.heartbeat_interval
-    )
+    hub = stream_hub(args)
     # /metrics exports the LLM figures of every request published: the
     # collector (the demo's, or the scraper's) publishes through it.
     exporter = LLMExporter(hub)
@@ -289,45 +100,12 @@ def serve(args: argparse.Namespace) -> int:
         from ..collector import EngineScraper
 
         engines = EngineScraper(exporter, args.scrape, interval=args.scrape_interval)
-    settings = ServerSettings(
-        token=args.token or None,
-        allowed_origins=tuple(args.allowed_origins) if args.allowed_origins else None,
-        max_connections=args.max_connections,
-        max_message_size=args.max_message_size,
-        protect_http=args.protect_http,
-        handshake_timeout=args.handshake_timeout,
-    )
-    guarded = guarded_uvicorn_options(hub, settings)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(exporter)
     if engines is not None:
         registry.register(engines)  # each engine's up/failure figures
     app = create_app(hub, settings, registry=registry)
-    tls: dict[str, Any] = {}
-    if args.ssl_certfile:
-        tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
-    config = uvicorn_config(
-        app,
-        host=args.host,
-        port=args.port,
-        max_message_size=settings.max_message_size,
-        ws_per_message_deflate=args.ws_per_message_deflate,
-        proxy_headers=args.proxy_headers,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        root_path=args.root_path,
-        access_log=args.access_log,
-        **uvicorn_log_options(args.log_level),
-        **tls,
-        **guarded,
-    )
-    if args.ssl_certfile:
-        # Loads and checks the certificate and key now: a wrong path or a
-        # key that does not match is a configuration error, not a traceback.
-        try:
-            config.load()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot use the TLS certificate or key: {exc}") from None
-    server = StreamServer(config, hub, close_timeout=settings.close_timeout)
+    server = stream_server(app, hub, settings, args)
 
     async def main() -> None:
         # Imported here: the collector is a separate part of the package.
@@ -363,14 +141,8 @@ def serve(args: argparse.Namespace) -> int:
             async with MetricsCollector(exporter, interval=args.interval, connections=connections):
                 await server.serve()
 
-    logger.info(
-        "stream at %s%s over %s, token %s",
-        args.root_path,
-        settings.path,
-        "TLS (wss://)" if args.ssl_certfile else "plain ws://",
-        "required" if settings.token else "not required",
-    )
-    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+    log_started(args, settings)
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
     return 0 if server.started else 1
 
