@@ -23,14 +23,25 @@ import metricstream
 
 from .support import free_port, scaled
 
-pytestmark = pytest.mark.slow
+# Installing four virtualenvs from the package index takes a while, and the
+# fixture's time counts against the first test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("none", "tui", "server", "all")
-COMMANDS = ("serve", "watch", "dashboard", "demo", "schema", "schema-js")
+COMMANDS = ("serve", "proxy", "watch", "dashboard", "demo", "schema", "schema-js")
 # The extra each command needs to run (the others need only the core).
-NEEDS = {"serve": "server", "demo": "server", "dashboard": "tui"}
-INSTALLED = {"none": set(), "tui": {"tui"}, "server": {"server"}, "all": {"server", "tui"}}
+NEEDS = {"serve": "server", "proxy": "proxy", "demo": "server", "dashboard": "tui"}
+# Commands whose options come from the server package: without it, even their
+# --help is the one line naming the extra (the proxy extra is the server's).
+OPTIONS_FROM_SERVER = {"serve": "server", "proxy": "proxy"}
+# What each install provides; the proxy extra is the server's under its own name.
+INSTALLED = {
+    "none": set(),
+    "tui": {"tui"},
+    "server": {"server", "proxy"},
+    "all": {"server", "proxy", "tui"},
+}
 
 
 def pip(*args: str) -> None:
@@ -87,19 +98,19 @@ def test_every_command_works_or_names_its_extra(venvs: dict[str, Path], extra: s
     assert version.stdout.strip() == f"metricstream {metricstream.__version__}"
     for command in COMMANDS:
         result = run(env_dir, command, "--help")
-        # serve's options come from the server package: without it, its
-        # --help is the one line naming the extra. The others always help.
-        if command != "serve" or "server" in INSTALLED[extra]:
+        if command not in OPTIONS_FROM_SERVER or "server" in INSTALLED[extra]:
             assert result.returncode == 0, f"{extra}: {command} --help: {result.stderr}"
             assert f"usage: metricstream {command}" in result.stdout
         else:
-            assert_names_extra(result, "server")
+            assert_names_extra(result, OPTIONS_FROM_SERVER[command])
     # Running a command whose extra is missing says so, in one line.
     for command, needed in NEEDS.items():
         if needed not in INSTALLED[extra]:
             args = (
                 ["ws://127.0.0.1:9/metrics/stream"] if command == "dashboard" else ["--port", "1"]
             )
+            if command == "proxy":
+                args += ["--upstream", "http://127.0.0.1:9"]
             assert_names_extra(run(env_dir, command, *args), needed)
     assert run(env_dir, "schema", "--compact").returncode == 0
 
