@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, FastAPI, Request
@@ -23,6 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ._endpoint import StreamEndpoint, _handshake_headers, _token_ok
 from ._hub import MetricsHub
 from ._settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ._redis import RedisBackend
 
 __all__ = ["HubCollector", "create_app", "create_router"]
 
@@ -129,32 +132,51 @@ def create_router(
     settings: ServerSettings | None = None,
     *,
     registry: CollectorRegistry | None = None,
+    backend: RedisBackend | None = None,
 ) -> APIRouter:
     """A FastAPI router serving ``hub``: the WebSocket stream, ``/healthz``, ``/metrics``.
 
     Include it in your own app with ``app.include_router(create_router(hub))``.
     ``registry`` receives the hub's Prometheus collector; by default the
-    router gets a registry of its own, served at ``/metrics``.
+    router gets a registry of its own, served at ``/metrics``. With a
+    ``backend`` (:class:`~metricstream.server.RedisBackend`) the hub is a
+    node of a stream shared through Redis: the router's lifespan (merged
+    into the app's by ``include_router``) starts it and stops it.
     """
     settings = settings if settings is not None else ServerSettings()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     endpoint = StreamEndpoint(hub, settings)
     registry.register(HubCollector(hub))
-    router = APIRouter()
+    if backend is not None:
+        shared = backend
+
+        @asynccontextmanager
+        async def lifespan(_: Any) -> AsyncIterator[None]:
+            await shared.start(hub)
+            try:
+                yield
+            finally:
+                await shared.stop()
+
+        router = APIRouter(lifespan=lifespan)
+    else:
+        router = APIRouter()
     router.routes.append(WebSocketRoute(settings.path, endpoint, name="metrics_stream"))
 
     @router.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        status = "shutting_down" if hub.closing else "ok"
-        return JSONResponse(
-            {
-                "status": status,
-                "connections": hub.connection_count,
-                "sequence": hub.sequence,
-                "epoch": hub.epoch,
-            },
-            status_code=503 if hub.closing else 200,
-        )
+        # Degraded still answers 200: the node keeps its clients and serves
+        # what it has while its shared stream is away.
+        status = "shutting_down" if hub.closing else "degraded" if hub.degraded else "ok"
+        body: dict[str, Any] = {
+            "status": status,
+            "connections": hub.connection_count,
+            "sequence": hub.sequence,
+            "epoch": hub.epoch,
+        }
+        if hub.degraded:
+            body["reason"] = hub.degraded
+        return JSONResponse(body, status_code=503 if hub.closing else 200)
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
@@ -171,6 +193,7 @@ def create_app(
     *,
     dashboard: bool = True,
     registry: CollectorRegistry | None = None,
+    backend: RedisBackend | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A standalone FastAPI app around :func:`create_router`.
@@ -182,6 +205,7 @@ def create_app(
     On lifespan shutdown the hub's clients are closed with 1001 (when the
     ASGI server has not closed them already). ``app.state.hub`` is the hub.
     With ``dashboard`` (the default) the browser dashboard is served at ``/``.
+    ``backend`` shares the stream through Redis (see :func:`create_router`).
     """
     hub = hub if hub is not None else MetricsHub()
     settings = settings if settings is not None else ServerSettings()
@@ -200,7 +224,7 @@ def create_app(
         **fastapi_kwargs,
     )
     app.state.hub = hub
-    app.include_router(create_router(hub, settings, registry=registry))
+    app.include_router(create_router(hub, settings, registry=registry, backend=backend))
     if dashboard:
         # Imported here: the page's router lives with the dashboards.
         from ..dashboard.web import create_web_router

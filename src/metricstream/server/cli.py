@@ -205,6 +205,15 @@ OPTIONS: tuple[Option, ...] = (
         group=_DATA,
     ),
     Option(
+        name="redis",
+        kind="str",
+        default=None,
+        metavar="URL",
+        help="share the stream with other nodes and publishers through Redis, "
+        "e.g. redis://host:6379/0 (needs the redis extra)",
+        group=_DATA,
+    ),
+    Option(
         name="log_level",
         kind="str",
         default="info",
@@ -302,7 +311,16 @@ def serve(args: argparse.Namespace) -> int:
     registry.register(exporter)
     if engines is not None:
         registry.register(engines)  # each engine's up/failure figures
-    app = create_app(hub, settings, registry=registry)
+    backend = None
+    if args.redis:
+        from urllib.parse import urlsplit
+
+        from ._redis import RedisBackend
+
+        if (password := urlsplit(args.redis).password) is not None:
+            add_secret(password)
+        backend = RedisBackend(args.redis)
+    app = create_app(hub, settings, registry=registry, backend=backend)
     tls: dict[str, Any] = {}
     if args.ssl_certfile:
         tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}

@@ -1,0 +1,602 @@
+"""One stream shared by several processes, through Redis.
+
+The stream's sequence, replay log, epoch and snapshot live in Redis, under
+keys sharing one prefix:
+
+- ``<prefix>:seq`` the newest sequence, ``<prefix>:epoch`` the epoch;
+- ``<prefix>:log`` a Redis stream, one entry per message (fields ``s``
+  sequence, ``e`` epoch, ``t`` type, ``m`` model, ``b`` the message encoded
+  without its sequence), trimmed by count and by age;
+- ``<prefix>:snap`` a hash of the newest state message per key, and
+  ``<prefix>:recent:r`` / ``<prefix>:recent:e`` the latest request and error
+  events: what a new node's ``init`` is built from;
+- ``<prefix>:last`` the ID of the newest log entry, so that a node knows
+  where to start reading after loading the snapshot;
+- ``<prefix>:pub:<id>`` the last batch each publisher had applied.
+
+One Lua script (:data:`_PUBLISH`) numbers and appends a batch and folds it
+into the snapshot, atomically: whichever publisher wins a race, no two
+messages share a sequence and none is skipped. A batch carries its
+publisher's batch number, so that a batch re-sent after a lost reply is not
+applied twice.
+
+:class:`RedisPublisher` validates messages with the in-process stream's own
+checks, buffers them (bounded; it counts what it drops) and sends them in
+batches. :class:`RedisBackend` makes a :class:`MetricsHub` a *node* of the
+shared stream: one reader per process loads the snapshot and then follows
+the log with blocking ``XREAD`` in batches, handing each message to
+:meth:`MetricsHub.ingest`, which fans it out locally; the hub's ``publish``
+goes to the publisher.
+
+When messages are lost (a publisher's buffer overflowed while Redis was
+away) the next batch advances the sequence past them: the hole reaches
+every client as a gap, and clients resynchronise. When Redis comes back
+empty, the epoch changes: every node reloads and closes its clients with
+1012, and each reconnects to a full snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from ..exceptions import ConfigError, ProtocolError, PublishError
+from ..protocol import (
+    MessageType,
+    WebSocketMessage,
+    decode,
+    encode,
+)
+from ._hub import DEFAULT_MAX_BUFFER_BYTES, MetricsHub
+from ._replay import new_epoch
+from ._stream import number
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["RedisBackend", "RedisPublisher", "RedisStreamKeys"]
+
+logger = logging.getLogger("metricstream.server.redis")
+
+#: Default key prefix in Redis.
+DEFAULT_PREFIX: Final = "metricstream"
+
+# KEYS: seq, epoch, log, last, snap, recent:r, recent:e, pub:<id>
+# ARGV: candidate epoch, skip, max entries, max age (ms), recent requests,
+#       recent errors, batch number, n, then n * (type, model, kind, field, body)
+_PUBLISH: Final = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('SET', KEYS[1], 0)
+end
+local batchno = tonumber(ARGV[7])
+local done = tonumber(redis.call('GET', KEYS[8]) or '0')
+if done >= batchno then
+  return {-1, epoch}
+end
+local skip = tonumber(ARGV[2])
+if skip > 0 then
+  redis.call('INCRBY', KEYS[1], skip)
+end
+local n = tonumber(ARGV[8])
+local first = -1
+local id = false
+for i = 0, n - 1 do
+  local b = 9 + i * 5
+  local seq = redis.call('INCR', KEYS[1])
+  if first < 0 then first = seq end
+  id = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '*',
+    's', seq, 'e', epoch, 't', ARGV[b], 'm', ARGV[b + 1], 'b', ARGV[b + 4])
+  local kind = ARGV[b + 2]
+  if kind == 's' then
+    redis.call('HSET', KEYS[5], ARGV[b + 3], ARGV[b + 4])
+  elseif kind == 'r' or kind == 'e' then
+    local key = KEYS[6]
+    local keep = tonumber(ARGV[5])
+    if kind == 'e' then
+      key = KEYS[7]
+      keep = tonumber(ARGV[6])
+    end
+    if keep > 0 then
+      redis.call('RPUSH', key, ARGV[b + 4])
+      redis.call('LTRIM', key, -keep, -1)
+    end
+  end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XTRIM', KEYS[3], 'MINID', tostring(now - tonumber(ARGV[4])))
+if id then
+  redis.call('SET', KEYS[4], id)
+end
+redis.call('SET', KEYS[8], batchno, 'EX', 86400)
+return {first, epoch}
+"""
+
+# KEYS: seq, epoch, log, last, snap, recent:r, recent:e
+# ARGV: candidate epoch, max entries
+_LOAD: Final = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('SET', KEYS[1], 0)
+end
+local seq = redis.call('GET', KEYS[1]) or '0'
+local last = redis.call('GET', KEYS[4]) or '0-0'
+local entries = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', ARGV[2])
+return {epoch, seq, last, redis.call('HVALS', KEYS[5]),
+  redis.call('LRANGE', KEYS[6], 0, -1), redis.call('LRANGE', KEYS[7], 0, -1), entries}
+"""
+
+
+class RedisStreamKeys(msgspec.Struct, frozen=True):
+    """The Redis keys of one shared stream, all under ``prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def common(self) -> list[str]:
+        """seq, epoch, log, last, snap, recent requests, recent errors."""
+        p = self.prefix
+        return [
+            f"{p}:seq",
+            f"{p}:epoch",
+            f"{p}:log",
+            f"{p}:last",
+            f"{p}:snap",
+            f"{p}:recent:r",
+            f"{p}:recent:e",
+        ]
+
+    @property
+    def log(self) -> str:
+        """The Redis stream holding the replay log."""
+        return f"{self.prefix}:log"
+
+    @property
+    def epoch(self) -> str:
+        """The epoch's key."""
+        return f"{self.prefix}:epoch"
+
+
+# How each stream type is kept in the snapshot: its hash field (state) or
+# its recent list (events).
+_STATE_FIELD: Final[dict[MessageType, str | None]] = {
+    MessageType.METRICS_UPDATE: "metrics",
+    MessageType.MODEL_UPDATE: None,  # one per model
+    MessageType.RATE_LIMIT_UPDATE: None,  # one per endpoint
+    MessageType.COST_UPDATE: "costs",
+    MessageType.KV_CACHE_UPDATE: "kv_cache",
+    MessageType.SYSTEM_UPDATE: "system",
+}
+
+
+def _snapshot_slot(message: WebSocketMessage[Any]) -> tuple[str, str]:
+    """(kind, field) of a validated stream message: ``s`` state, ``r``/``e`` events."""
+    mtype = message.type
+    if mtype is MessageType.REQUEST_UPDATE:
+        return "r", ""
+    if mtype is MessageType.ERROR_UPDATE:
+        return "e", ""
+    if mtype is MessageType.MODEL_UPDATE:
+        return "s", "model:" + message.data.model
+    if mtype is MessageType.RATE_LIMIT_UPDATE:
+        return "s", "rate_limit:" + message.data.endpoint
+    field = _STATE_FIELD[MessageType(mtype)]
+    assert field is not None
+    return "s", field
+
+
+def _redis_client(url: str, *, socket_timeout: float | None) -> Redis:
+    try:
+        from redis.asyncio import Redis
+    except ImportError as exc:  # pragma: no cover - exercised without the extra
+        raise ConfigError(
+            "a Redis stream needs redis-py: pip install 'metricstream[redis]'"
+        ) from exc
+    try:
+        return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0)
+    except ValueError as exc:
+        raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
+
+
+class RedisPublisher:
+    """Publishes stream messages into the shared stream, from any process.
+
+    :meth:`publish` is synchronous and never waits for Redis: it validates
+    the message (the checks of :meth:`MetricsHub.publish`) and buffers it;
+    a task sends the buffer in batches of up to ``batch`` messages, one
+    script call each. While Redis is unreachable the buffer holds up to
+    ``max_pending`` messages; beyond that new messages are dropped and
+    counted (:attr:`dropped`), and the next batch sent advances the
+    sequence past them, so that the loss reaches every client as a gap.
+
+    Use as ``async with RedisPublisher(url) as publisher:`` or call
+    :meth:`start` and :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_entries: int = 10_000,
+        max_age: float = 300.0,
+        recent_requests: int = 50,
+        recent_errors: int = 20,
+        max_pending: int = 10_000,
+        batch: int = 256,
+        retry_interval: float = 0.5,
+        max_frame_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        timeout: float = 2.0,
+    ) -> None:
+        if max_entries < 1:
+            raise ConfigError(f"max_entries must be at least 1, got {max_entries}")
+        if not max_age > 0:
+            raise ConfigError(f"max_age must be positive, got {max_age}")
+        if max_pending < 1 or batch < 1:
+            raise ConfigError("max_pending and batch must be at least 1")
+        if recent_requests < 0 or recent_errors < 0:
+            raise ConfigError("recent_requests and recent_errors must not be negative")
+        self._client = _redis_client(url, socket_timeout=timeout)
+        self._keys = RedisStreamKeys(prefix)
+        self._script = self._client.register_script(_PUBLISH)
+        self._id = uuid.uuid4().hex
+        self._pub_key = f"{prefix}:pub:{self._id}"
+        self._limits = [
+            str(max_entries),
+            str(int(max_age * 1000)),
+            str(recent_requests),
+            str(recent_errors),
+        ]
+        self._max_pending = max_pending
+        self._batch = batch
+        self._retry = retry_interval
+        self._max_frame = max_frame_bytes
+        self._pending: deque[list[str | bytes]] = deque()
+        self._batch_no = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        # Messages dropped since the last batch that reached Redis.
+        self._skip = 0
+        #: Messages dropped because the buffer was full.
+        self.dropped = 0
+        #: Messages Redis has numbered.
+        self.sent = 0
+        #: Why the last send failed (``None`` after a success).
+        self.error: str | None = None
+
+    @property
+    def pending(self) -> int:
+        """Messages buffered, not yet in Redis."""
+        return len(self._pending)
+
+    def publish(self, message: WebSocketMessage[Any]) -> None:
+        """Validate ``message`` and buffer it for the shared stream.
+
+        Raises :class:`~metricstream.exceptions.PublishError` for a message
+        the stream would refuse. Drops it (counted) when the buffer is full.
+        """
+        checked, _ = number(message, 0, self._max_frame)
+        if len(self._pending) >= self._max_pending:
+            self.dropped += 1
+            self._skip += 1
+            return
+        kind, field = _snapshot_slot(checked)
+        model = getattr(checked.data, "model", None)
+        body = encode(msgspec.structs.replace(checked, sequence=None))
+        self._pending.append([checked.type, model or "", kind, field, body])
+        self._idle.clear()
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Start the sending task (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def flush(self) -> None:
+        """Wait until everything buffered so far has reached Redis (bound it
+        with ``asyncio.timeout``: it waits for as long as Redis is away)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop sending (what is still buffered is dropped) and disconnect."""
+        task = self._task
+        self._task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.aclose()
+
+    async def __aenter__(self) -> RedisPublisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await self.flush()
+        await self.close()
+
+    async def _run(self) -> None:
+        from redis.exceptions import RedisError
+
+        pending = self._pending
+        while True:
+            if not pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            count = min(len(pending), self._batch)
+            batch = [pending[i] for i in range(count)]
+            self._batch_no += 1
+            args: list[str | bytes | int] = [new_epoch(), self._skip, *self._limits]
+            args += [self._batch_no, count]
+            for item in batch:
+                args += item
+            skip = self._skip
+            while True:
+                try:
+                    await self._script(keys=[*self._keys.common, self._pub_key], args=args)
+                except (RedisError, OSError) as exc:
+                    # Re-sent under the same batch number: if the first try
+                    # was applied and only its reply was lost, the script
+                    # sees the number and applies nothing.
+                    if self.error is None:
+                        logger.warning("cannot publish to Redis: %s", exc)
+                    self.error = str(exc) or type(exc).__name__
+                    await asyncio.sleep(self._retry)
+                    # Messages dropped meanwhile join this batch's skip.
+                    args[1] = self._skip
+                    skip = self._skip
+                    continue
+                break
+            if self.error is not None:
+                logger.info("publishing to Redis again")
+            self.error = None
+            self._skip -= skip
+            for _ in range(count):
+                pending.popleft()
+            self.sent += count
+
+
+class RedisBackend:
+    """Makes a :class:`MetricsHub` a node of a stream shared through Redis.
+
+    ``await backend.start(hub)`` loads the stream's snapshot and recent log
+    from Redis into the hub, starts the node's one reader (blocking
+    ``XREAD`` of up to ``read_batch`` entries, ``block`` seconds at most)
+    and routes the hub's :meth:`~MetricsHub.publish` to a
+    :class:`RedisPublisher`. ``await backend.stop()`` undoes it. While
+    Redis cannot be reached the hub keeps its clients (heartbeats go on)
+    and ``hub.degraded`` says why; the reader retries every
+    ``retry_interval`` seconds. ``max_entries``/``max_age`` bound the log
+    in Redis and the hub's local copy alike.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_entries: int = 10_000,
+        max_age: float = 300.0,
+        max_pending: int = 10_000,
+        read_batch: int = 512,
+        block: float = 1.0,
+        retry_interval: float = 0.5,
+    ) -> None:
+        if read_batch < 1:
+            raise ConfigError(f"read_batch must be at least 1, got {read_batch}")
+        if not block > 0 or not retry_interval > 0:
+            raise ConfigError("block and retry_interval must be positive")
+        self.url = url
+        self._keys = RedisStreamKeys(prefix)
+        self._max_entries = max_entries
+        self._max_age = max_age
+        self._max_pending = max_pending
+        self._read_batch = read_batch
+        self._block = block
+        self._retry = retry_interval
+        # A blocked XREAD answers within ``block``: a silent socket past
+        # that (a stopped Redis) is a failure, noticed within a second more.
+        self._client = _redis_client(url, socket_timeout=block + 1.0)
+        self._load = self._client.register_script(_LOAD)
+        self._hub: MetricsHub | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last = b"0-0"
+        self._loaded = asyncio.Event()
+        self.publisher: RedisPublisher | None = None
+        #: Log entries Redis held that could not be decoded (skipped, logged).
+        self.bad_entries = 0
+
+    async def start(self, hub: MetricsHub) -> None:
+        """Load the shared stream into ``hub`` and follow it.
+
+        Raises the connection error when Redis cannot be reached at start:
+        a node that never saw the stream has nothing to serve.
+        """
+        if self._hub is not None:
+            raise ConfigError("this backend is already started")
+        log = hub.log
+        max_entries = getattr(log, "max_entries", self._max_entries)
+        self._hub = hub
+        self.publisher = RedisPublisher(
+            self.url,
+            prefix=self._keys.prefix,
+            max_entries=self._max_entries,
+            max_age=self._max_age,
+            recent_requests=hub.recent_limits[0],
+            recent_errors=hub.recent_limits[1],
+            max_pending=self._max_pending,
+            retry_interval=self._retry,
+            max_frame_bytes=hub.max_buffer_bytes,
+        )
+        try:
+            await self._reload(min(max_entries, self._max_entries))
+        except BaseException:
+            self._hub = None
+            await self.publisher.close()
+            self.publisher = None
+            raise
+        await self.publisher.start()
+        hub.set_forward(self._forward)
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    async def stop(self) -> None:
+        """Stop following the stream; the hub publishes in-process again."""
+        hub = self._hub
+        if hub is None:
+            return
+        hub.set_forward(None)
+        task = self._task
+        self._task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.publisher is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self.publisher.flush()
+            await self.publisher.close()
+        await self._client.aclose()
+        self._hub = None
+
+    def _forward(self, message: WebSocketMessage[Any]) -> None:
+        publisher = self.publisher
+        assert publisher is not None
+        publisher.publish(message)
+
+    async def _reload(self, max_entries: int) -> None:
+        """Load epoch, sequence, snapshot and the newest log entries, atomically."""
+        hub = self._hub
+        assert hub is not None
+        reply = await self._load(keys=self._keys.common, args=[new_epoch(), max_entries])
+        epoch = reply[0].decode()
+        sequence = int(reply[1])
+        self._last = reply[2]
+        snapshot = [m for m in map(self._decode, [*reply[3], *reply[4], *reply[5]]) if m]
+        # Newest first: keep the contiguous run that ends at ``sequence``.
+        replay: list[WebSocketMessage[Any]] = []
+        expect = sequence
+        for _id, fields in reply[6]:
+            message = self._entry(_pairs(fields))
+            if message is None or message.sequence != expect:
+                break
+            replay.append(message)
+            expect -= 1
+        replay.reverse()
+        hub.restart(epoch, sequence, snapshot, replay)
+        self._loaded.set()
+
+    def _decode(self, body: bytes) -> WebSocketMessage[Any] | None:
+        try:
+            return decode(body)
+        except ProtocolError as exc:
+            self.bad_entries += 1
+            logger.warning("skipping an undecodable entry in Redis: %s", exc)
+            return None
+
+    def _entry(self, fields: dict[bytes, bytes]) -> WebSocketMessage[Any] | None:
+        try:
+            seq = int(fields[b"s"])
+            body = fields[b"b"]
+        except (KeyError, ValueError):
+            self.bad_entries += 1
+            logger.warning("skipping a malformed log entry in Redis: %r", sorted(fields))
+            return None
+        message = self._decode(body)
+        if message is None:
+            return None
+        return msgspec.structs.replace(message, sequence=seq)
+
+    async def _read_loop(self) -> None:
+        from redis.exceptions import RedisError
+
+        hub = self._hub
+        assert hub is not None
+        client = self._client
+        key = self._keys.log
+        block_ms = max(1, int(self._block * 1000))
+        failed = False
+        while True:
+            try:
+                if failed:
+                    # Back: the same stream, or a wiped one (a new epoch)?
+                    epoch: Any = await client.get(self._keys.epoch)
+                    if epoch is None or epoch.decode() != hub.epoch:
+                        logger.warning("the shared stream started afresh: reloading")
+                        await self._reload(self._max_entries)
+                    failed = False
+                reply: Any = await client.xread(
+                    {key: self._last}, count=self._read_batch, block=block_ms
+                )
+            except (RedisError, OSError) as exc:
+                if not failed:
+                    logger.warning("lost the shared stream: %s", exc)
+                failed = True
+                hub.degraded = f"redis unreachable: {exc or type(exc).__name__}"
+                await asyncio.sleep(self._retry)
+                continue
+            publisher = self.publisher
+            hub.degraded = (
+                f"redis publish failing: {publisher.error}"
+                if publisher is not None and publisher.error is not None
+                else None
+            )
+            for _stream, entries in reply or ():
+                restart = False
+                for entry_id, fields in entries:
+                    self._last = entry_id
+                    pairs = _pairs(fields)
+                    if pairs.get(b"e", b"").decode() not in ("", hub.epoch):
+                        logger.warning("the shared stream has a new epoch: reloading")
+                        restart = True
+                        break
+                    message = self._entry(pairs)
+                    if message is None:
+                        continue
+                    seq = message.sequence
+                    if seq is not None and seq > hub.sequence + 1:
+                        # Entries this node never saw (trimmed before it read
+                        # them, or dropped by a publisher): its snapshot may
+                        # lack state, so it takes Redis's, which has it all.
+                        logger.warning(
+                            "the shared stream skipped from %d to %d: reloading", hub.sequence, seq
+                        )
+                        restart = True
+                        break
+                    try:
+                        hub.ingest(message)
+                    except PublishError as exc:
+                        self.bad_entries += 1
+                        logger.warning("skipping an invalid message from Redis: %s", exc)
+                if restart:
+                    try:
+                        await self._reload(self._max_entries)
+                    except (RedisError, OSError):
+                        failed = True
+                    break
+
+
+def _pairs(fields: Any) -> dict[bytes, bytes]:
+    """A log entry's fields as a dict (redis-py gives a dict or a flat list)."""
+    if isinstance(fields, dict):
+        return fields
+    flat: Sequence[bytes] = fields
+    return dict(zip(flat[::2], flat[1::2], strict=False))

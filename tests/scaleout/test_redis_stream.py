@@ -1,0 +1,130 @@
+"""The stream shared through a real Redis: numbering, snapshot, trimming, epochs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from metricstream.protocol import MessageType
+from metricstream.server import MetricsHub, RedisPublisher
+from tests.server.conftest import metrics, model_update, open_client, recv, recv_type, request
+from tests.support import scaled, wait_until
+
+from .conftest import RedisProcess, node
+
+
+async def _log(redis_url: str) -> list[dict[bytes, bytes]]:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    try:
+        entries: Any = await client.xrange("metricstream:log")
+        return [fields for _id, fields in entries]
+    finally:
+        await client.aclose()
+
+
+async def test_racing_publishers_share_one_contiguous_sequence(redis_server: RedisProcess) -> None:
+    # Small batches, so that the two publishers' script calls interleave.
+    count = 400
+    async with (
+        RedisPublisher(redis_server.url, batch=7) as one,
+        RedisPublisher(redis_server.url, batch=5) as two,
+    ):
+        for i in range(count):
+            one.publish(request(f"a{i}"))
+            two.publish(request(f"b{i}"))
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        async with asyncio.timeout(scaled(20)):
+            await one.flush()
+            await two.flush()
+        assert one.sent == two.sent == count
+        assert one.dropped == two.dropped == 0
+    entries = await _log(redis_server.url)
+    sequences = [int(e[b"s"]) for e in entries]
+    assert sequences == list(range(1, 2 * count + 1))
+    bodies = [e[b"b"] for e in entries]
+    ids = [b.split(b'"id":"', 1)[1].split(b'"', 1)[0].decode() for b in bodies]
+    assert sorted(ids) == sorted([f"a{i}" for i in range(count)] + [f"b{i}" for i in range(count)])
+    # Each publisher's own messages keep their order.
+    assert [i for i in ids if i[0] == "a"] == [f"a{i}" for i in range(count)]
+
+
+async def test_two_nodes_deliver_the_same_numbered_stream(redis_server: RedisProcess) -> None:
+    async with node(redis_server.url) as first, node(redis_server.url) as second:
+        # Published through one node's hub: it goes to Redis, both nodes read it.
+        first.hub.publish(model_update("m1", 3))
+        await wait_until(lambda: second.hub.sequence == 1, 10, "the second node reading")
+        async with open_client(first.url()) as a, open_client(second.url()) as b:
+            init_a, init_b = await recv(a), await recv(b)
+            assert init_a["metadata"]["epoch"] == init_b["metadata"]["epoch"]
+            assert init_a["sequence"] == init_b["sequence"] == 1
+            assert init_b["data"]["models"]["m1"]["request_count"] == 3
+            for i in range(20):
+                second.hub.publish(request(f"r{i}"))
+            got_a = [await recv_type(a, "request_update") for _ in range(20)]
+            got_b = [await recv_type(b, "request_update") for _ in range(20)]
+            assert [m["sequence"] for m in got_a] == list(range(2, 22))
+            assert [m["sequence"] for m in got_b] == list(range(2, 22))
+            assert [m["data"]["id"] for m in got_a] == [f"r{i}" for i in range(20)]
+
+
+async def test_a_late_node_builds_init_from_redis_and_serves_resumes(
+    redis_server: RedisProcess,
+) -> None:
+    async with RedisPublisher(redis_server.url) as publisher:
+        publisher.publish(metrics(total=7))
+        publisher.publish(model_update("m2", 5))
+        for i in range(5):
+            publisher.publish(request(f"q{i}", model="m2"))
+        async with asyncio.timeout(scaled(10)):
+            await publisher.flush()
+    async with node(redis_server.url) as late:
+        assert late.hub.sequence == 7
+        async with open_client(late.url()) as ws:
+            init = await recv(ws)
+            assert init["data"]["metrics"]["total_requests"] == 7
+            assert init["data"]["models"]["m2"]["request_count"] == 5
+            assert [r["id"] for r in init["data"]["recent_requests"]] == [f"q{i}" for i in range(5)]
+            epoch = init["metadata"]["epoch"]
+        # The log it loaded serves a resume from before it started.
+        async with open_client(late.url(f"since=3&epoch={epoch}")) as ws:
+            init = await recv(ws)
+            assert init["metadata"]["resumed"] is True
+            replayed = [await recv(ws) for _ in range(4)]
+            assert [m["sequence"] for m in replayed] == [4, 5, 6, 7]
+
+
+async def test_a_resume_beyond_the_trimmed_log_gets_a_snapshot(redis_server: RedisProcess) -> None:
+    async with node(redis_server.url, max_entries=5) as one:
+        for i in range(12):
+            one.hub.publish(request(f"t{i}"))
+        await wait_until(lambda: one.hub.sequence == 12, 10, "the node reading")
+        entries = await _log(redis_server.url)
+        assert [int(e[b"s"]) for e in entries] == [8, 9, 10, 11, 12]
+        async with open_client(one.url(f"since=2&epoch={one.hub.epoch}")) as ws:
+            init = await recv(ws)
+            assert init["metadata"]["resumed"] is False
+            assert len(init["data"]["recent_requests"]) == 12
+        async with open_client(one.url(f"since=9&epoch={one.hub.epoch}")) as ws:
+            init = await recv(ws)
+            assert init["metadata"]["resumed"] is True
+            assert [(await recv(ws))["sequence"] for _ in range(3)] == [10, 11, 12]
+
+
+async def test_publish_still_refuses_what_the_stream_refuses(redis_server: RedisProcess) -> None:
+    import pytest
+
+    from metricstream.exceptions import PublishError
+    from metricstream.protocol import make_message
+
+    async with RedisPublisher(redis_server.url) as publisher:
+        with pytest.raises(PublishError):
+            publisher.publish(make_message(MessageType.HEARTBEAT, {}))
+        bad: Any = {"total_requests": -1}
+        with pytest.raises(PublishError):
+            publisher.publish(make_message(MessageType.METRICS_UPDATE, bad))
+        assert publisher.pending == 0
+    hub = MetricsHub()
+    assert hub.degraded is None
