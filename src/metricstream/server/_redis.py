@@ -12,7 +12,8 @@ keys sharing one prefix:
   events: what a new node's ``init`` is built from;
 - ``<prefix>:last`` the ID of the newest log entry, so that a node knows
   where to start reading after loading the snapshot;
-- ``<prefix>:pub:<id>`` the last batch each publisher had applied.
+- ``<prefix>:pub:<id>`` the last batch each publisher had applied, and the
+  hole it opened.
 
 One Lua script (:data:`_PUBLISH`) numbers and appends a batch and folds it
 into the snapshot, atomically: whichever publisher wins a race, no two
@@ -42,7 +43,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -79,9 +80,12 @@ if not epoch then
   redis.call('SET', KEYS[1], 0)
 end
 local batchno = tonumber(ARGV[7])
-local done = tonumber(redis.call('GET', KEYS[8]) or '0')
-if done >= batchno then
-  return {-1, epoch}
+local record = redis.call('GET', KEYS[8])
+if record then
+  local done, skipped = string.match(record, '(%d+) (%d+)')
+  if tonumber(done) >= batchno then
+    return {-1, epoch, tonumber(skipped)}
+  end
 end
 local skip = tonumber(ARGV[2])
 if skip > 0 then
@@ -118,8 +122,8 @@ redis.call('XTRIM', KEYS[3], 'MINID', tostring(now - tonumber(ARGV[4])))
 if id then
   redis.call('SET', KEYS[4], id)
 end
-redis.call('SET', KEYS[8], batchno, 'EX', 86400)
-return {first, epoch}
+redis.call('SET', KEYS[8], batchno .. ' ' .. skip, 'EX', 86400)
+return {first, epoch, skip}
 """
 
 # KEYS: seq, epoch, log, last, snap, recent:r, recent:e
@@ -277,6 +281,8 @@ class RedisPublisher:
         self.sent = 0
         #: Why the last send failed (``None`` after a success).
         self.error: str | None = None
+        #: Called whenever :attr:`error` changes.
+        self.on_error_change: Callable[[], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -331,6 +337,11 @@ class RedisPublisher:
                 await self.flush()
         await self.close()
 
+    def _error_changed(self) -> None:
+        callback = self.on_error_change
+        if callback is not None:
+            callback()
+
     async def _run(self) -> None:
         from redis.exceptions import RedisError
 
@@ -348,27 +359,32 @@ class RedisPublisher:
             args += [self._batch_no, count]
             for item in batch:
                 args += item
-            skip = self._skip
             while True:
                 try:
-                    await self._script(keys=[*self._keys.common, self._pub_key], args=args)
+                    reply: Any = await self._script(
+                        keys=[*self._keys.common, self._pub_key], args=args
+                    )
                 except (RedisError, OSError) as exc:
                     # Re-sent under the same batch number: if the first try
                     # was applied and only its reply was lost, the script
                     # sees the number and applies nothing.
                     if self.error is None:
                         logger.warning("cannot publish to Redis: %s", exc)
-                    self.error = str(exc) or type(exc).__name__
+                        self.error = str(exc) or type(exc).__name__
+                        self._error_changed()
                     await asyncio.sleep(self._retry)
                     # Messages dropped meanwhile join this batch's skip.
                     args[1] = self._skip
-                    skip = self._skip
                     continue
                 break
             if self.error is not None:
                 logger.info("publishing to Redis again")
-            self.error = None
-            self._skip -= skip
+                self.error = None
+                self._error_changed()
+            # The skip Redis applied: an earlier try of this batch may have
+            # been applied with fewer drops than counted since; the rest go
+            # with the next batch.
+            self._skip -= int(reply[2])
             for _ in range(count):
                 pending.popleft()
             self.sent += count
@@ -423,6 +439,8 @@ class RedisBackend:
         self.publisher: RedisPublisher | None = None
         #: Log entries Redis held that could not be decoded (skipped, logged).
         self.bad_entries = 0
+        # Why the reader cannot follow the stream now.
+        self._read_error: str | None = None
 
     async def start(self, hub: MetricsHub) -> None:
         """Load the shared stream into ``hub`` and follow it.
@@ -453,6 +471,7 @@ class RedisBackend:
             await self.publisher.close()
             self.publisher = None
             raise
+        self.publisher.on_error_change = self._update_health
         await self.publisher.start()
         hub.set_forward(self._forward)
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -476,6 +495,18 @@ class RedisBackend:
             await self.publisher.close()
         await self._client.aclose()
         self._hub = None
+
+    def _update_health(self) -> None:
+        hub = self._hub
+        if hub is None:
+            return
+        publisher = self.publisher
+        if self._read_error is not None:
+            hub.degraded = f"redis unreachable: {self._read_error}"
+        elif publisher is not None and publisher.error is not None:
+            hub.degraded = f"redis publish failing: {publisher.error}"
+        else:
+            hub.degraded = None
 
     def _forward(self, message: WebSocketMessage[Any]) -> None:
         publisher = self.publisher
@@ -550,15 +581,14 @@ class RedisBackend:
                 if not failed:
                     logger.warning("lost the shared stream: %s", exc)
                 failed = True
-                hub.degraded = f"redis unreachable: {exc or type(exc).__name__}"
+                self._read_error = str(exc) or type(exc).__name__
+                self._update_health()
                 await asyncio.sleep(self._retry)
                 continue
-            publisher = self.publisher
-            hub.degraded = (
-                f"redis publish failing: {publisher.error}"
-                if publisher is not None and publisher.error is not None
-                else None
-            )
+            if self._read_error is not None:
+                logger.info("following the shared stream again")
+                self._read_error = None
+                self._update_health()
             for _stream, entries in reply or ():
                 restart = False
                 for entry_id, fields in entries:
