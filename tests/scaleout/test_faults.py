@@ -134,8 +134,9 @@ async def test_a_publisher_waits_out_a_restart_and_stays_exactly_once(
     client = redis.Redis.from_url(redis_server.url)
     try:
         # The batch sent before the stop and re-sent after it is applied once.
-        entries = client.xrange("metricstream:log")
+        entries: Any = client.xrange("metricstream:log")
         assert [int(fields[b"s"]) for _id, fields in entries] == [1, 2]
-        assert int(client.get("metricstream:seq")) == 2
+        seq: Any = client.get("metricstream:seq")
+        assert int(seq) == 2
     finally:
         client.close()
