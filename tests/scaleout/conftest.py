@@ -14,12 +14,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
 from metricstream.server import (
@@ -180,3 +182,56 @@ async def node(
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, scaled(30))
+
+
+class ServeProcess:
+    """``metricstream serve --redis URL`` in a subprocess of its own session."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "metricstream",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--interval",
+                "0.5",
+            ],
+            env={**os.environ, "METRICSTREAM_REDIS": redis_url},
+            start_new_session=True,
+        )
+
+    def url(self, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/metrics/stream" + (f"?{query}" if query else "")
+
+    async def ready(self) -> dict[str, Any]:
+        async with httpx.AsyncClient() as http, asyncio.timeout(scaled(30)):
+            while True:
+                assert self.process.poll() is None, "the node exited at startup"
+                with contextlib.suppress(httpx.TransportError):
+                    response = await http.get(f"http://127.0.0.1:{self.port}/healthz")
+                    if response.status_code == 200:
+                        body: dict[str, Any] = response.json()
+                        return body
+                # Polling: the node announces readiness only by answering.
+                await asyncio.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+@pytest.fixture
+def two_nodes(redis_server: RedisProcess) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    nodes = (ServeProcess(redis_server.url), ServeProcess(redis_server.url))
+    try:
+        yield nodes
+    finally:
+        for one in nodes:
+            one.kill()
