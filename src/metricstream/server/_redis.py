@@ -12,6 +12,9 @@ keys sharing one prefix:
   events: what a new node's ``init`` is built from;
 - ``<prefix>:last`` the ID of the newest log entry, so that a node knows
   where to start reading after loading the snapshot;
+- ``<prefix>:agg`` exact request totals (overall and ``<figure>|<model>``),
+  folded by the same script from every ``request_update``, and
+  ``<prefix>:lease`` which node's aggregator publishes the state messages;
 - ``<prefix>:pub:<id>`` the last batch each publisher had applied, and the
   hole it opened.
 
@@ -43,7 +46,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -51,9 +54,11 @@ import msgspec
 from ..exceptions import ConfigError, ProtocolError, PublishError
 from ..protocol import (
     MessageType,
+    ModelUpdatePayload,
     WebSocketMessage,
     decode,
     encode,
+    make_message,
 )
 from ._hub import DEFAULT_MAX_BUFFER_BYTES, MetricsHub
 from ._replay import new_epoch
@@ -62,14 +67,16 @@ from ._stream import number
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RedisBackend", "RedisPublisher", "RedisStreamKeys"]
+    from ..collector import MetricsCollector
+
+__all__ = ["RedisAggregator", "RedisBackend", "RedisPublisher", "RedisStreamKeys"]
 
 logger = logging.getLogger("metricstream.server.redis")
 
 #: Default key prefix in Redis.
 DEFAULT_PREFIX: Final = "metricstream"
 
-# KEYS: seq, epoch, log, last, snap, recent:r, recent:e, pub:<id>
+# KEYS: seq, epoch, log, last, snap, recent:r, recent:e, pub:<id>, agg
 # ARGV: candidate epoch, skip, max entries, max age (ms), recent requests,
 #       recent errors, batch number, n, then n * (type, model, kind, field, body)
 _PUBLISH: Final = """
@@ -101,6 +108,26 @@ for i = 0, n - 1 do
   id = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '*',
     's', seq, 'e', epoch, 't', ARGV[b], 'm', ARGV[b + 1], 'b', ARGV[b + 4])
   local kind = ARGV[b + 2]
+  if kind == 'r' then
+    -- Exact totals across every publisher, folded where the sequence is
+    -- assigned: no worker's share is counted twice or lost.
+    local ok, ev = pcall(cjson.decode, ARGV[b + 4])
+    local d = ok and type(ev) == 'table' and ev.data
+    if type(d) == 'table' and d.status ~= 'in_progress' and type(d.model) == 'string' then
+      local err = 0
+      if d.status == 'error' then err = 1 end
+      local m = '|' .. d.model
+      redis.call('HINCRBY', KEYS[9], 'requests', 1)
+      redis.call('HINCRBY', KEYS[9], 'tokens', d.total_tokens)
+      redis.call('HINCRBYFLOAT', KEYS[9], 'cost', d.cost)
+      redis.call('HINCRBY', KEYS[9], 'requests' .. m, 1)
+      redis.call('HINCRBY', KEYS[9], 'errors' .. m, err)
+      redis.call('HINCRBY', KEYS[9], 'prompt' .. m, d.prompt_tokens)
+      redis.call('HINCRBY', KEYS[9], 'completion' .. m, d.completion_tokens)
+      redis.call('HINCRBYFLOAT', KEYS[9], 'latency' .. m, d.latency_ms)
+      redis.call('HINCRBYFLOAT', KEYS[9], 'cost' .. m, d.cost)
+    end
+  end
   if kind == 's' then
     redis.call('HSET', KEYS[5], ARGV[b + 3], ARGV[b + 4])
   elseif kind == 'r' or kind == 'e' then
@@ -143,6 +170,28 @@ return {epoch, seq, last, redis.call('HVALS', KEYS[5]),
 """
 
 
+# KEYS: lease, agg; ARGV: holder id, ttl (ms)
+_LEASE: Final = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  return {0, {}}
+end
+return {1, redis.call('HGETALL', KEYS[2])}
+"""
+
+# KEYS: lease; ARGV: holder id
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class RedisStreamKeys(msgspec.Struct, frozen=True):
     """The Redis keys of one shared stream, all under ``prefix``."""
 
@@ -171,6 +220,16 @@ class RedisStreamKeys(msgspec.Struct, frozen=True):
     def epoch(self) -> str:
         """The epoch's key."""
         return f"{self.prefix}:epoch"
+
+    @property
+    def aggregates(self) -> str:
+        """The hash of exact request totals, overall and per model."""
+        return f"{self.prefix}:agg"
+
+    @property
+    def lease(self) -> str:
+        """The aggregator's lease."""
+        return f"{self.prefix}:lease"
 
 
 # How each stream type is kept in the snapshot: its hash field (state) or
@@ -225,6 +284,12 @@ class RedisPublisher:
     counted (:attr:`dropped`), and the next batch sent advances the
     sequence past them, so that the loss reaches every client as a gap.
 
+    ``types`` keeps only messages of those types (validated, the rest
+    counted in :attr:`ignored`): a gateway worker's collector publishes
+    with ``types=EVENT_TYPES``, so that its requests reach the stream and
+    the fleet's totals come from the one aggregator
+    (:class:`RedisAggregator`), not from each worker's share.
+
     Use as ``async with RedisPublisher(url) as publisher:`` or call
     :meth:`start` and :meth:`close`.
     """
@@ -243,6 +308,7 @@ class RedisPublisher:
         retry_interval: float = 0.5,
         max_frame_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
         timeout: float = 2.0,
+        types: Iterable[str] | None = None,
     ) -> None:
         if max_entries < 1:
             raise ConfigError(f"max_entries must be at least 1, got {max_entries}")
@@ -254,6 +320,7 @@ class RedisPublisher:
             raise ConfigError("recent_requests and recent_errors must not be negative")
         self._client = _redis_client(url, socket_timeout=timeout)
         self._keys = RedisStreamKeys(prefix)
+        self._types = None if types is None else frozenset(MessageType(t) for t in types)
         self._script = self._client.register_script(_PUBLISH)
         self._id = uuid.uuid4().hex
         self._pub_key = f"{prefix}:pub:{self._id}"
@@ -279,6 +346,8 @@ class RedisPublisher:
         self.dropped = 0
         #: Messages Redis has numbered.
         self.sent = 0
+        #: Valid messages left out because their type is not in ``types``.
+        self.ignored = 0
         #: Why the last send failed (``None`` after a success).
         self.error: str | None = None
         #: Called whenever :attr:`error` changes.
@@ -296,6 +365,9 @@ class RedisPublisher:
         the stream would refuse. Drops it (counted) when the buffer is full.
         """
         checked, _ = number(message, 0, self._max_frame)
+        if self._types is not None and checked.type not in self._types:
+            self.ignored += 1
+            return
         if len(self._pending) >= self._max_pending:
             self.dropped += 1
             self._skip += 1
@@ -362,7 +434,8 @@ class RedisPublisher:
             while True:
                 try:
                     reply: Any = await self._script(
-                        keys=[*self._keys.common, self._pub_key], args=args
+                        keys=[*self._keys.common, self._pub_key, self._keys.aggregates],
+                        args=args,
                     )
                 except (RedisError, OSError) as exc:
                     # Re-sent under the same batch number: if the first try
@@ -441,6 +514,8 @@ class RedisBackend:
         self.bad_entries = 0
         # Why the reader cannot follow the stream now.
         self._read_error: str | None = None
+        self._listeners: list[Callable[[WebSocketMessage[Any]], None]] = []
+        self._first_load = True
 
     async def start(self, hub: MetricsHub) -> None:
         """Load the shared stream into ``hub`` and follow it.
@@ -496,6 +571,34 @@ class RedisBackend:
         await self._client.aclose()
         self._hub = None
 
+    @property
+    def hub(self) -> MetricsHub | None:
+        """The hub this backend feeds (``None`` before :meth:`start`)."""
+        return self._hub
+
+    @property
+    def client(self) -> Redis:
+        """The node's Redis client (the reader's connection pool)."""
+        return self._client
+
+    @property
+    def keys(self) -> RedisStreamKeys:
+        """The stream's keys in Redis."""
+        return self._keys
+
+    def add_listener(self, listener: Callable[[WebSocketMessage[Any]], None]) -> None:
+        """Call ``listener(message)`` for every message this node takes from
+        the stream (after it reached the hub), and, at the first load, for the
+        replayed log: how a :class:`RedisAggregator` sees every request."""
+        self._listeners.append(listener)
+
+    def _notify(self, message: WebSocketMessage[Any]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(message)
+            except Exception:
+                logger.exception("a stream listener failed on %s", message.type)
+
     def _update_health(self) -> None:
         hub = self._hub
         if hub is None:
@@ -534,6 +637,10 @@ class RedisBackend:
         replay.reverse()
         hub.restart(epoch, sequence, snapshot, replay)
         self._loaded.set()
+        if self._first_load:
+            self._first_load = False
+            for message in replay:
+                self._notify(message)
 
     def _decode(self, body: bytes) -> WebSocketMessage[Any] | None:
         try:
@@ -612,10 +719,13 @@ class RedisBackend:
                         restart = True
                         break
                     try:
-                        hub.ingest(message)
+                        fresh = hub.ingest(message)
                     except PublishError as exc:
                         self.bad_entries += 1
                         logger.warning("skipping an invalid message from Redis: %s", exc)
+                        continue
+                    if fresh and self._listeners:
+                        self._notify(message)
                 if restart:
                     try:
                         await self._reload(self._max_entries)
@@ -630,3 +740,236 @@ def _pairs(fields: Any) -> dict[bytes, bytes]:
         return fields
     flat: Sequence[bytes] = fields
     return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
+class _Events:
+    """The aggregator's collector publishes here: nothing goes out (the
+    requests it records are already in the stream)."""
+
+    def publish(self, message: WebSocketMessage[Any], /) -> None:
+        """Drop ``message``."""
+
+
+def _round(value: float, places: int) -> float:
+    return round(value, places)
+
+
+def _percent(part: float, whole: float) -> float:
+    if whole <= 0:
+        return 0.0
+    return min(100.0, max(0.0, round(100.0 * part / whole, 3)))
+
+
+class RedisAggregator:
+    """The fleet's one source of state messages, elected by a lease in Redis.
+
+    Every gateway worker publishes its requests as events (a
+    :class:`RedisPublisher` with ``types=EVENT_TYPES``); every node's
+    aggregator follows them all from the stream (``backend``'s listener)
+    into a :class:`~metricstream.collector.MetricsCollector` of its own,
+    which keeps the rolling window: rates, averages and percentiles over
+    every request of the fleet. Totals since the start, overall and per
+    model, are exact counters the publish script folds in Redis itself.
+    One node at a time holds the lease (``lease`` seconds, renewed every
+    ``interval``) and publishes ``metrics_update``, the ``model_update``
+    of each model, ``cost_update`` and its host's ``system_update`` when
+    they change; when it dies, another takes over within ``lease``
+    seconds and publishes in full. ``active_connections`` counts the
+    publishing node's connections (``connections``).
+    """
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        *,
+        interval: float = 1.0,
+        window: float = 60.0,
+        lease: float | None = None,
+        system_stats: bool = True,
+        connections: Callable[[], int] | None = None,
+    ) -> None:
+        if not interval > 0 or not window > 0:
+            raise ConfigError("interval and window must be positive")
+        lease = 3 * interval if lease is None else lease
+        if not lease > interval:
+            raise ConfigError(f"lease ({lease} s) must be longer than interval ({interval} s)")
+        self._backend = backend
+        self._interval = interval
+        self._window = window
+        self._lease_ms = int(lease * 1000)
+        self._system_stats = system_stats
+        self._connections = connections
+        self._id = uuid.uuid4().hex
+        self._collector: MetricsCollector | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._published: dict[tuple[str, str], object] = {}
+        #: Whether this node holds the lease (publishes the state messages).
+        self.leader = False
+        #: Events the collector refused (invalid values; logged).
+        self.rejected = 0
+
+    async def start(self) -> None:
+        """Start following the requests and competing for the lease.
+
+        The backend must be started first (its hub publishes what this
+        aggregates); call this before it, though, to see the replayed log.
+        """
+        from ..collector import MetricsCollector
+
+        if self._collector is not None:
+            return
+        self._collector = MetricsCollector(
+            _Events(),
+            interval=self._interval,
+            window=self._window,
+            system_stats=self._system_stats,
+            connections=self._connections,
+        )
+        self._backend.add_listener(self._on_message)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Stop, and hand the lease back so that another node takes over at once."""
+        task = self._task
+        self._task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.leader:
+            self.leader = False
+            from redis.exceptions import RedisError
+
+            with contextlib.suppress(RedisError, OSError):
+                await self._backend.client.eval(_RELEASE, 1, self._backend.keys.lease, self._id)
+
+    async def __aenter__(self) -> RedisAggregator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _on_message(self, message: WebSocketMessage[Any]) -> None:
+        from ..exceptions import InvalidMetricError
+
+        collector = self._collector
+        if collector is None or message.type is not MessageType.REQUEST_UPDATE:
+            return
+        d = message.data
+        try:
+            collector.record_request(
+                d.model,
+                d.prompt_tokens,
+                d.completion_tokens,
+                d.latency_ms,
+                streaming=d.streaming,
+                status=d.status,
+                error_message=d.error_message,
+                cost=d.cost,
+                user_id=d.user_id,
+                organization_id=d.organization_id,
+                ttft_ms=d.time_to_first_token_ms,
+                request_id=d.id,
+                service=d.endpoint or None,
+                itl_ms=d.inter_token_latency_ms,
+                finish_reason=d.finish_reason,
+                endpoint=d.endpoint,
+            )
+        except InvalidMetricError as exc:
+            self.rejected += 1
+            logger.warning("not aggregating request %r: %s", d.id, exc)
+
+    async def _run(self) -> None:
+        from redis.exceptions import RedisError
+
+        keys = self._backend.keys
+        client = self._backend.client
+        lease = client.register_script(_LEASE)
+        collector = self._collector
+        assert collector is not None
+        while True:
+            try:
+                reply: Any = await lease(
+                    keys=[keys.lease, keys.aggregates], args=[self._id, self._lease_ms]
+                )
+            except (RedisError, OSError) as exc:
+                # Without Redis nothing published would go anywhere anyway;
+                # whoever holds the lease when it is back publishes in full.
+                logger.debug("aggregator lease: %s", exc)
+                reply = (0, [])
+            leader = bool(int(reply[0]))
+            if leader and not self.leader:
+                logger.info("this node now publishes the fleet's aggregates")
+                self._published.clear()
+            self.leader = leader
+            if leader:
+                if self._system_stats:
+                    try:
+                        await asyncio.to_thread(collector.sample_system)
+                    except Exception:
+                        logger.exception("reading system statistics failed")
+                try:
+                    self._publish(_pairs(reply[1]))
+                except Exception:
+                    logger.exception("publishing the fleet's aggregates failed")
+            await asyncio.sleep(self._interval)
+
+    def _publish(self, totals: dict[bytes, bytes]) -> None:
+        hub = self._backend.hub
+        collector = self._collector
+        if hub is None or collector is None:
+            return
+        snap = collector.snapshot()
+
+        def count(name: str) -> int:
+            return int(totals.get(name.encode(), b"0"))
+
+        def amount(name: str) -> float:
+            return float(totals.get(name.encode(), b"0"))
+
+        messages: list[tuple[MessageType, str, Any, dict[str, Any] | None]] = []
+        metrics = msgspec.structs.replace(
+            snap.metrics,
+            total_requests=count("requests"),
+            total_tokens=count("tokens"),
+            total_cost=_round(amount("cost"), 8),
+        )
+        messages.append((MessageType.METRICS_UPDATE, "", metrics, snap.metrics_metadata()))
+        models = sorted({k.decode().split("|", 1)[1] for k in totals if k.startswith(b"requests|")})
+        for model in models:
+            requests = count("requests|" + model)
+            errors = count("errors|" + model)
+            prompt = count("prompt|" + model)
+            completion = count("completion|" + model)
+            latency = amount("latency|" + model)
+            local = snap.models.get(model)
+            payload = ModelUpdatePayload(
+                model=model,
+                request_count=requests,
+                total_prompt_tokens=prompt,
+                total_completion_tokens=completion,
+                total_tokens=prompt + completion,
+                total_latency_ms=_round(latency, 3),
+                error_count=errors,
+                avg_latency_ms=_round(latency / requests, 3) if requests else 0.0,
+                error_rate=_percent(errors, requests),
+                total_cost=_round(amount("cost|" + model), 8),
+                tokens_per_second=local.tokens_per_second if local is not None else 0.0,
+                ttft_p50_ms=local.ttft_p50_ms if local is not None else None,
+                ttft_p95_ms=local.ttft_p95_ms if local is not None else None,
+                ttft_p99_ms=local.ttft_p99_ms if local is not None else None,
+                itl_p50_ms=local.itl_p50_ms if local is not None else None,
+                itl_p95_ms=local.itl_p95_ms if local is not None else None,
+                itl_p99_ms=local.itl_p99_ms if local is not None else None,
+            )
+            messages.append((MessageType.MODEL_UPDATE, model, payload, None))
+        messages.append((MessageType.COST_UPDATE, "", snap.costs, None))
+        if snap.system is not None:
+            messages.append((MessageType.SYSTEM_UPDATE, "", snap.system, None))
+        for mtype, key, payload, metadata in messages:
+            slot = (mtype.value, key)
+            if self._published.get(slot) == payload:
+                continue
+            hub.publish(make_message(mtype, payload, metadata=metadata))
+            self._published[slot] = payload

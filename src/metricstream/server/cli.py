@@ -377,6 +377,13 @@ def serve(args: argparse.Namespace) -> int:
                 MetricsCollector(engines, interval=args.interval, connections=connections),
             ):
                 await server.serve()
+        elif backend is not None:
+            # The fleet's totals come from one aggregator over every node's
+            # and worker's requests, not from each node's own share.
+            from ._redis import RedisAggregator
+
+            async with RedisAggregator(backend, interval=args.interval, connections=connections):
+                await server.serve()
         else:
             async with MetricsCollector(exporter, interval=args.interval, connections=connections):
                 await server.serve()
