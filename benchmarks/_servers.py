@@ -2,7 +2,8 @@
 
 - ``metricstream``: the real stream server — a :class:`MetricsHub`,
   :func:`create_app` and :class:`StreamServer` on :func:`uvicorn_config`,
-  exactly what ``metricstream serve`` runs, with a publisher task;
+  exactly what ``metricstream serve`` runs, with a publisher task (with
+  ``--redis URL``, a node of a stream shared through Redis);
 - ``broadcast``: a plain ``websockets`` server calling ``broadcast()``;
 - ``fastapi``: a FastAPI endpoint on uvicorn's defaults whose publisher
   awaits ``websocket.send_text`` for each client in turn (the FakeAI pattern);
@@ -120,6 +121,13 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
     )
 
     hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=args.max_buffer_bytes)
+    backend = None
+    if args.redis:
+        # A node of a stream shared through Redis: publish() goes to Redis
+        # and every message comes back through the node's one reader.
+        from metricstream.server import RedisBackend
+
+        backend = RedisBackend(args.redis)
     hardened = args.kind == "serve"
     # A long-running server's replay log is full; start there, so that RSS
     # measured over a run is not the log filling up.
@@ -134,7 +142,7 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
         options = guarded_uvicorn_options(hub, settings)
     else:
         settings = ServerSettings(max_connections=100_000)
-    app = create_app(hub, settings, dashboard=False)
+    app = create_app(hub, settings, dashboard=False, backend=backend)
     server = StreamServer(
         uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", backlog=4096, **options),
         hub,
@@ -335,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=0, help="messages logged at start")
     parser.add_argument("--max-buffer-bytes", type=int, default=512 * 1024)
     parser.add_argument("--lifetime", type=float, default=600.0)
+    parser.add_argument("--redis", default=None, help="metricstream: share the stream via Redis")
     args = parser.parse_args(argv)
 
     async def run() -> None:

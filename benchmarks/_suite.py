@@ -733,6 +733,8 @@ def bench_attacks(cfg: Config) -> list[Row]:
     return run(cfg, _server)
 
 
+from ._scaleoutbench import bench_redis, bench_redis_storm  # noqa: E402
+
 BENCHMARKS: dict[str, Runner] = {
     "fanout": bench_fanout,
     "latency": bench_latency,
@@ -744,6 +746,8 @@ BENCHMARKS: dict[str, Runner] = {
     "export": bench_export,
     "proxy": bench_proxy,
     "attacks": bench_attacks,
+    "redis": bench_redis,
+    "redis-storm": bench_redis_storm,
 }
 
 
