@@ -128,3 +128,40 @@ async def test_publish_still_refuses_what_the_stream_refuses(redis_server: Redis
         assert publisher.pending == 0
     hub = MetricsHub()
     assert hub.degraded is None
+
+
+async def test_bad_entries_in_redis_are_skipped_and_counted(redis_server: RedisProcess) -> None:
+    from redis.asyncio import Redis
+
+    async with node(redis_server.url) as one:
+        one.hub.publish(request("good0"))
+        await wait_until(lambda: one.hub.sequence == 1, 10, "the first message")
+        client = Redis.from_url(redis_server.url)
+        try:
+            epoch = one.hub.epoch
+            # Written by something that is not a publisher: not JSON, no
+            # sequence, a payload the clients' decoder refuses.
+            await client.xadd("metricstream:log", {"s": "2", "e": epoch, "b": "not json"})
+            await client.xadd("metricstream:log", {"e": epoch, "b": "{}"})
+            bad = b'{"type":"request_update","timestamp":1,"data":{"id":"x"}}'
+            await client.xadd("metricstream:log", {"s": "2", "e": epoch, "b": bad})
+        finally:
+            await client.aclose()
+        await wait_until(lambda: one.backend.bad_entries == 3, 10, "the bad entries read")
+        async with open_client(one.url()) as ws:
+            await recv(ws)
+            one.hub.publish(request("good1"))
+            message = await recv(ws)
+            assert (message["sequence"], message["data"]["id"]) == (2, "good1")
+
+
+def test_a_url_that_is_not_redis_is_a_config_error() -> None:
+    import pytest
+
+    from metricstream.exceptions import ConfigError
+    from metricstream.server import RedisBackend
+
+    with pytest.raises(ConfigError):
+        RedisBackend("http://127.0.0.1:1/0")
+    with pytest.raises(ConfigError):
+        RedisPublisher("redis://127.0.0.1:1/0", max_pending=0)

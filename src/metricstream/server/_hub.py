@@ -181,7 +181,7 @@ class MetricsHub:
         forward = self._forward
         if forward is not None:
             # A shared stream numbers it; it comes back through ingest().
-            forward(message)
+            forward(published)
             return published
         # Fails (RuntimeError) before anything changes when called off the
         # event loop thread while clients are attached.
@@ -201,7 +201,7 @@ class MetricsHub:
         returns the message with the sequence it would have had locally."""
         self._forward = forward
 
-    def ingest(self, message: WebSocketMessage[Any]) -> bool:
+    def ingest(self, message: WebSocketMessage[Any], *, decoded: bool = False) -> bool:
         """Take a message the shared stream has numbered: log, fold, fan out.
 
         A sequence at or below the current one is a duplicate and is
@@ -210,12 +210,13 @@ class MetricsHub:
         starts afresh after it, so that no resume is served across it, and
         the clients see the gap and resynchronise. Raises
         :class:`~metricstream.exceptions.PublishError` for a message that
-        fails the same checks as :meth:`publish`.
+        fails the same checks as :meth:`publish` (``decoded``: it was just
+        decoded with the clients' decoder, which has checked its payload).
         """
         seq = message.sequence
         if seq is None or seq <= self._stream.sequence:
             return False
-        published, entry = number(message, seq, self._max_buffer)
+        published, entry = number(message, seq, self._max_buffer, check=not decoded)
         stream = self._stream
         if seq != stream.sequence + 1 and stream.sequence:
             stream.log = _fresh_log(stream.log, stream.epoch)
@@ -236,7 +237,8 @@ class MetricsHub:
         """Continue as the shared stream ``epoch`` at ``sequence``, its state
         ``snapshot`` (messages folded in order, nothing logged) and ``replay``
         (the newest numbered messages, contiguous and ending at ``sequence``,
-        logged for resumes but not folded again: the snapshot holds them).
+        logged for resumes but not folded again: the snapshot holds them;
+        decoded with the clients' decoder, which has checked them).
 
         Every attached client is closed with 1012 (service restart): its
         view may lack what made the stream start over (a new epoch, or
@@ -252,7 +254,7 @@ class MetricsHub:
         for message in replay:
             seq = message.sequence
             if seq is not None and seq <= sequence:
-                log.append(number(message, seq, self._max_buffer)[1])
+                log.append(number(message, seq, self._max_buffer, check=False)[1])
         for sub in self._registry:
             sub.request_close(CloseCode.SERVICE_RESTART)
 

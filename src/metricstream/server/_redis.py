@@ -78,7 +78,9 @@ DEFAULT_PREFIX: Final = "metricstream"
 
 # KEYS: seq, epoch, log, last, snap, recent:r, recent:e, pub:<id>, agg
 # ARGV: candidate epoch, skip, max entries, max age (ms), recent requests,
-#       recent errors, batch number, n, then n * (type, model, kind, field, body)
+#       recent errors, batch number, n, then n * (type, model, kind, field, body),
+#       then the number of models and per model (name, requests, errors, prompt
+#       tokens, completion tokens, latency ms, cost) summed over the batch
 _PUBLISH: Final = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -108,26 +110,6 @@ for i = 0, n - 1 do
   id = redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[3], '*',
     's', seq, 'e', epoch, 't', ARGV[b], 'm', ARGV[b + 1], 'b', ARGV[b + 4])
   local kind = ARGV[b + 2]
-  if kind == 'r' then
-    -- Exact totals across every publisher, folded where the sequence is
-    -- assigned: no worker's share is counted twice or lost.
-    local ok, ev = pcall(cjson.decode, ARGV[b + 4])
-    local d = ok and type(ev) == 'table' and ev.data
-    if type(d) == 'table' and d.status ~= 'in_progress' and type(d.model) == 'string' then
-      local err = 0
-      if d.status == 'error' then err = 1 end
-      local m = '|' .. d.model
-      redis.call('HINCRBY', KEYS[9], 'requests', 1)
-      redis.call('HINCRBY', KEYS[9], 'tokens', d.total_tokens)
-      redis.call('HINCRBYFLOAT', KEYS[9], 'cost', d.cost)
-      redis.call('HINCRBY', KEYS[9], 'requests' .. m, 1)
-      redis.call('HINCRBY', KEYS[9], 'errors' .. m, err)
-      redis.call('HINCRBY', KEYS[9], 'prompt' .. m, d.prompt_tokens)
-      redis.call('HINCRBY', KEYS[9], 'completion' .. m, d.completion_tokens)
-      redis.call('HINCRBYFLOAT', KEYS[9], 'latency' .. m, d.latency_ms)
-      redis.call('HINCRBYFLOAT', KEYS[9], 'cost' .. m, d.cost)
-    end
-  end
   if kind == 's' then
     redis.call('HSET', KEYS[5], ARGV[b + 3], ARGV[b + 4])
   elseif kind == 'r' or kind == 'e' then
@@ -142,6 +124,24 @@ for i = 0, n - 1 do
       redis.call('LTRIM', key, -keep, -1)
     end
   end
+end
+-- Exact totals across every publisher, summed per model by the publisher
+-- over this batch and folded where the batch is numbered: no worker's
+-- share is counted twice (batch numbers) or lost.
+local a = 9 + n * 5
+local models = tonumber(ARGV[a] or '0')
+for j = 0, models - 1 do
+  local c = a + 1 + j * 7
+  local m = '|' .. ARGV[c]
+  redis.call('HINCRBY', KEYS[9], 'requests', ARGV[c + 1])
+  redis.call('HINCRBY', KEYS[9], 'tokens', ARGV[c + 3] + ARGV[c + 4])
+  redis.call('HINCRBYFLOAT', KEYS[9], 'cost', ARGV[c + 6])
+  redis.call('HINCRBY', KEYS[9], 'requests' .. m, ARGV[c + 1])
+  redis.call('HINCRBY', KEYS[9], 'errors' .. m, ARGV[c + 2])
+  redis.call('HINCRBY', KEYS[9], 'prompt' .. m, ARGV[c + 3])
+  redis.call('HINCRBY', KEYS[9], 'completion' .. m, ARGV[c + 4])
+  redis.call('HINCRBYFLOAT', KEYS[9], 'latency' .. m, ARGV[c + 5])
+  redis.call('HINCRBYFLOAT', KEYS[9], 'cost' .. m, ARGV[c + 6])
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -190,6 +190,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_Counts = tuple[str, bool, int, int, float, float]
 
 
 class RedisStreamKeys(msgspec.Struct, frozen=True):
@@ -334,7 +337,9 @@ class RedisPublisher:
         self._batch = batch
         self._retry = retry_interval
         self._max_frame = max_frame_bytes
-        self._pending: deque[list[str | bytes]] = deque()
+        # Per message: its script arguments, and what it adds to the totals
+        # (model, error, prompt, completion, latency, cost) for a request.
+        self._pending: deque[tuple[list[str | bytes], _Counts | None]] = deque()
         self._batch_no = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -365,6 +370,10 @@ class RedisPublisher:
         the stream would refuse. Drops it (counted) when the buffer is full.
         """
         checked, _ = number(message, 0, self._max_frame)
+        self._enqueue(checked)
+
+    def _enqueue(self, checked: WebSocketMessage[Any]) -> None:
+        """Buffer a message that has passed :func:`number`'s checks."""
         if self._types is not None and checked.type not in self._types:
             self.ignored += 1
             return
@@ -375,7 +384,18 @@ class RedisPublisher:
         kind, field = _snapshot_slot(checked)
         model = getattr(checked.data, "model", None)
         body = encode(msgspec.structs.replace(checked, sequence=None))
-        self._pending.append([checked.type, model or "", kind, field, body])
+        counts: _Counts | None = None
+        data = checked.data
+        if kind == "r" and data.status != "in_progress":
+            counts = (
+                data.model,
+                data.status == "error",
+                data.prompt_tokens,
+                data.completion_tokens,
+                data.latency_ms,
+                data.cost,
+            )
+        self._pending.append(([checked.type, model or "", kind, field, body], counts))
         self._idle.clear()
         self._wake.set()
 
@@ -429,8 +449,23 @@ class RedisPublisher:
             self._batch_no += 1
             args: list[str | bytes | int] = [new_epoch(), self._skip, *self._limits]
             args += [self._batch_no, count]
-            for item in batch:
+            totals: dict[str, list[float]] = {}
+            for item, counts in batch:
                 args += item
+                if counts is not None:
+                    sums = totals.setdefault(counts[0], [0, 0, 0, 0, 0.0, 0.0])
+                    _, error, prompt, completion, latency, cost = counts
+                    sums[0] += 1
+                    sums[1] += error
+                    sums[2] += prompt
+                    sums[3] += completion
+                    sums[4] += latency
+                    sums[5] += cost
+            args.append(len(totals))
+            for model, sums in totals.items():
+                args.append(model)
+                args += [int(v) for v in sums[:4]]
+                args += [repr(float(sums[4])), repr(float(sums[5]))]
             while True:
                 try:
                     reply: Any = await self._script(
@@ -614,7 +649,8 @@ class RedisBackend:
     def _forward(self, message: WebSocketMessage[Any]) -> None:
         publisher = self.publisher
         assert publisher is not None
-        publisher.publish(message)
+        # The hub's publish() has just run the same checks.
+        publisher._enqueue(message)
 
     async def _reload(self, max_entries: int) -> None:
         """Load epoch, sequence, snapshot and the newest log entries, atomically."""
@@ -719,7 +755,7 @@ class RedisBackend:
                         restart = True
                         break
                     try:
-                        fresh = hub.ingest(message)
+                        fresh = hub.ingest(message, decoded=True)
                     except PublishError as exc:
                         self.bad_entries += 1
                         logger.warning("skipping an invalid message from Redis: %s", exc)

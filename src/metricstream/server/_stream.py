@@ -42,13 +42,14 @@ __all__ = ["Stream", "number"]
 
 
 def number(
-    message: WebSocketMessage[Any], seq: int, max_frame: int
+    message: WebSocketMessage[Any], seq: int, max_frame: int, *, check: bool = True
 ) -> tuple[WebSocketMessage[Any], LogEntry]:
     """``message`` as stream entry ``seq``: validated, numbered, encoded once.
 
     Raises :class:`~metricstream.exceptions.PublishError` for a type that is
     not a stream type, a payload that does not fit its type (checked with
-    the clients' own decoder) or a frame larger than ``max_frame`` bytes.
+    the clients' own decoder, unless ``check`` is false: the message was
+    itself just decoded by it) or a frame larger than ``max_frame`` bytes.
     Shared by the in-process stream and the Redis one, so that both refuse
     exactly the same messages.
     """
@@ -78,10 +79,11 @@ def number(
     # percentage of 150 or a NaN latency would reach every client, which
     # rejects it, and stay in the snapshot that every new client's init
     # carries. Check the bytes once, here, with the clients' own decoder.
-    try:
-        decode(encoded)
-    except ProtocolError as exc:
-        raise PublishError(f"cannot publish: {exc}") from None
+    if check:
+        try:
+            decode(encoded)
+        except ProtocolError as exc:
+            raise PublishError(f"cannot publish: {exc}") from None
     frame = EncodedFrame(encoded)
     # A message bigger than a client's whole buffer would evict every
     # client at once, and no resume could ever carry it.
