@@ -4,6 +4,10 @@
   (server CPU per delivery per node, end-to-end p99), and the publish
   throughput of :class:`RedisPublisher` against a raw redis-py pipelined
   ``XADD`` loop, in the same run;
+- ``many-idle``: one node holding ``many_clients`` idle connections with
+  heartbeats on (10,000 in the full run): RSS per connection and CPU per
+  idle connection per second, against websockets' ``serve()`` pinging as
+  often;
 - ``redis-storm``: every client of a node moved to the other node when the
   first is SIGKILLed; gaps, duplicates and the time until all caught up.
 
@@ -28,7 +32,7 @@ from ._report import Row
 if TYPE_CHECKING:
     from ._suite import Config
 
-__all__ = ["bench_redis", "bench_redis_storm"]
+__all__ = ["bench_many_idle", "bench_redis", "bench_redis_storm"]
 
 
 def _free_port() -> int:
@@ -273,5 +277,69 @@ def bench_redis_storm(cfg: Config) -> list[Row]:
             "",
             target="0",
             passed=final["duplicates"] == 0,
+        ),
+    ]
+
+
+def _many_idle(cfg: Config, kind: str) -> dict[str, Any]:
+    from ._suite import _loadgen, _server
+
+    clients = cfg.many_clients
+    extra = ("--heartbeat", str(cfg.many_heartbeat))
+    with _server(cfg, kind, extra=extra) as (server, port):
+        time.sleep(cfg.idle_settle)
+        before = server.rss()
+        with _loadgen(cfg, port, clients) as gen:
+            time.sleep(cfg.idle_settle)
+            after = server.rss()
+            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            time.sleep(cfg.many_seconds)
+            cpu, elapsed = server.cpu_seconds() - cpu0, time.monotonic() - t0
+            mark = gen.ask("mark")
+    return {
+        "clients": clients,
+        "rss_before": before,
+        "rss_after": after,
+        "kib_per_connection": (after - before) / clients / 1024,
+        "cpu_s": cpu,
+        "seconds": elapsed,
+        "cpu_us_per_connection_s": cpu / elapsed / clients * 1e6,
+        "closes": mark["closes"],
+    }
+
+
+def bench_many_idle(cfg: Config) -> list[Row]:
+    """RSS and CPU of many idle connections with heartbeats on, vs websockets."""
+    ms = _many_idle(cfg, "metricstream")
+    ws = _many_idle(cfg, "broadcast")
+    clients, beat = cfg.many_clients, cfg.many_heartbeat
+    # Every connection must have stayed up: a heartbeat that closed them
+    # would make the CPU figure meaningless.
+    dropped = sum(ms["closes"].values()) + sum(ws["closes"].values())
+    return [
+        Row(
+            "many idle",
+            f"RSS per connection, {clients} connections, heartbeat {beat:g} s",
+            ms["kib_per_connection"],
+            "KiB",
+            "websockets serve()",
+            ws["kib_per_connection"],
+            details={"metricstream": ms, "websockets": ws},
+        ),
+        Row(
+            "many idle",
+            f"CPU per idle connection per second, heartbeat {beat:g} s",
+            ms["cpu_us_per_connection_s"],
+            "µs",
+            "websockets serve() pings",
+            ws["cpu_us_per_connection_s"],
+        ),
+        Row(
+            "many idle",
+            "connections closed during the idle window",
+            float(dropped),
+            "",
+            target="0",
+            passed=dropped == 0,
         ),
     ]

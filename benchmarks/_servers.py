@@ -120,7 +120,7 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
         uvicorn_config,
     )
 
-    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=args.max_buffer_bytes)
+    hub = MetricsHub(heartbeat_interval=args.heartbeat, max_buffer_bytes=args.max_buffer_bytes)
     backend = None
     if args.redis:
         # A node of a stream shared through Redis: publish() goes to Redis
@@ -179,7 +179,12 @@ async def _serve_broadcast(args: argparse.Namespace) -> None:
         finally:
             clients.discard(ws)
 
-    async with serve(handler, "127.0.0.1", 0, compression=None, backlog=4096) as server:
+    # Its keepalive (a ping every ``ping_interval``) is what metricstream's
+    # heartbeat is compared with; 20 s is websockets' own default.
+    keepalive = args.heartbeat if args.heartbeat is not None else 20.0
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, backlog=4096, ping_interval=keepalive
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         _ready(port)
 
@@ -344,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-buffer-bytes", type=int, default=512 * 1024)
     parser.add_argument("--lifetime", type=float, default=600.0)
     parser.add_argument("--redis", default=None, help="metricstream: share the stream via Redis")
+    parser.add_argument(
+        "--heartbeat", type=float, default=None, help="heartbeat / ping interval (seconds)"
+    )
     args = parser.parse_args(argv)
 
     async def run() -> None:
