@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from metricstream.protocol import MessageType
@@ -165,3 +166,40 @@ def test_a_url_that_is_not_redis_is_a_config_error() -> None:
         RedisBackend("http://127.0.0.1:1/0")
     with pytest.raises(ConfigError):
         RedisPublisher("redis://127.0.0.1:1/0", max_pending=0)
+
+
+async def test_a_node_bounds_and_evicts_a_stalled_client_with_4008(
+    redis_server: RedisProcess,
+) -> None:
+    from tests.server.test_slow_consumer import BOUND, raw_handshake, read_close_code
+
+    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=BOUND)
+    async with node(redis_server.url, hub=hub) as one:
+        stalled_sock = await asyncio.to_thread(raw_handshake, one.port)
+        try:
+            await wait_until(lambda: hub.connection_count == 1, 10, "the raw client attached")
+            async with open_client(one.url()) as healthy:
+                assert (await recv(healthy))["type"] == "init"
+                received: list[int] = []
+
+                async def read_healthy() -> None:
+                    while True:
+                        received.append((await recv(healthy, 30))["sequence"])
+
+                reader = asyncio.get_running_loop().create_task(read_healthy())
+                note = "x" * 2000
+                sent = [0]
+                while hub.stats.evictions == 0:
+                    for _ in range(20):
+                        hub.publish(request("r", note=note))
+                    sent[0] += 20
+                    # Through Redis and back: the healthy client gets them all.
+                    await wait_until(lambda: len(received) >= sent[0], 10, "healthy delivery")
+                    assert len(received) < 20_000, "the stalled client was never evicted"
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                assert received == list(range(1, len(received) + 1))
+            assert await asyncio.to_thread(read_close_code, stalled_sock) == 4008
+        finally:
+            stalled_sock.close()
