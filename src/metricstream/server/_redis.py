@@ -708,6 +708,9 @@ class RedisBackend:
         key = self._keys.log
         block_ms = max(1, int(self._block * 1000))
         failed = False
+        # Set until a reload succeeds: a hole or a new epoch seen while Redis
+        # then went away must still be reloaded when it is back.
+        reload = False
         while True:
             try:
                 if failed:
@@ -715,8 +718,11 @@ class RedisBackend:
                     epoch: Any = await client.get(self._keys.epoch)
                     if epoch is None or epoch.decode() != hub.epoch:
                         logger.warning("the shared stream started afresh: reloading")
-                        await self._reload(self._max_entries)
+                        reload = True
                     failed = False
+                if reload:
+                    await self._reload(self._max_entries)
+                    reload = False
                 reply: Any = await client.xread(
                     {key: self._last}, count=self._read_batch, block=block_ms
                 )
@@ -733,13 +739,12 @@ class RedisBackend:
                 self._read_error = None
                 self._update_health()
             for _stream, entries in reply or ():
-                restart = False
                 for entry_id, fields in entries:
                     self._last = entry_id
                     pairs = _pairs(fields)
                     if pairs.get(b"e", b"").decode() not in ("", hub.epoch):
                         logger.warning("the shared stream has a new epoch: reloading")
-                        restart = True
+                        reload = True
                         break
                     message = self._entry(pairs)
                     if message is None:
@@ -752,7 +757,7 @@ class RedisBackend:
                         logger.warning(
                             "the shared stream skipped from %d to %d: reloading", hub.sequence, seq
                         )
-                        restart = True
+                        reload = True
                         break
                     try:
                         fresh = hub.ingest(message, decoded=True)
@@ -762,11 +767,7 @@ class RedisBackend:
                         continue
                     if fresh and self._listeners:
                         self._notify(message)
-                if restart:
-                    try:
-                        await self._reload(self._max_entries)
-                    except (RedisError, OSError):
-                        failed = True
+                if reload:
                     break
 
 
