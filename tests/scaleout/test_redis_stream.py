@@ -203,3 +203,59 @@ async def test_a_node_bounds_and_evicts_a_stalled_client_with_4008(
             assert await asyncio.to_thread(read_close_code, stalled_sock) == 4008
         finally:
             stalled_sock.close()
+
+
+async def test_a_node_that_cannot_reach_redis_does_not_start() -> None:
+    import pytest
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from metricstream.server import RedisBackend
+    from tests.support import free_port
+
+    hub = MetricsHub(heartbeat_interval=None)
+    backend = RedisBackend(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(RedisConnectionError):
+        await backend.start(hub)
+    # Nothing was wired: the hub still numbers in process.
+    assert hub.publish(request("local")).sequence == 1
+    assert backend.hub is None
+
+
+async def test_another_node_takes_the_aggregators_lease_when_its_holder_dies(
+    redis_server: RedisProcess,
+) -> None:
+    from metricstream.protocol import EVENT_TYPES
+    from metricstream.server import RedisAggregator
+
+    async with (
+        node(redis_server.url) as one,
+        node(redis_server.url) as two,
+        RedisAggregator(one.backend, interval=0.05, lease=0.3, system_stats=False) as first,
+        RedisAggregator(two.backend, interval=0.05, lease=0.3, system_stats=False) as second,
+        RedisPublisher(redis_server.url, types=EVENT_TYPES) as workers,
+    ):
+        await wait_until(lambda: first.leader or second.leader, 10, "a leader")
+        assert not (first.leader and second.leader)
+        leader, other = (first, second) if first.leader else (second, first)
+        watcher = two if leader is first else one
+        for i in range(10):
+            workers.publish(request(f"a{i}", model="m1"))
+        # A state message from a worker's own collector is left out.
+        workers.publish(metrics(total=999))
+        assert workers.ignored == 1
+
+        def total() -> int:
+            state = watcher.hub.snapshot().metrics
+            return -1 if state is None else state.total_requests
+
+        await wait_until(lambda: total() == 10, 10, "the first total")
+        # The holder dies without handing the lease back (its process is gone).
+        task = leader._task
+        assert task is not None
+        task.cancel()
+        await wait_until(lambda: other.leader, 10, "the lease taken over")
+        for i in range(5):
+            workers.publish(request(f"b{i}", model="m2"))
+        await wait_until(lambda: total() == 15, 10, "the total after the takeover")
+        models = watcher.hub.snapshot().models
+        assert (models["m1"].request_count, models["m2"].request_count) == (10, 5)
