@@ -13,7 +13,7 @@ keys sharing one prefix:
 - ``<prefix>:last`` the ID of the newest log entry, so that a node knows
   where to start reading after loading the snapshot;
 - ``<prefix>:agg`` exact request totals (overall and ``<figure>|<model>``),
-  folded by the same script from every ``request_update``, and
+  summed per batch by the publisher and folded by the same script, and
   ``<prefix>:lease`` which node's aggregator publishes the state messages;
 - ``<prefix>:pub:<id>`` the last batch each publisher had applied, and the
   hole it opened.
@@ -33,10 +33,11 @@ the log with blocking ``XREAD`` in batches, handing each message to
 goes to the publisher.
 
 When messages are lost (a publisher's buffer overflowed while Redis was
-away) the next batch advances the sequence past them: the hole reaches
-every client as a gap, and clients resynchronise. When Redis comes back
-empty, the epoch changes: every node reloads and closes its clients with
-1012, and each reconnects to a full snapshot.
+away) the next batch advances the sequence past them. A node that finds such
+a hole, or entries trimmed before it read them, or a new epoch (Redis came
+back empty), reloads the snapshot and log from Redis and closes its clients
+with 1012: each reconnects and resumes where the log still covers it, or
+gets a full snapshot. No loss is silent and no client mixes two epochs.
 """
 
 from __future__ import annotations
