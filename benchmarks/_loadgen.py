@@ -6,6 +6,7 @@ read from stdin, one per line, each with one JSON line on stdout:
 
 - ``mark``: figures for the window since the previous ``mark`` (messages,
   frames, latency percentiles) and totals (gaps, duplicates, closes);
+- ``move PORT [SECONDS]``: the same, reconnecting to another node on PORT;
 - ``drop [SECONDS]``: abort every connection at once and, after SECONDS,
   reconnect each with ``since``/``epoch`` (a resume storm); answered at once;
 - ``storm``: progress of the resume storm;
@@ -317,6 +318,13 @@ async def _run(args: argparse.Namespace) -> None:
             _emit(gen.mark())
         elif command == "drop":
             storm = asyncio.create_task(gen.drop_and_resume(float(argument or 0)))
+            await asyncio.sleep(0)
+            _emit({"event": "dropped", "at": gen.dropped_at})
+        elif command == "move":
+            # The node went away: resume every client on another port.
+            port, _, outage = argument.partition(" ")
+            gen.args.port = int(port)
+            storm = asyncio.create_task(gen.drop_and_resume(float(outage or 0)))
             await asyncio.sleep(0)
             _emit({"event": "dropped", "at": gen.dropped_at})
         elif command == "storm":

@@ -2,7 +2,8 @@
 
 - ``metricstream``: the real stream server — a :class:`MetricsHub`,
   :func:`create_app` and :class:`StreamServer` on :func:`uvicorn_config`,
-  exactly what ``metricstream serve`` runs, with a publisher task;
+  exactly what ``metricstream serve`` runs, with a publisher task (with
+  ``--redis URL``, a node of a stream shared through Redis);
 - ``broadcast``: a plain ``websockets`` server calling ``broadcast()``;
 - ``fastapi``: a FastAPI endpoint on uvicorn's defaults whose publisher
   awaits ``websocket.send_text`` for each client in turn (the FakeAI pattern);
@@ -119,7 +120,14 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
         uvicorn_config,
     )
 
-    hub = MetricsHub(heartbeat_interval=None, max_buffer_bytes=args.max_buffer_bytes)
+    hub = MetricsHub(heartbeat_interval=args.heartbeat, max_buffer_bytes=args.max_buffer_bytes)
+    backend = None
+    if args.redis:
+        # A node of a stream shared through Redis: publish() goes to Redis
+        # and every message comes back through the node's one reader.
+        from metricstream.server import RedisBackend
+
+        backend = RedisBackend(args.redis)
     hardened = args.kind == "serve"
     # A long-running server's replay log is full; start there, so that RSS
     # measured over a run is not the log filling up.
@@ -134,7 +142,7 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
         options = guarded_uvicorn_options(hub, settings)
     else:
         settings = ServerSettings(max_connections=100_000)
-    app = create_app(hub, settings, dashboard=False)
+    app = create_app(hub, settings, dashboard=False, backend=backend)
     server = StreamServer(
         uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning", backlog=4096, **options),
         hub,
@@ -171,7 +179,12 @@ async def _serve_broadcast(args: argparse.Namespace) -> None:
         finally:
             clients.discard(ws)
 
-    async with serve(handler, "127.0.0.1", 0, compression=None, backlog=4096) as server:
+    # Its keepalive (a ping every ``ping_interval``) is what metricstream's
+    # heartbeat is compared with; 20 s is websockets' own default.
+    keepalive = args.heartbeat if args.heartbeat is not None else 20.0
+    async with serve(
+        handler, "127.0.0.1", 0, compression=None, backlog=4096, ping_interval=keepalive
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         _ready(port)
 
@@ -335,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefill", type=int, default=0, help="messages logged at start")
     parser.add_argument("--max-buffer-bytes", type=int, default=512 * 1024)
     parser.add_argument("--lifetime", type=float, default=600.0)
+    parser.add_argument("--redis", default=None, help="metricstream: share the stream via Redis")
+    parser.add_argument(
+        "--heartbeat", type=float, default=None, help="heartbeat / ping interval (seconds)"
+    )
     args = parser.parse_args(argv)
 
     async def run() -> None:

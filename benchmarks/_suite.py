@@ -43,6 +43,10 @@ class Config:
     #: idle memory
     idle_clients: int = 1000
     idle_settle: float = 2.0
+    #: many idle connections with heartbeats on (the scale-out benchmark)
+    many_clients: int = 10_000
+    many_heartbeat: float = 1.0
+    many_seconds: float = 10.0
     #: slow consumer
     slow_healthy: int = 200
     slow_rate: float = 200.0
@@ -92,6 +96,8 @@ QUICK = Config(
     latency_seconds=2.0,
     idle_clients=500,
     idle_settle=1.0,
+    many_clients=2000,
+    many_seconds=4.0,
     slow_seconds=10.0,
     storm_clients=200,
     storm_timeout=15.0,
@@ -115,6 +121,9 @@ SMOKE = Config(
     latency_seconds=0.4,
     idle_clients=4,
     idle_settle=0.2,
+    many_clients=4,
+    many_heartbeat=0.2,
+    many_seconds=0.5,
     slow_healthy=4,
     slow_rate=50.0,
     slow_seconds=0.5,
@@ -733,6 +742,8 @@ def bench_attacks(cfg: Config) -> list[Row]:
     return run(cfg, _server)
 
 
+from ._scaleoutbench import bench_many_idle, bench_redis, bench_redis_storm  # noqa: E402
+
 BENCHMARKS: dict[str, Runner] = {
     "fanout": bench_fanout,
     "latency": bench_latency,
@@ -744,6 +755,9 @@ BENCHMARKS: dict[str, Runner] = {
     "export": bench_export,
     "proxy": bench_proxy,
     "attacks": bench_attacks,
+    "redis": bench_redis,
+    "redis-storm": bench_redis_storm,
+    "many-idle": bench_many_idle,
 }
 
 

@@ -194,7 +194,7 @@ def test_minimum_constraints_match_the_declared_lower_bounds() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared: dict[str, str] = {}
     for spec in project["dependencies"] + [
-        s for extra in ("server", "tui") for s in project["optional-dependencies"][extra]
+        s for extra in ("server", "tui", "redis") for s in project["optional-dependencies"][extra]
     ]:
         requirement = Requirement(spec)
         floors = [s.version for s in requirement.specifier if s.operator == ">="]

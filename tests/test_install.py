@@ -199,7 +199,7 @@ def test_the_wheel_carries_the_license_and_no_development_extras(venvs: dict[str
         for line in metadata.splitlines()
         if line.startswith("Provides-Extra:")
     }
-    assert extras == {"server", "tui", "gpu", "proxy", "all"}
+    assert extras == {"server", "tui", "gpu", "proxy", "redis", "all"}
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert requires
     assert not [line for line in requires if "fakeai" in line or "pytest" in line]

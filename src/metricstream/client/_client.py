@@ -146,6 +146,7 @@ class WebSocketService:
             max_message_size=config.max_message_size,
             debug=config.debug,
             log=logger.log,
+            endpoints=len(config.endpoints),
         )
         self._outbox: deque[bytes] = deque()
         self._ack_waiters: list[asyncio.Future[SubscribePayload | None]] = []
@@ -547,7 +548,10 @@ class WebSocketService:
         config = self._config
         if self._state is not ConnectionState.RECONNECTING:
             self._set_state(ConnectionState.CONNECTING)
-        url = build_url(config.url, self._session.connect())
+        # The session picks the server (failover); the adapter only dials.
+        params = self._session.connect()
+        target = config.endpoints[self._session.endpoint]
+        url = build_url(target, params)
         headers = dict(config.headers or {})
         if config.token is not None and not config.token_in_query:
             headers["Authorization"] = f"Bearer {config.token}"
@@ -583,7 +587,7 @@ class WebSocketService:
             return self._failed(ConfigError(f"invalid url: {exc}"), CloseAction.FATAL)
         except (OSError, TimeoutError, WebSocketException) as exc:
             reason = str(exc) or type(exc).__name__
-            error = StreamConnectionError(f"cannot connect to {redact_url(config.url)}: {reason}")
+            error = StreamConnectionError(f"cannot connect to {redact_url(target)}: {reason}")
             return self._failed(error, CloseAction.RETRY)
         if config.debug:
             logger.debug("handshake done (subprotocol %s)", ws.subprotocol)

@@ -155,6 +155,10 @@ class WebSocketConfig:
 
     url: str
     """``ws://`` or ``wss://`` URL of the stream, e.g. ``ws://127.0.0.1:8765/metrics/stream``."""
+    urls: Sequence[str] = ()
+    """Further servers of the same stream (nodes sharing it through Redis), tried
+    in turn after ``url`` when a connection is lost or cannot be opened; the
+    client resumes on whichever answers (see :attr:`endpoints`)."""
     reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL
     """First reconnect delay (the seed's ``reconnectInterval``)."""
     max_reconnect_interval: float = DEFAULT_MAX_RECONNECT_INTERVAL
@@ -210,9 +214,18 @@ class WebSocketConfig:
     """Capacity of each :meth:`WebSocketService.messages` iterator's buffer."""
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url) if isinstance(self.url, str) else None
-        if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
-            raise ConfigError(f"url must be a ws:// or wss:// URL with a host, got {self.url!r}")
+        urls: object = self.urls
+        if isinstance(urls, str) or not isinstance(urls, Sequence):
+            raise ConfigError(f"urls must be a sequence of URLs, got {urls!r}")
+        object.__setattr__(self, "urls", tuple(urls))
+        if self.ssl is not None and not isinstance(self.ssl, _ssl.SSLContext):
+            raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {self.ssl!r}")
+        for url in (self.url, *self.urls):
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("ws", "wss") or not parts.hostname:
+                raise ConfigError(f"url must be a ws:// or wss:// URL with a host, got {url!r}")
+            if self.ssl is not None and parts.scheme != "wss":
+                raise ConfigError("ssl is only used with a wss:// url")
         try:
             object.__setattr__(self, "dialect", Dialect(self.dialect))
             object.__setattr__(self, "queue_overflow", OverflowPolicy(self.queue_overflow))
@@ -231,11 +244,6 @@ class WebSocketConfig:
         object.__setattr__(self, "models", _names("models", self.models))
         object.__setattr__(self, "protocols", _protocols(self.protocols))
         object.__setattr__(self, "headers", _headers(self.headers, self.token))
-        if self.ssl is not None:
-            if not isinstance(self.ssl, _ssl.SSLContext):
-                raise ConfigError(f"ssl must be an ssl.SSLContext or None, got {self.ssl!r}")
-            if parts.scheme != "wss":
-                raise ConfigError("ssl is only used with a wss:// url")
         for name in (
             "reconnect_interval",
             "max_reconnect_interval",
@@ -252,12 +260,19 @@ class WebSocketConfig:
         # Backoff validates the reconnect numbers with the same rules it runs by.
         self.make_backoff()
 
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every server URL of the stream, in failover order: ``url``, then ``urls``."""
+        return (self.url, *self.urls)
+
     def __repr__(self) -> str:
         shown = []
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if field.name == "url":
                 text = repr(redact_url(value))
+            elif field.name == "urls":
+                text = repr(tuple(redact_url(u) for u in value))
             elif field.name == "token" and value is not None:
                 text = "'***'"
             elif field.name == "headers":

@@ -9,7 +9,8 @@ messages, resync, send a heartbeat, abandon a silent peer, reconnect after so
 many seconds or stop. It owns every client-side rule of ``docs/protocol.md``:
 the resume parameters, the dialect of a connection, lenient batch decoding,
 ``init`` and epochs, sequence verdicts and the gap resync, the filter,
-keepalive and latency, and the close-code decisions with backoff.
+keepalive and latency, the close-code decisions with backoff, and, given
+several servers of one stream, which one the next attempt goes to.
 
 It never reads a clock, a socket or an event loop: times are passed in, so
 the whole behaviour is tested without either. ``WebSocketService`` is the
@@ -36,7 +37,7 @@ from typing import Any, Final, Protocol
 
 import msgspec
 
-from ..exceptions import ConnectionRejectedError, MetricStreamError, ProtocolError
+from ..exceptions import ConfigError, ConnectionRejectedError, MetricStreamError, ProtocolError
 from .backoff import Backoff
 from .close import CloseAction, close_action
 from .codec import decode, decode_frame, encode
@@ -216,7 +217,10 @@ class ClientSession:
     ``dialect`` is ``"native"``, ``"auto"`` (each connection's first frame
     decides, see :meth:`ForeignDialect.recognises`) or the name of ``foreign``.
     Times passed to :meth:`receive` and :meth:`tick` are seconds on one
-    monotonic clock.
+    monotonic clock. ``endpoints`` is how many servers serve the stream
+    (nodes sharing it): after a failed attempt or a lost connection the next
+    attempt goes to the next one (:attr:`endpoint`) at once, and only after
+    a round of them all fails does the backoff delay the next round.
     """
 
     def __init__(
@@ -236,8 +240,17 @@ class ClientSession:
         max_message_size: int | None = None,
         debug: bool = False,
         log: LogSink = _quiet,
+        endpoints: int = 1,
     ) -> None:
+        if endpoints < 1:
+            raise ConfigError(f"endpoints must be at least 1, got {endpoints}")
         self.backoff = backoff if backoff is not None else Backoff()
+        self._endpoints = endpoints
+        #: Which of the ``endpoints`` (server URLs of the same stream) the
+        #: next attempt goes to, by index.
+        self.endpoint = 0
+        # Endpoints tried in a row since a connection last came up.
+        self._tried = 0
         self.tracker = SequenceTracker()
         self._resume = resume
         self._reconnect = reconnect
@@ -459,6 +472,7 @@ class ClientSession:
         self.connections += 1
         self.backoff.reset()
         self._immediate_used = False
+        self._tried = 0
         self._state = SessionState.STREAMING
         return Opened(first)
 
@@ -625,6 +639,17 @@ class ClientSession:
             self._state = SessionState.CLOSED
             return Decision(action, None, why, was_open, None, False, self._state)
         delay: float | None
+        if self._endpoints > 1:
+            # Fail over: the next attempt goes to the next server of the
+            # same stream (a resume works on any of them), at once while
+            # some server has not been tried since the last connection;
+            # after a whole round of failures, the backoff applies.
+            self.endpoint = (self.endpoint + 1) % self._endpoints
+            self._tried += 1
+            if self._tried < self._endpoints:
+                self._state = SessionState.BACKING_OFF
+                return Decision(action, 0.0, why, was_open, None, False, self._state)
+            self._tried = 0
         if action is CloseAction.RESET_AND_RETRY and not self._immediate_used:
             # At once, but only once in a row: a server that keeps closing us
             # at once gets the backoff like anyone else.

@@ -10,6 +10,10 @@
   reconnecting client resumes without loss.
 - :func:`create_router` (include in any FastAPI app) and :func:`create_app`
   serve ``/metrics/stream``, ``/healthz`` and ``/metrics``.
+- :class:`RedisBackend` makes the hub a node of a stream shared by several
+  processes through Redis; :class:`RedisPublisher` publishes into it from
+  any process (``pip install 'metricstream[redis]'``); :class:`RedisAggregator`
+  publishes the fleet's exact aggregates from one node at a time.
 - :class:`LLMExporter` exports the LLM figures of the published requests
   at ``/metrics`` (Prometheus).
 - :class:`StreamServer` and :func:`uvicorn_config` run it on uvicorn;
@@ -23,6 +27,7 @@ from ._endpoint import StreamEndpoint
 from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub
 from ._limits import guarded_uvicorn_options
 from ._prometheus import LLM_METRIC_NAMES, LLMExporter
+from ._redis import RedisAggregator, RedisBackend, RedisPublisher
 from ._registry import Outbox, Subscriber, SubscriberRegistry
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from ._settings import ServerSettings
@@ -45,6 +50,9 @@ __all__ = [
     "MemoryReplayLog",
     "MetricsHub",
     "Outbox",
+    "RedisAggregator",
+    "RedisBackend",
+    "RedisPublisher",
     "ReplayLog",
     "ServerSettings",
     "Stream",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +23,9 @@ from ..exceptions import ConfigError
 from ._endpoint import StreamEndpoint
 from ._hub import MetricsHub
 from ._settings import ServerSettings
+
+if TYPE_CHECKING:
+    from ._redis import RedisBackend
 
 __all__ = ["HubCollector", "create_app", "create_router"]
 
@@ -130,6 +133,7 @@ def create_router(
     *,
     registry: CollectorRegistry | None = None,
     endpoint: StreamEndpoint | None = None,
+    backend: RedisBackend | None = None,
 ) -> APIRouter:
     """A FastAPI router serving ``hub``: the WebSocket stream, ``/healthz``, ``/metrics``.
 
@@ -138,7 +142,10 @@ def create_router(
     router gets a registry of its own, served at ``/metrics``. ``endpoint``
     is the stream's :class:`StreamEndpoint` (built from ``hub`` and
     ``settings`` when omitted); pass your own to share its token throttle
-    with other routes that check the token.
+    with other routes that check the token. With a ``backend``
+    (:class:`~metricstream.server.RedisBackend`) the hub is a node of a
+    stream shared through Redis: the router's lifespan (merged into the
+    app's by ``include_router``) starts it and stops it.
     """
     settings = settings if settings is not None else ServerSettings()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
@@ -147,21 +154,36 @@ def create_router(
     elif endpoint.hub is not hub or endpoint.settings is not settings:
         raise ConfigError("endpoint must serve the same hub with the same settings")
     registry.register(HubCollector(hub))
-    router = APIRouter()
+    if backend is not None:
+        shared = backend
+
+        @asynccontextmanager
+        async def lifespan(_: Any) -> AsyncIterator[None]:
+            await shared.start(hub)
+            try:
+                yield
+            finally:
+                await shared.stop()
+
+        router = APIRouter(lifespan=lifespan)
+    else:
+        router = APIRouter()
     router.routes.append(WebSocketRoute(settings.path, endpoint, name="metrics_stream"))
 
     @router.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
-        status = "shutting_down" if hub.closing else "ok"
-        return JSONResponse(
-            {
-                "status": status,
-                "connections": hub.connection_count,
-                "sequence": hub.sequence,
-                "epoch": hub.epoch,
-            },
-            status_code=503 if hub.closing else 200,
-        )
+        # Degraded still answers 200: the node keeps its clients and serves
+        # what it has while its shared stream is away.
+        status = "shutting_down" if hub.closing else "degraded" if hub.degraded else "ok"
+        body: dict[str, Any] = {
+            "status": status,
+            "connections": hub.connection_count,
+            "sequence": hub.sequence,
+            "epoch": hub.epoch,
+        }
+        if hub.degraded:
+            body["reason"] = hub.degraded
+        return JSONResponse(body, status_code=503 if hub.closing else 200)
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
@@ -179,6 +201,7 @@ def create_app(
     *,
     dashboard: bool = True,
     registry: CollectorRegistry | None = None,
+    backend: RedisBackend | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
     """A standalone FastAPI app around :func:`create_router`.
@@ -190,6 +213,7 @@ def create_app(
     On lifespan shutdown the hub's clients are closed with 1001 (when the
     ASGI server has not closed them already). ``app.state.hub`` is the hub.
     With ``dashboard`` (the default) the browser dashboard is served at ``/``.
+    ``backend`` shares the stream through Redis (see :func:`create_router`).
     """
     hub = hub if hub is not None else MetricsHub()
     settings = settings if settings is not None else ServerSettings()
@@ -210,7 +234,9 @@ def create_app(
     app.state.hub = hub
     # One endpoint, so the page's token check shares the stream's throttle.
     endpoint = StreamEndpoint(hub, settings)
-    app.include_router(create_router(hub, settings, registry=registry, endpoint=endpoint))
+    app.include_router(
+        create_router(hub, settings, registry=registry, endpoint=endpoint, backend=backend)
+    )
     if dashboard:
         # Imported here: the page's router lives with the dashboards.
         from ..dashboard.web import create_web_router

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from .._version import __version__
@@ -41,7 +41,7 @@ from ..protocol import (
 from ._registry import EVERYTHING, Subscriber, SubscriberRegistry
 from ._replay import MemoryReplayLog, ReplayLog
 from ._stats import HubStats
-from ._stream import Stream
+from ._stream import Stream, number
 from ._wire import DirectWriter, EncodedFrame, Transport
 from ._writers import AsgiWriter, FrameWriter, SendText
 
@@ -94,6 +94,7 @@ class MetricsHub:
         if heartbeat_interval is not None and not heartbeat_interval > 0:
             raise ConfigError(f"heartbeat_interval must be positive, got {heartbeat_interval}")
         self._max_buffer = max_buffer_bytes
+        self._recent = (recent_requests, recent_errors)
         self._heartbeat_interval = heartbeat_interval
         self._started = time.monotonic()
         self.stats = HubStats()
@@ -107,6 +108,12 @@ class MetricsHub:
         self._registry = SubscriberRegistry(self.stats, max_buffer_bytes)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closing = False
+        # Set by a shared stream (``_redis``): where publish() sends a
+        # validated message instead of numbering it here.
+        self._forward: Callable[[WebSocketMessage[Any]], None] | None = None
+        #: Why the hub cannot reach its shared stream now (``None``: it can,
+        #: or there is none). ``/healthz`` reports it as ``degraded``.
+        self.degraded: str | None = None
 
     # -- properties ---------------------------------------------------------
 
@@ -134,6 +141,11 @@ class MetricsHub:
     def max_buffer_bytes(self) -> int:
         """The per-subscriber outbox bound, in bytes."""
         return self._max_buffer
+
+    @property
+    def recent_limits(self) -> tuple[int, int]:
+        """How many request and error events ``init`` carries."""
+        return self._recent
 
     @property
     def closing(self) -> bool:
@@ -166,6 +178,11 @@ class MetricsHub:
         changes when it raises. Never awaits any client.
         """
         published, entry = self._stream.prepare(message)
+        forward = self._forward
+        if forward is not None:
+            # A shared stream numbers it; it comes back through ingest().
+            forward(published)
+            return published
         # Fails (RuntimeError) before anything changes when called off the
         # event loop thread while clients are attached.
         loop = asyncio.get_running_loop() if len(self._registry) else None
@@ -174,6 +191,72 @@ class MetricsHub:
         if loop is not None:
             self._registry.fan_out(loop, entry.type, entry.model, entry.frame)
         return published
+
+    # -- a shared stream (see _redis) --------------------------------------
+
+    def set_forward(self, forward: Callable[[WebSocketMessage[Any]], None] | None) -> None:
+        """Send what :meth:`publish` is given to ``forward`` (a shared stream's
+        publisher) instead of numbering it here; ``None`` restores the
+        in-process stream. :meth:`publish` still validates first, and then
+        returns the message with the sequence it would have had locally."""
+        self._forward = forward
+
+    def ingest(self, message: WebSocketMessage[Any], *, decoded: bool = False) -> bool:
+        """Take a message the shared stream has numbered: log, fold, fan out.
+
+        A sequence at or below the current one is a duplicate and is
+        dropped (returns ``False``). A sequence further ahead than the next
+        one is a hole (messages the stream never carried): the replay log
+        starts afresh after it, so that no resume is served across it, and
+        the clients see the gap and resynchronise. Raises
+        :class:`~metricstream.exceptions.PublishError` for a message that
+        fails the same checks as :meth:`publish` (``decoded``: it was just
+        decoded with the clients' decoder, which has checked its payload).
+        """
+        seq = message.sequence
+        if seq is None or seq <= self._stream.sequence:
+            return False
+        published, entry = number(message, seq, self._max_buffer, check=not decoded)
+        stream = self._stream
+        if seq != stream.sequence + 1 and stream.sequence:
+            stream.log = _fresh_log(stream.log, stream.epoch)
+        loop = asyncio.get_running_loop() if len(self._registry) else None
+        stream.commit(published, entry)
+        self.stats.published += 1
+        if loop is not None:
+            self._registry.fan_out(loop, entry.type, entry.model, entry.frame)
+        return True
+
+    def restart(
+        self,
+        epoch: str,
+        sequence: int,
+        snapshot: Iterable[WebSocketMessage[Any]],
+        replay: Iterable[WebSocketMessage[Any]] = (),
+    ) -> None:
+        """Continue as the shared stream ``epoch`` at ``sequence``, its state
+        ``snapshot`` (messages folded in order, nothing logged) and ``replay``
+        (the newest numbered messages, contiguous and ending at ``sequence``,
+        logged for resumes but not folded again: the snapshot holds them;
+        decoded with the clients' decoder, which has checked them).
+
+        Every attached client is closed with 1012 (service restart): its
+        view may lack what made the stream start over (a new epoch, or
+        messages this node never saw), so it reconnects, and a resume the
+        new log cannot serve gets a full snapshot: none mixes the sequences
+        of two lives of the stream, and no loss goes unnoticed.
+        """
+        stream = self._stream
+        stream.restart(_fresh_log(stream.log, epoch), sequence)
+        for message in snapshot:
+            stream.fold(message)
+        log = stream.log
+        for message in replay:
+            seq = message.sequence
+            if seq is not None and seq <= sequence:
+                log.append(number(message, seq, self._max_buffer, check=False)[1])
+        for sub in self._registry:
+            sub.request_close(CloseCode.SERVICE_RESTART)
 
     def heartbeat(self) -> None:
         """Send one server ``heartbeat`` to every subscriber (encoded once)."""
@@ -276,3 +359,10 @@ class MetricsHub:
             await asyncio.sleep(interval)
             self.heartbeat()
         self._heartbeat_task = None
+
+
+def _fresh_log(log: ReplayLog, epoch: str) -> ReplayLog:
+    """An empty log with ``log``'s bounds and the given epoch."""
+    if isinstance(log, MemoryReplayLog):
+        return MemoryReplayLog(max_entries=log.max_entries, max_age=log.max_age, epoch=epoch)
+    return MemoryReplayLog(epoch=epoch)

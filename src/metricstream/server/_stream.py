@@ -38,7 +38,62 @@ from ..protocol import (
 from ._replay import LogEntry, ReplayLog
 from ._wire import EncodedFrame
 
-__all__ = ["Stream"]
+__all__ = ["Stream", "number"]
+
+
+def number(
+    message: WebSocketMessage[Any], seq: int, max_frame: int, *, check: bool = True
+) -> tuple[WebSocketMessage[Any], LogEntry]:
+    """``message`` as stream entry ``seq``: validated, numbered, encoded once.
+
+    Raises :class:`~metricstream.exceptions.PublishError` for a type that is
+    not a stream type, a payload that does not fit its type (checked with
+    the clients' own decoder, unless ``check`` is false: the message was
+    itself just decoded by it) or a frame larger than ``max_frame`` bytes.
+    Shared by the in-process stream and the Redis one, so that both refuse
+    exactly the same messages.
+    """
+    try:
+        mtype = MessageType(message.type)
+    except ValueError:
+        raise PublishError(f"cannot publish unknown message type {message.type!r}") from None
+    if mtype not in STREAM_TYPES:
+        raise PublishError(f"cannot publish {mtype.value!r}: not a stream message type")
+    data = message.data
+    payload_type = PAYLOAD_TYPES[mtype]
+    assert payload_type is not None
+    if not isinstance(data, payload_type):
+        try:
+            data = msgspec.convert(data, payload_type, from_attributes=True)
+        except msgspec.ValidationError as exc:
+            raise PublishError(f"invalid {mtype.value} payload: {exc}") from exc
+    message = WebSocketMessage(
+        type=mtype,
+        timestamp=message.timestamp,
+        data=data,
+        sequence=seq,
+        metadata=message.metadata,
+    )
+    encoded = encode(message)
+    # Structs are not validated when built in Python, so a payload with a
+    # percentage of 150 or a NaN latency would reach every client, which
+    # rejects it, and stay in the snapshot that every new client's init
+    # carries. Check the bytes once, here, with the clients' own decoder.
+    if check:
+        try:
+            decode(encoded)
+        except ProtocolError as exc:
+            raise PublishError(f"cannot publish: {exc}") from None
+    frame = EncodedFrame(encoded)
+    # A message bigger than a client's whole buffer would evict every
+    # client at once, and no resume could ever carry it.
+    if frame.size > max_frame:
+        raise PublishError(
+            f"cannot publish a {frame.size}-byte {mtype.value} message: "
+            f"larger than the per-client buffer ({max_frame} bytes)"
+        )
+    model = data.model if mtype in MODEL_SCOPED_TYPES else None
+    return message, LogEntry(seq, mtype, model, frame)
 
 
 class Stream:
@@ -84,52 +139,36 @@ class Stream:
         :class:`~metricstream.exceptions.PublishError` for a message that
         cannot be published.
         """
-        try:
-            mtype = MessageType(message.type)
-        except ValueError:
-            raise PublishError(f"cannot publish unknown message type {message.type!r}") from None
-        if mtype not in STREAM_TYPES:
-            raise PublishError(f"cannot publish {mtype.value!r}: not a stream message type")
-        data = message.data
-        payload_type = PAYLOAD_TYPES[mtype]
-        assert payload_type is not None
-        if not isinstance(data, payload_type):
-            try:
-                data = msgspec.convert(data, payload_type, from_attributes=True)
-            except msgspec.ValidationError as exc:
-                raise PublishError(f"invalid {mtype.value} payload: {exc}") from exc
-        seq = self.sequence + 1
-        message = WebSocketMessage(
-            type=mtype,
-            timestamp=message.timestamp,
-            data=data,
-            sequence=seq,
-            metadata=message.metadata,
-        )
-        encoded = encode(message)
-        # Structs are not validated when built in Python, so a payload with a
-        # percentage of 150 or a NaN latency would reach every client, which
-        # rejects it, and stay in the snapshot that every new client's init
-        # carries. Check the bytes once, here, with the clients' own decoder.
-        try:
-            decode(encoded)
-        except ProtocolError as exc:
-            raise PublishError(f"cannot publish: {exc}") from None
-        frame = EncodedFrame(encoded)
-        # A message bigger than a client's whole buffer would evict every
-        # client at once, and no resume could ever carry it.
-        if frame.size > self._max_frame:
-            raise PublishError(
-                f"cannot publish a {frame.size}-byte {mtype.value} message: "
-                f"larger than the per-client buffer ({self._max_frame} bytes)"
-            )
-        model = data.model if mtype in MODEL_SCOPED_TYPES else None
-        return message, LogEntry(seq, mtype, model, frame)
+        return number(message, self.sequence + 1, self._max_frame)
 
     def commit(self, message: WebSocketMessage[Any], entry: LogEntry) -> None:
         """Make a prepared entry part of the stream: logged and folded."""
         self.sequence = entry.sequence
         self.log.append(entry)
+        self._fold(message.type, message.data)
+        self._snapshot_cache = None
+
+    def restart(self, log: ReplayLog, sequence: int) -> None:
+        """Start over from ``sequence`` with ``log`` (empty) and no snapshot state.
+
+        A shared stream calls this when it finds its store wiped (a new
+        epoch) or a hole it cannot replay across: nothing from before may be
+        replayed or folded into an ``init`` afterwards.
+        """
+        self.log = log
+        self.sequence = sequence
+        self._metrics = None
+        self._models.clear()
+        self._rate_limits.clear()
+        self._costs = None
+        self._kv_cache = None
+        self._system = None
+        self._recent_requests.clear()
+        self._recent_errors.clear()
+        self._snapshot_cache = None
+
+    def fold(self, message: WebSocketMessage[Any]) -> None:
+        """Fold one already-numbered message into the snapshot only (no log)."""
         self._fold(message.type, message.data)
         self._snapshot_cache = None
 

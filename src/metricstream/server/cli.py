@@ -48,6 +48,15 @@ OPTIONS: tuple[Option, ...] = (
         group=DATA,
     ),
     *SCRAPE_OPTIONS,
+    Option(
+        name="redis",
+        kind="str",
+        default=None,
+        metavar="URL",
+        help="share the stream with other nodes and publishers through Redis, "
+        "e.g. redis://host:6379/0 (needs the redis extra)",
+        group=DATA,
+    ),
     *LOGGING_OPTIONS,
 )
 
@@ -104,7 +113,17 @@ def serve(args: argparse.Namespace) -> int:
     registry.register(exporter)
     if engines is not None:
         registry.register(engines)  # each engine's up/failure figures
-    app = create_app(hub, settings, registry=registry)
+    backend = None
+    if args.redis:
+        from urllib.parse import urlsplit
+
+        from .._logging import add_secret
+        from ._redis import RedisBackend
+
+        if (password := urlsplit(args.redis).password) is not None:
+            add_secret(password)
+        backend = RedisBackend(args.redis)
+    app = create_app(hub, settings, registry=registry, backend=backend)
     server = stream_server(app, hub, settings, args)
 
     async def main() -> None:
@@ -136,6 +155,13 @@ def serve(args: argparse.Namespace) -> int:
                 engines,
                 MetricsCollector(engines, interval=args.interval, connections=connections),
             ):
+                await server.serve()
+        elif backend is not None:
+            # The fleet's totals come from one aggregator over every node's
+            # and worker's requests, not from each node's own share.
+            from ._redis import RedisAggregator
+
+            async with RedisAggregator(backend, interval=args.interval, connections=connections):
                 await server.serve()
         else:
             async with MetricsCollector(exporter, interval=args.interval, connections=connections):

@@ -1,0 +1,345 @@
+"""The scale-out benchmarks: nodes and publishers sharing a stream through Redis.
+
+- ``redis``: two nodes + Redis against one in-process node at equal load
+  (server CPU per delivery per node, end-to-end p99), and the publish
+  throughput of :class:`RedisPublisher` against a raw redis-py pipelined
+  ``XADD`` loop, in the same run;
+- ``many-idle``: one node holding ``many_clients`` idle connections with
+  heartbeats on (10,000 in the full run): RSS per connection and CPU per
+  idle connection per second, against websockets' ``serve()`` pinging as
+  often;
+- ``redis-storm``: every client of a node moved to the other node when the
+  first is SIGKILLed; gaps, duplicates and the time until all caught up.
+
+Redis is Debian's ``redis-server``, started on a free port without
+persistence and killed at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ._proc import ChildError
+from ._report import Row
+
+if TYPE_CHECKING:
+    from ._suite import Config
+
+__all__ = ["bench_many_idle", "bench_redis", "bench_redis_storm"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` on a free loopback port; yields its URL."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise ChildError("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise ChildError("redis-server did not start")
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _windows(pairs: list[tuple[Any, Any]], seconds: float) -> list[dict[str, Any]]:
+    """Server CPU and deliveries of several (server, load generator) pairs, one window."""
+    for _, gen in pairs:
+        gen.ask("mark")
+    start = [(server.cpu_seconds(), time.monotonic()) for server, _ in pairs]
+    time.sleep(seconds)
+    results = []
+    for (server, gen), (cpu0, t0) in zip(pairs, start, strict=True):
+        cpu, elapsed = server.cpu_seconds() - cpu0, time.monotonic() - t0
+        mark = gen.ask("mark")
+        messages = mark["messages"]
+        results.append(
+            {
+                "seconds": elapsed,
+                "server_cpu_s": cpu,
+                "messages": messages,
+                "cpu_us_per_message": cpu / messages * 1e6 if messages else float("nan"),
+                "latency_ms": mark["latency_ms"],
+                "gaps": mark["gaps"],
+                "duplicates": mark["duplicates"],
+            }
+        )
+    return results
+
+
+def _publish_rates(url: str, count: int) -> dict[str, float]:
+    """Messages/s into Redis: RedisPublisher, and a raw pipelined XADD loop."""
+    from redis.asyncio import Redis
+
+    from metricstream.protocol import encode
+    from metricstream.server import RedisPublisher
+
+    from ._servers import sample_message
+
+    messages = [sample_message(i) for i in range(count)]
+
+    async def ours() -> float:
+        async with RedisPublisher(url, prefix="bench") as publisher:
+            started = time.perf_counter()
+            for message in messages:
+                publisher.publish(message)
+            await publisher.flush()
+            return count / (time.perf_counter() - started)
+
+    async def raw() -> float:
+        client = Redis.from_url(url)
+        try:
+            started = time.perf_counter()
+            for first in range(0, count, 256):
+                pipe = client.pipeline(transaction=False)
+                # The same work a publisher must do at least: encode, append.
+                for message in messages[first : first + 256]:
+                    pipe.xadd("raw:log", {"b": encode(message)}, maxlen=10_000)
+                await pipe.execute()
+            return count / (time.perf_counter() - started)
+        finally:
+            await client.aclose()
+
+    rates: dict[str, list[float]] = {"metricstream": [], "raw": []}
+    for _ in range(3):
+        rates["metricstream"].append(asyncio.run(ours()))
+        rates["raw"].append(asyncio.run(raw()))
+    return {name: sorted(values)[1] for name, values in rates.items()}
+
+
+def bench_redis(cfg: Config) -> list[Row]:
+    """Two nodes + Redis vs one node; publish throughput vs raw pipelined XADD."""
+    from ._suite import _loadgen, _server, _stream_run
+
+    # The largest fan-out size: a node's own cost per message (one XREAD,
+    # one decode) is shared by its clients, and a node serves many.
+    clients = cfg.fanout_sizes[-1]
+    rate = max(1.0, cfg.latency_rate)
+    single = _stream_run(cfg, "metricstream", clients, rate, seconds=cfg.latency_seconds)
+    with (
+        redis_server() as url,
+        _server(cfg, "metricstream", rate=rate, extra=("--redis", url)) as (a, port_a),
+        _server(cfg, "metricstream", extra=("--redis", url)) as (b, port_b),
+        _loadgen(cfg, port_a, clients) as gen_a,
+        _loadgen(cfg, port_b, clients) as gen_b,
+    ):
+        time.sleep(cfg.warmup)
+        node_a, node_b = _windows([(a, gen_a), (b, gen_b)], cfg.latency_seconds)
+    with redis_server() as url:
+        publish = _publish_rates(url, max(1000, cfg.record_count // 5))
+    cpu = "cpu_us_per_message"
+    worst_p99 = max(node_a["latency_ms"]["p99"], node_b["latency_ms"]["p99"])
+    added = worst_p99 - single["latency_ms"]["p99"]
+    return [
+        Row(
+            "redis",
+            f"server CPU/delivery, publishing node, {clients} clients @ {rate:.0f} msg/s",
+            node_a[cpu],
+            "µs",
+            "one node, in process",
+            single[cpu],
+            "≤1.2x",
+            node_a[cpu] <= 1.2 * single[cpu],
+            {"node": node_a, "single": single},
+        ),
+        Row(
+            "redis",
+            f"server CPU/delivery, second node, {clients} clients @ {rate:.0f} msg/s",
+            node_b[cpu],
+            "µs",
+            "one node, in process",
+            single[cpu],
+            "≤1.2x",
+            node_b[cpu] <= 1.2 * single[cpu],
+            {"node": node_b},
+        ),
+        Row(
+            "redis",
+            "end-to-end p99 added by the Redis hop",
+            added,
+            "ms",
+            f"one node p99 {single['latency_ms']['p99']:.2f} ms",
+            None,
+            "≤2 ms",
+            added <= 2.0,
+            {"two_nodes_p99": worst_p99},
+        ),
+        Row(
+            "redis",
+            "gaps + duplicates on the two nodes",
+            float(node_a["gaps"] + node_b["gaps"] + node_a["duplicates"] + node_b["duplicates"]),
+            "",
+            target="0",
+            passed=node_a["gaps"] + node_b["gaps"] + node_a["duplicates"] + node_b["duplicates"]
+            == 0,
+        ),
+        Row(
+            "redis",
+            "publish throughput into Redis (RedisPublisher)",
+            publish["metricstream"],
+            "/s",
+            "redis-py pipelined XADD",
+            publish["raw"],
+            "≥0.8x",
+            publish["metricstream"] >= 0.8 * publish["raw"],
+        ),
+    ]
+
+
+def bench_redis_storm(cfg: Config) -> list[Row]:
+    """Every client of a SIGKILLed node resumes on the other node."""
+    from ._suite import _loadgen, _server
+
+    clients = cfg.storm_clients
+    with (
+        redis_server() as url,
+        # The survivor publishes: the stream goes on while the other dies.
+        _server(cfg, "metricstream", rate=cfg.storm_rate, extra=("--redis", url)) as (b, port_b),
+        _server(cfg, "metricstream", extra=("--redis", url)) as (a, port_a),
+        _loadgen(cfg, port_a, clients) as gen,
+    ):
+        time.sleep(max(cfg.warmup, 1.0))
+        gen.ask("mark")
+        cpu0 = b.cpu_seconds()
+        a.kill()
+        gen.ask(f"move {port_b} 0")
+        deadline = time.monotonic() + cfg.storm_timeout
+        status = gen.ask("storm")
+        while status["caught_up"] < clients and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = gen.ask("storm")
+        storm_cpu = b.cpu_seconds() - cpu0
+        time.sleep(min(1.0, cfg.warmup))
+        final = gen.ask("storm")
+    final["survivor_cpu_s"] = storm_cpu
+    done = status["caught_up"] == clients
+    return [
+        Row(
+            "redis storm",
+            f"all {clients} moved to the surviving node and caught up",
+            status["catch_up_max_s"] if done else float("nan"),
+            "s after the kill",
+            target="all catch up",
+            passed=done,
+            details=final,
+        ),
+        Row(
+            "redis storm",
+            "gaps seen (messages missing)",
+            float(final["gaps"]),
+            "",
+            target="0",
+            passed=final["gaps"] == 0 and final["snapshots_after_drop"] == 0,
+            details={"missing": final["missing"], "snapshots": final["snapshots_after_drop"]},
+        ),
+        Row(
+            "redis storm",
+            "duplicates seen",
+            float(final["duplicates"]),
+            "",
+            target="0",
+            passed=final["duplicates"] == 0,
+        ),
+    ]
+
+
+def _many_idle(cfg: Config, kind: str) -> dict[str, Any]:
+    from ._suite import _loadgen, _server
+
+    clients = cfg.many_clients
+    extra = ("--heartbeat", str(cfg.many_heartbeat))
+    with _server(cfg, kind, extra=extra) as (server, port):
+        time.sleep(cfg.idle_settle)
+        before = server.rss()
+        with _loadgen(cfg, port, clients) as gen:
+            time.sleep(cfg.idle_settle)
+            after = server.rss()
+            cpu0, t0 = server.cpu_seconds(), time.monotonic()
+            time.sleep(cfg.many_seconds)
+            cpu, elapsed = server.cpu_seconds() - cpu0, time.monotonic() - t0
+            mark = gen.ask("mark")
+    return {
+        "clients": clients,
+        "rss_before": before,
+        "rss_after": after,
+        "kib_per_connection": (after - before) / clients / 1024,
+        "cpu_s": cpu,
+        "seconds": elapsed,
+        "cpu_us_per_connection_s": cpu / elapsed / clients * 1e6,
+        "closes": mark["closes"],
+    }
+
+
+def bench_many_idle(cfg: Config) -> list[Row]:
+    """RSS and CPU of many idle connections with heartbeats on, vs websockets."""
+    ms = _many_idle(cfg, "metricstream")
+    ws = _many_idle(cfg, "broadcast")
+    clients, beat = cfg.many_clients, cfg.many_heartbeat
+    # Every connection must have stayed up: a heartbeat that closed them
+    # would make the CPU figure meaningless.
+    dropped = sum(ms["closes"].values()) + sum(ws["closes"].values())
+    return [
+        Row(
+            "many idle",
+            f"RSS per connection, {clients} connections, heartbeat {beat:g} s",
+            ms["kib_per_connection"],
+            "KiB",
+            "websockets serve()",
+            ws["kib_per_connection"],
+            details={"metricstream": ms, "websockets": ws},
+        ),
+        Row(
+            "many idle",
+            f"CPU per idle connection per second, heartbeat {beat:g} s",
+            ms["cpu_us_per_connection_s"],
+            "µs",
+            "websockets serve() pings",
+            ws["cpu_us_per_connection_s"],
+        ),
+        Row(
+            "many idle",
+            "connections closed during the idle window",
+            float(dropped),
+            "",
+            target="0",
+            passed=dropped == 0,
+        ),
+    ]

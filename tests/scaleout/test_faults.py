@@ -1,0 +1,142 @@
+"""Faults of the shared stream, against a real Redis: outages, a wiped Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from metricstream.protocol import CloseCode
+from metricstream.server import MetricsHub, RedisPublisher
+from tests.server.conftest import close_code, open_client, recv, recv_type, request
+from tests.support import scaled, wait_until
+
+from .conftest import RedisProcess, node
+
+
+async def _health(port: int) -> dict[str, Any]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{port}/healthz")
+        assert response.status_code == 200
+        body: dict[str, Any] = response.json()
+        return body
+
+
+async def test_redis_unreachable_degrades_buffers_counts_and_never_loses_silently(
+    redis_server: RedisProcess,
+) -> None:
+    # A 3-second outage rather than 10: nothing in the behaviour depends on
+    # the length once every timeout involved (1.2 s here) has passed.
+    hub = MetricsHub(heartbeat_interval=0.2)
+    async with node(redis_server.url, hub=hub, max_pending=5) as one:
+        for i in range(3):
+            hub.publish(request(f"before{i}"))
+        await wait_until(lambda: hub.sequence == 3, 10, "the stream before the outage")
+        epoch = hub.epoch
+        async with open_client(one.url(f"since=0&epoch={epoch}")) as ws:
+            assert (await recv(ws))["metadata"]["resumed"] is True
+            assert [(await recv(ws))["sequence"] for _ in range(3)] == [1, 2, 3]
+            redis_server.pause()
+            try:
+                assert one.backend.publisher is not None
+                publisher = one.backend.publisher
+                for i in range(8):
+                    hub.publish(request(f"during{i}"))
+                # Five buffered, three dropped and counted.
+                assert publisher.pending == 5
+                assert publisher.dropped == 3
+                deadline = asyncio.get_running_loop().time() + scaled(10)
+                while (await _health(one.port))["status"] != "degraded":
+                    assert asyncio.get_running_loop().time() < deadline, "never degraded"
+                    await asyncio.sleep(0.1)
+                # The client stays connected: heartbeats go on.
+                for _ in range(3):
+                    await recv_type(ws, "heartbeat", 5)
+                await asyncio.sleep(scaled(1))
+            finally:
+                redis_server.resume()
+            # The buffered five go out after the three dropped: the hole
+            # closes the connection (1012) rather than pass unnoticed.
+            assert await close_code(ws) == CloseCode.SERVICE_RESTART
+        await wait_until(lambda: hub.sequence == 3 + 3 + 5, 15, "the stream after the outage")
+        assert hub.epoch == epoch
+        deadline = asyncio.get_running_loop().time() + scaled(10)
+        while (await _health(one.port))["status"] != "ok":
+            assert asyncio.get_running_loop().time() < deadline, "still degraded"
+            await asyncio.sleep(0.05)
+        # Resuming across the hole is refused: a full snapshot instead.
+        async with open_client(one.url(f"since=3&epoch={epoch}")) as ws:
+            init = await recv(ws)
+            assert init["metadata"]["resumed"] is False
+            assert init["sequence"] == 11
+            ids = [r["id"] for r in init["data"]["recent_requests"]]
+            assert ids == [f"before{i}" for i in range(3)] + [f"during{i}" for i in range(5)]
+        # The stream goes on, contiguous, from there.
+        async with open_client(one.url(f"since=11&epoch={epoch}")) as ws:
+            assert (await recv(ws))["metadata"]["resumed"] is True
+            hub.publish(request("after"))
+            message = await recv(ws)
+            assert (message["sequence"], message["data"]["id"]) == (12, "after")
+
+
+async def test_redis_restarted_empty_starts_a_new_epoch_and_every_client_a_snapshot(
+    redis_server: RedisProcess,
+) -> None:
+    async with node(redis_server.url) as one, node(redis_server.url) as two:
+        for i in range(4):
+            one.hub.publish(request(f"old{i}"))
+        await wait_until(lambda: two.hub.sequence == 4, 10, "both nodes reading")
+        old_epoch = one.hub.epoch
+        async with open_client(one.url()) as a, open_client(two.url()) as b:
+            await recv(a)
+            await recv(b)
+            redis_server.kill()
+            redis_server.start()
+            # Both nodes find a wiped Redis: new epoch, clients sent away.
+            assert await close_code(a) == CloseCode.SERVICE_RESTART
+            assert await close_code(b) == CloseCode.SERVICE_RESTART
+        await wait_until(lambda: one.hub.epoch != old_epoch, 10, "node one reloading")
+        await wait_until(lambda: two.hub.epoch == one.hub.epoch, 10, "node two reloading")
+        assert one.hub.sequence == two.hub.sequence == 0
+        for hub_node in (one, two):
+            async with open_client(hub_node.url(f"since=4&epoch={old_epoch}")) as ws:
+                init = await recv(ws)
+                assert init["metadata"]["resumed"] is False
+                assert init["metadata"]["epoch"] == one.hub.epoch
+                assert init["sequence"] == 0
+                assert init["data"]["recent_requests"] == []
+        async with open_client(two.url()) as ws:
+            await recv(ws)
+            one.hub.publish(request("new"))
+            message = await recv(ws)
+            assert (message["sequence"], message["data"]["id"]) == (1, "new")
+
+
+async def test_a_publisher_waits_out_a_restart_and_stays_exactly_once(
+    redis_server: RedisProcess,
+) -> None:
+    async with RedisPublisher(redis_server.url, retry_interval=0.05, timeout=0.5) as publisher:
+        publisher.publish(request("one"))
+        async with asyncio.timeout(scaled(10)):
+            await publisher.flush()
+        redis_server.pause()
+        try:
+            publisher.publish(request("two"))
+            await wait_until(lambda: publisher.error is not None, 10, "the publisher noticing")
+        finally:
+            redis_server.resume()
+        async with asyncio.timeout(scaled(10)):
+            await publisher.flush()
+        assert publisher.error is None
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        # The batch sent before the stop and re-sent after it is applied once.
+        entries: Any = client.xrange("metricstream:log")
+        assert [int(fields[b"s"]) for _id, fields in entries] == [1, 2]
+        seq: Any = client.get("metricstream:seq")
+        assert int(seq) == 2
+    finally:
+        client.close()
