@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from msgspec.structs import replace
+from textual.widgets import Static
 
 from metricstream.client import WebSocketConfig, WebSocketService
 from metricstream.dashboard.tui import STATE_COLOURS, ConnectionStatus, MetricsDashboard
@@ -288,6 +289,12 @@ async def test_dashboard_on_a_fakeai_server(fakeai: int) -> None:
             text = screen_text(app)
             assert "Connected" in text
             assert "Requests/s" in text
+            # FakeAI reports no cost and no stream share: "n/a", not "$0.00"
+            # or "0.0%"; its request total is derived from rates: "~".
+            assert app.store.state.metrics_unknown == {"total_cost", "streaming_percentage"}
+            assert str(app.query_one("#card-cost", Static).render()) == "n/a"
+            assert str(app.query_one("#card-streaming", Static).render()) == "n/a"
+            assert str(app.query_one("#card-requests", Static).render()).startswith("~")
             assert service.connection_info().parse_errors == 0
     finally:
         await service.aclose()

@@ -51,8 +51,11 @@ def test_empty_state_has_the_seeds_shape() -> None:
     assert state.connection_state == "DISCONNECTED"
     assert state.is_connected is False
     assert state.last_update is None
+    # The seed's fields, and what its sources could not measure.
     assert {f.name for f in dataclasses.fields(state)} == {
         "metrics",
+        "metrics_unknown",
+        "metrics_estimated",
         "models",
         "recent_requests",
         "recent_errors",
@@ -334,3 +337,19 @@ def test_invalid_sizes_and_intervals_raise_the_projects_config_error() -> None:
         store.error_monitor(max_size=0)
     with pytest.raises(ConfigError, match="history sizes"):
         StateReducer(max_recent_requests=0)
+
+
+def test_metrics_fields_a_source_cannot_measure_are_named_not_zeroed() -> None:
+    store = MetricsStore()
+    unknown = {
+        "unknown": ["total_cost", "streaming_percentage", 7],
+        "estimated": ["total_requests"],
+    }
+    store.apply(make_message(MessageType.METRICS_UPDATE, METRICS, sequence=1, metadata=unknown))
+    state = store.state
+    assert state.metrics_unknown == {"total_cost", "streaming_percentage"}
+    assert state.metrics_estimated == {"total_requests"}
+    # A later update from a source that measures everything clears them.
+    store.apply(make_message(MessageType.METRICS_UPDATE, METRICS, sequence=2))
+    assert store.state.metrics_unknown == frozenset()
+    assert store.state.metrics_estimated == frozenset()

@@ -44,9 +44,14 @@ class RealtimeMetricsState:
 
     ``recent_requests`` and ``recent_errors`` are newest first, like the seed's.
     ``last_update`` is the timestamp (ms) of the newest applied message.
+    ``metrics_unknown`` and ``metrics_estimated`` name the ``metrics`` fields
+    the source could not measure (shown as "n/a", never as a confident zero)
+    or only estimated, as its ``metadata`` said (the FakeAI dialect does).
     """
 
     metrics: MetricsUpdatePayload | None = None
+    metrics_unknown: frozenset[str] = frozenset()
+    metrics_estimated: frozenset[str] = frozenset()
     models: Mapping[str, ModelUpdatePayload] = dataclasses.field(default_factory=_empty)
     recent_requests: tuple[RequestUpdatePayload, ...] = ()
     recent_errors: tuple[ErrorUpdatePayload, ...] = ()
@@ -82,6 +87,8 @@ class StateReducer:
         self._models: OrderedDict[str, ModelUpdatePayload] = OrderedDict()
         self._rate_limits: OrderedDict[str, RateLimitUpdatePayload] = OrderedDict()
         self._singletons: dict[MessageType, Any] = {}
+        self._metrics_unknown: frozenset[str] = frozenset()
+        self._metrics_estimated: frozenset[str] = frozenset()
         # (type, key) -> (sequence, timestamp) of the value held.
         self._versions: dict[tuple[MessageType, str], tuple[int, int]] = {}
         self._last_update: int | None = None
@@ -93,6 +100,8 @@ class StateReducer:
         if snap is None:
             snap = self._snapshot = RealtimeMetricsState(
                 metrics=self._singletons.get(MessageType.METRICS_UPDATE),
+                metrics_unknown=self._metrics_unknown,
+                metrics_estimated=self._metrics_estimated,
                 models=MappingProxyType(dict(self._models)),
                 recent_requests=tuple(reversed(self._requests)),
                 recent_errors=tuple(reversed(self._errors)),
@@ -116,6 +125,7 @@ class StateReducer:
         self._models.clear()
         self._rate_limits.clear()
         self._singletons.clear()
+        self._metrics_unknown = self._metrics_estimated = frozenset()
         self._versions.clear()
         self._last_update = None
         self._snapshot = None
@@ -150,6 +160,10 @@ class StateReducer:
             if not self._newer(message, ""):
                 return False
             self._singletons[MessageType(mtype)] = data
+            if mtype == MessageType.METRICS_UPDATE:
+                metadata = message.metadata or {}
+                self._metrics_unknown = _field_names(metadata.get("unknown"))
+                self._metrics_estimated = _field_names(metadata.get("estimated"))
         else:
             return False
         self._touch(message.timestamp)
@@ -228,6 +242,13 @@ class StateReducer:
 
 
 # State messages with one value for the whole stream (the others are keyed).
+def _field_names(value: Any) -> frozenset[str]:
+    """The field names a metadata entry lists; anything else names none."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(v for v in value if isinstance(v, str))
+
+
 _SINGLETONS: Final = STATE_TYPES - {MessageType.MODEL_UPDATE, MessageType.RATE_LIMIT_UPDATE}
 
 

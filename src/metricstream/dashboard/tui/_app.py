@@ -197,7 +197,9 @@ class MetricsDashboard(App[None]):
     def _draw(self, state: RealtimeMetricsState) -> None:
         if self.paused:
             return
-        self.query_one(MetricsOverview).show(state.metrics)
+        self.query_one(MetricsOverview).show(
+            state.metrics, state.metrics_unknown, state.metrics_estimated
+        )
         if state.metrics is not None and state.metrics is not self._last_metrics:
             self._last_metrics = state.metrics
             self.query_one(TrendPanel).add(state.metrics)

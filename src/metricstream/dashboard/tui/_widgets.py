@@ -169,8 +169,17 @@ class MetricsOverview(Horizontal):
             card.border_title = title
             yield card
 
-    def show(self, metrics: MetricsUpdatePayload | None) -> None:
-        """Display one ``metrics_update``."""
+    def show(
+        self,
+        metrics: MetricsUpdatePayload | None,
+        unknown: frozenset[str] = frozenset(),
+        estimated: frozenset[str] = frozenset(),
+    ) -> None:
+        """Display one ``metrics_update``.
+
+        Fields in ``unknown`` read "n/a" (the source cannot measure them: a
+        zero there would be a lie); fields in ``estimated`` get a "~".
+        """
         if metrics is None:
             return
         values = {
@@ -184,7 +193,18 @@ class MetricsOverview(Horizontal):
             "tps": fmt_rate(metrics.tokens_per_second),
             "connections": str(metrics.active_connections),
         }
+        fields = {
+            "requests": "total_requests",
+            "tokens": "total_tokens",
+            "cost": "total_cost",
+            "streaming": "streaming_percentage",
+        }
         for key, value in values.items():
+            field = fields.get(key)
+            if field in unknown:
+                value = "n/a"
+            elif field in estimated:
+                value = f"~{value}"
             self.query_one(f"#card-{key}", Static).update(value)
 
 
