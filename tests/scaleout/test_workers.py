@@ -134,8 +134,10 @@ async def test_every_dashboard_sees_the_whole_fleet_even_after_a_worker_is_kille
                     30,
                 )
             # Percentiles over every worker's requests: the slow one is the max.
-            assert metrics["metadata"]["latency_max_ms"] >= 400
-            assert metrics["metadata"]["latency_p50_ms"] < 400
+            # (An event loop's timer may wake a fraction of a millisecond
+            # before the 400 ms it was asked for.)
+            assert metrics["metadata"]["latency_max_ms"] >= 395
+            assert metrics["metadata"]["latency_p50_ms"] < 395
             state = hub.snapshot()
             assert state.metrics is not None
             assert state.metrics.total_tokens == 3 * sum(sent.values())
