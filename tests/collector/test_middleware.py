@@ -22,6 +22,7 @@ from tests.support import scaled
 
 MODEL = "openai/gpt-oss-120b"
 _PRICE = ModelPrice(1.0, 2.0)
+LEAKY_ERROR = "key sk-live-0123456789abcdef rejected (Bearer abc.def.ghi, api_key=s3cr3t)"
 
 
 class Gate:
@@ -59,6 +60,10 @@ def build_app(collector: MetricsCollector, gate: Gate) -> FastAPI:
                 {"error": {"message": "Too many requests", "type": "rate_limit_exceeded"}},
                 status_code=429,
             )
+        if body.get("model") == "leaky":
+            # An upstream that quotes the credentials it was given.
+            error = {"message": LEAKY_ERROR, "type": "invalid_api_key"}
+            return JSONResponse({"error": error}, status_code=502)
         if body.get("model") == "verbose":
             # An upstream that puts a whole page into its error.
             error = {"message": "upstream said: " + "x" * 100_000, "type": "t" * 5000}
@@ -235,6 +240,23 @@ async def test_huge_error_texts_from_a_response_are_cut(
     (error,) = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
     assert len(error.error_message) == 2000
     assert len(error.error_type) == 200
+
+
+async def test_credentials_in_an_error_body_are_masked_on_the_stream(
+    served: tuple[str, MetricsCollector, Gate], publisher: RecordingPublisher
+) -> None:
+    url, _, _ = served
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "leaky"})
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == LEAKY_ERROR  # the client's own answer is intact
+    (record,) = _requests(publisher)
+    masked = "key sk-live*** rejected (Bearer ***, api_key=***)"
+    assert record.error_message == masked
+    (error,) = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
+    assert error.error_message == masked
+    for secret in ("0123456789abcdef", "abc.def.ghi", "s3cr3t"):
+        assert all(secret not in encode(m).decode() for m in publisher.messages)
 
 
 async def test_plain_requests_errors_and_exceptions_are_recorded(
