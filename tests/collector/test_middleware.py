@@ -281,14 +281,18 @@ async def test_plain_requests_errors_and_exceptions_are_recorded(
     assert (boom.status, boom.error_message) == ("error", "RuntimeError")
 
     errors = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
+    # Every failed request has its event, as through the proxy: a client
+    # error is "low", a rate limit "medium", an exception "critical".
     assert [(e.error_type, e.severity) for e in errors] == [
+        ("http_404", "low"),
         ("rate_limit_exceeded", "medium"),
         ("RuntimeError", "critical"),
     ]
-    assert errors[1].request_id == boom.id
+    assert errors[0].request_id == missing.id
+    assert errors[2].request_id == boom.id
     # Exception text and stack traces stay out of the stream by default.
     assert all("secret" not in encode(m).decode() for m in publisher.messages)
-    assert errors[1].stack_trace is None
+    assert errors[2].stack_trace is None
 
     snap = collector.snapshot()
     assert snap.metrics.total_requests == 6
@@ -340,12 +344,20 @@ async def test_stream_without_usage_is_estimated_from_content_events(
 ) -> None:
     url, _, _ = served
     async with httpx.AsyncClient(base_url=url) as client:
-        response = await client.post("/v1/split-stream", json={"model": "ignored"})
+        response = await client.post(
+            "/v1/split-stream",
+            json={"model": "asked", "messages": [{"role": "user", "content": "a" * 9}]},
+        )
     assert response.text.count("data: ") == 5
-    (record,) = _requests(publisher)
+    (message,) = publisher.of_type(MessageType.REQUEST_UPDATE)
+    record = message.data
     assert record.streaming is True
-    assert record.model == MODEL  # the response's model wins over the request's
-    assert (record.prompt_tokens, record.completion_tokens) == (0, 3)
+    # The name the client asked for wins over the response's (the price
+    # table and the reader know that one), as through the proxy.
+    assert record.model == "asked"
+    # Three content events; 9 characters of prompt at 4 a token: 3.
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 3)
+    assert message.metadata == {"usage_estimated": True}
 
 
 async def test_client_leaving_mid_stream_is_a_failed_request(
