@@ -79,33 +79,35 @@ _CHARS_PER_TOKEN: Final = 4
 
 
 # --- the fields read from an OpenAI-style completion or chunk ---------------
+# gc=False: they hold strings, numbers and each other, never a cycle, so the
+# garbage collector need not track the few thousand made per second.
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
     # Only whether there are any matters: the calls stay undecoded.
     tool_calls: list[msgspec.Raw] | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     finish_reason: str | None = None
     delta: _Delta | None = None
     text: str | None = None
 
 
-class _Error(msgspec.Struct):
+class _Error(msgspec.Struct, gc=False):
     message: str | None = None
     type: str | None = None
     code: str | int | None = None
 
 
-class _Completion(msgspec.Struct):
+class _Completion(msgspec.Struct, gc=False):
     id: str | None = None
     model: str | None = None
     usage: _Usage | None = None
