@@ -580,3 +580,41 @@ async def test_estimates_encodings_and_masking_in_the_records() -> None:
     message = error["data"]["error_message"]
     assert message == "rejected Bearer *** and api_key=***"
     assert error["data"]["error_type"] == "http_400"
+
+
+async def test_odd_events_pass_through_untouched_and_are_skipped_in_the_record() -> None:
+    # The middleware's reader is the same (tests/collector/test_exchange.py):
+    # no event, however odd, fails the response or the record.
+    odd = [
+        b"data: not json\n\n",
+        b"data: [1, 2]\n\n",
+        b'data: {"choices": "not a list"}\n\n',
+        b'data: {"usage": {"prompt_tokens": "5"}}\n\n',
+        b"data: {\xff\xfe}\n\n",
+    ]
+
+    async def handler(exchange: Exchange) -> Reply:
+        pieces = [sse_event("a"), *odd, sse_event("b", finish="stop"), b"data: [DONE]\n\n"]
+        return Reply(headers=[("Content-Type", "text/event-stream")], pieces=pieces, chunked=True)
+
+    async with (
+        StandIn(handler) as upstream,
+        running_proxy(upstream.url) as proxy,
+        watching(proxy) as stream,
+        _client(proxy.url) as http,
+    ):
+        response = await http.post(
+            "/v1/chat/completions",
+            json={"model": "m", "stream": True, "user": "ada"},
+            headers={"OpenAI-Organization": "org-x"},
+        )
+        [record] = await stream.until("request_update", 1)
+        [exchange] = upstream.exchanges
+    assert response.status_code == 200
+    assert response.content == bytes(exchange.sent_body)
+    data = record["data"]
+    assert data["status"] == "success"
+    assert data["completion_tokens"] == 2
+    assert data["finish_reason"] == "stop"
+    assert (data["user_id"], data["organization_id"]) == ("ada", "org-x")
+    assert record["metadata"] == {"usage_estimated": True}
