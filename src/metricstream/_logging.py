@@ -10,20 +10,21 @@ that stdout stays the command's output. uvicorn is then started with
 own: a second handler is what printed lines two or three times.
 
 Every record passes :class:`RedactFilter` on its way out: a ``token`` query
-parameter, an ``Authorization`` value or any secret registered with
-:func:`add_secret` is replaced by ``***``. uvicorn's access log prints request
-paths with their query, which is where a ``?token=`` would otherwise leak.
+parameter, an ``Authorization`` value, an API key or any secret registered
+with :func:`add_secret` is replaced by ``***`` (:mod:`metricstream._redact`).
+uvicorn's access log prints request paths with their query, which is where a
+``?token=`` would otherwise leak.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any, Literal, TextIO
 
+from . import _redact
 from .protocol.auth import TOKEN_SUBPROTOCOL_PREFIX, token_subprotocol
 
 __all__ = [
@@ -41,15 +42,6 @@ LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[str, ...] = ("text", "json")
 LOG_LEVELS: tuple[str, ...] = ("critical", "error", "warning", "info", "debug")
 
-REDACTED = "***"
-
-# ``token=...`` in a query (also percent-encoded or in a JSON-ish dump), and
-# the value after ``Bearer``; the value ends at a separator of either syntax.
-_QUERY_SECRET = re.compile(r"(?i)(\b(?:access_)?token=)[^&\s\"'#;,]+")
-_BEARER = re.compile(r"(?i)(\bbearer\s+)[^\s\"',;]+")
-_SUBPROTOCOL = re.compile(rf"(\b{re.escape(TOKEN_SUBPROTOCOL_PREFIX)})[A-Za-z0-9_\-]+")
-
-_secrets: set[str] = set()
 # The handler configure_logging installed, so a second call replaces it
 # instead of adding another (each handler prints every line once more).
 _handler: logging.Handler | None = None
@@ -58,19 +50,18 @@ _handler: logging.Handler | None = None
 def add_secret(secret: str) -> None:
     """Redact every later occurrence of ``secret`` in any log record."""
     if secret:
-        _secrets.add(secret)
+        _redact.add_secret(secret)
         # The form a browser sends it in, as a WebSocket subprotocol entry.
-        _secrets.add(token_subprotocol(secret).removeprefix(TOKEN_SUBPROTOCOL_PREFIX))
+        _redact.add_secret(token_subprotocol(secret).removeprefix(TOKEN_SUBPROTOCOL_PREFIX))
 
 
 def redact(text: str) -> str:
-    """``text`` with tokens, bearer values and registered secrets replaced by ``***``."""
-    text = _QUERY_SECRET.sub(rf"\g<1>{REDACTED}", text)
-    text = _BEARER.sub(rf"\g<1>{REDACTED}", text)
-    text = _SUBPROTOCOL.sub(rf"\g<1>{REDACTED}", text)
-    for secret in _secrets:
-        text = text.replace(secret, REDACTED)
-    return text
+    """``text`` with credentials and registered secrets replaced by ``***``.
+
+    The patterns are :func:`metricstream._redact.redact_text`'s, shared with
+    the client's URLs and the errors published on the stream.
+    """
+    return _redact.redact_text(text)
 
 
 class RedactFilter(logging.Filter):

@@ -22,6 +22,7 @@ from tests.support import scaled
 
 MODEL = "openai/gpt-oss-120b"
 _PRICE = ModelPrice(1.0, 2.0)
+LEAKY_ERROR = "key sk-live-0123456789abcdef rejected (Bearer abc.def.ghi, api_key=s3cr3t)"
 
 
 class Gate:
@@ -59,6 +60,10 @@ def build_app(collector: MetricsCollector, gate: Gate) -> FastAPI:
                 {"error": {"message": "Too many requests", "type": "rate_limit_exceeded"}},
                 status_code=429,
             )
+        if body.get("model") == "leaky":
+            # An upstream that quotes the credentials it was given.
+            error = {"message": LEAKY_ERROR, "type": "invalid_api_key"}
+            return JSONResponse({"error": error}, status_code=502)
         if body.get("model") == "verbose":
             # An upstream that puts a whole page into its error.
             error = {"message": "upstream said: " + "x" * 100_000, "type": "t" * 5000}
@@ -237,6 +242,23 @@ async def test_huge_error_texts_from_a_response_are_cut(
     assert len(error.error_type) == 200
 
 
+async def test_credentials_in_an_error_body_are_masked_on_the_stream(
+    served: tuple[str, MetricsCollector, Gate], publisher: RecordingPublisher
+) -> None:
+    url, _, _ = served
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/chat/completions", json={"model": "leaky"})
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == LEAKY_ERROR  # the client's own answer is intact
+    (record,) = _requests(publisher)
+    masked = "key sk-live*** rejected (Bearer ***, api_key=***)"
+    assert record.error_message == masked
+    (error,) = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
+    assert error.error_message == masked
+    for secret in ("0123456789abcdef", "abc.def.ghi", "s3cr3t"):
+        assert all(secret not in encode(m).decode() for m in publisher.messages)
+
+
 async def test_plain_requests_errors_and_exceptions_are_recorded(
     served: tuple[str, MetricsCollector, Gate], publisher: RecordingPublisher
 ) -> None:
@@ -259,14 +281,18 @@ async def test_plain_requests_errors_and_exceptions_are_recorded(
     assert (boom.status, boom.error_message) == ("error", "RuntimeError")
 
     errors = [m.data for m in publisher.of_type(MessageType.ERROR_UPDATE)]
+    # Every failed request has its event, as through the proxy: a client
+    # error is "low", a rate limit "medium", an exception "critical".
     assert [(e.error_type, e.severity) for e in errors] == [
+        ("http_404", "low"),
         ("rate_limit_exceeded", "medium"),
         ("RuntimeError", "critical"),
     ]
-    assert errors[1].request_id == boom.id
+    assert errors[0].request_id == missing.id
+    assert errors[2].request_id == boom.id
     # Exception text and stack traces stay out of the stream by default.
     assert all("secret" not in encode(m).decode() for m in publisher.messages)
-    assert errors[1].stack_trace is None
+    assert errors[2].stack_trace is None
 
     snap = collector.snapshot()
     assert snap.metrics.total_requests == 6
@@ -318,12 +344,20 @@ async def test_stream_without_usage_is_estimated_from_content_events(
 ) -> None:
     url, _, _ = served
     async with httpx.AsyncClient(base_url=url) as client:
-        response = await client.post("/v1/split-stream", json={"model": "ignored"})
+        response = await client.post(
+            "/v1/split-stream",
+            json={"model": "asked", "messages": [{"role": "user", "content": "a" * 9}]},
+        )
     assert response.text.count("data: ") == 5
-    (record,) = _requests(publisher)
+    (message,) = publisher.of_type(MessageType.REQUEST_UPDATE)
+    record = message.data
     assert record.streaming is True
-    assert record.model == MODEL  # the response's model wins over the request's
-    assert (record.prompt_tokens, record.completion_tokens) == (0, 3)
+    # The name the client asked for wins over the response's (the price
+    # table and the reader know that one), as through the proxy.
+    assert record.model == "asked"
+    # Three content events; 9 characters of prompt at 4 a token: 3.
+    assert (record.prompt_tokens, record.completion_tokens) == (3, 3)
+    assert message.metadata == {"usage_estimated": True}
 
 
 async def test_client_leaving_mid_stream_is_a_failed_request(

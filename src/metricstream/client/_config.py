@@ -14,8 +14,9 @@ import ssl as _ssl
 import types as _types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from .._redact import redact_url as redact_url  # re-exported: the client masks its URL with it
 from ..exceptions import ConfigError
 from ..protocol import (
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -129,20 +130,6 @@ def _headers(
             raise ConfigError("give either token or an Authorization header, not both")
         checked[name] = text
     return _types.MappingProxyType(checked)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with the value of a ``token`` query parameter (and a password) hidden."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    if any(k == "token" for k, _ in query):
-        parts = parts._replace(
-            query=urlencode([(k, "***" if k == "token" else v) for k, v in query], safe=",*")
-        )
-    if parts.password is not None:
-        netloc = parts.netloc.rpartition("@")
-        parts = parts._replace(netloc=f"{parts.username}:***@{netloc[2]}")
-    return urlunsplit(parts)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True, repr=False)

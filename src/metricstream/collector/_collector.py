@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Protocol, get_args
 
+from .._redact import redact_text
 from ..exceptions import ConfigError
 from ..protocol import (
     CostUpdatePayload,
@@ -572,7 +573,9 @@ class MetricsCollector:
         mean ITL feed the rolling percentiles of ``metrics_update`` and
         ``model_update``. ``usage_estimated`` says the token counts were
         estimated rather than reported; the message then carries
-        ``"usage_estimated": true`` in its ``metadata``.
+        ``"usage_estimated": true`` in its ``metadata``. Credentials in
+        ``error_message`` (keys, bearer values, tokens) are masked before it
+        is published (:func:`metricstream._redact.redact_text`).
 
         Returns the payload published. Raises :class:`InvalidMetricError` for
         an invalid value, before anything is recorded.
@@ -585,6 +588,11 @@ class MetricsCollector:
         if status not in _STATUSES:
             raise InvalidMetricError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
         _check_optional_str("error_message", error_message)
+        if error_message is not None:
+            # Every publisher's error text is masked here, once: upstream
+            # bodies and exception messages may quote a credential, and the
+            # stream reaches every dashboard.
+            error_message = redact_text(error_message)
         _check_optional_str("user_id", user_id)
         _check_optional_str("organization_id", organization_id)
         _check_optional_str("request_id", request_id)
@@ -710,7 +718,8 @@ class MetricsCollector:
         """Record one error and publish its ``error_update``.
 
         Errors recorded here are events: they do not change ``error_rate``,
-        which counts requests recorded with ``status="error"``.
+        which counts requests recorded with ``status="error"``. Credentials
+        in ``error_message`` and ``stack_trace`` are masked before publishing.
         """
         _check_name("error_type", error_type)
         if not isinstance(error_message, str):
@@ -722,6 +731,10 @@ class MetricsCollector:
             )
         _check_optional_str("request_id", request_id)
         _check_optional_str("stack_trace", stack_trace)
+        # Masked here for every publisher, like record_request's error_message.
+        error_message = redact_text(error_message)
+        if stack_trace is not None:
+            stack_trace = redact_text(stack_trace)
         payload = ErrorUpdatePayload(
             error_type=error_type,
             error_message=error_message,

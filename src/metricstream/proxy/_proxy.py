@@ -12,19 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import httpx
 import msgspec
 
 from ..collector import MetricsCollector
-from ..collector._middleware import _Exchange
+from ..collector._exchange import (
+    ASGIApp,
+    Exchange,
+    Message,
+    Outcome,
+    Receive,
+    Scope,
+    Send,
+    record_exchange,
+)
 from ..exceptions import ConfigError
-from ..protocol.messages import ErrorSeverity
 from ._upstream import (
     UpstreamBrokenError,
     UpstreamClient,
@@ -41,12 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Connection-specific header fields (RFC 9110 §7.6.1, plus the
 #: ``Proxy-Connection`` and ``Keep-Alive`` of older clients): they describe
@@ -71,27 +72,11 @@ HOP_BY_HOP: Final = frozenset(
 _REQUEST_DROP: Final = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
 _RESPONSE_DROP: Final = HOP_BY_HOP
 
-# Texts from upstream error bodies go into every dashboard: cut, and with
-# anything that looks like a credential masked.
-_MAX_ERROR_MESSAGE: Final = 500
 _MAX_NAME: Final = 200
 # Bytes of one upstream's model list read for merging (a list is a few KiB).
 _MAX_LISTING: Final = 16 << 20
-_SECRET: Final = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-*]+|((?:bearer|api[_-]?key)[\s:=]+)\S+", re.IGNORECASE
-)
 _json: Final = msgspec.json.Decoder()
 _encode: Final = msgspec.json.Encoder()
-# Characters per token when the upstream reported no usage (a rough,
-# widely used rule of thumb for English text).
-_CHARS_PER_TOKEN: Final = 4
-
-
-def _mask(text: str) -> str:
-    return _SECRET.sub(
-        lambda m: (m.group(1) + "***") if m.group(1) else (m.group(2) + "***"),
-        text[: _MAX_ERROR_MESSAGE * 2],
-    )[:_MAX_ERROR_MESSAGE]
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -139,11 +124,11 @@ def _error_body(status: int, kind: str, message: str) -> bytes:
 
 
 class _Inspector:
-    """A copy of the response, decompressed when needed, fed to an _Exchange."""
+    """A copy of the response, decompressed when needed, fed to an Exchange."""
 
     __slots__ = ("decompress", "enabled", "exchange", "limit")
 
-    def __init__(self, exchange: _Exchange, encoding: str, limit: int) -> None:
+    def __init__(self, exchange: Exchange, encoding: str, limit: int) -> None:
         self.exchange = exchange
         self.limit = limit
         self.enabled = True
@@ -157,16 +142,7 @@ class _Inspector:
     def feed(self, chunk: bytes, clock: Callable[[], float]) -> None:
         if self.decompress is not None:
             chunk = self.decompress.decompress(chunk, self.limit)
-        exchange = self.exchange
-        if exchange.response_kind == "sse":
-            exchange.feed_sse(chunk, clock)
-        elif exchange.response_kind == "json":
-            buffer = exchange.response_body
-            if buffer is not None:
-                if len(buffer) + len(chunk) > self.limit:
-                    exchange.response_body = None  # too big to be a completion worth reading
-                else:
-                    buffer += chunk
+        self.exchange.feed(chunk, clock)
 
 
 class _Request:
@@ -177,21 +153,22 @@ class _Request:
         "body",
         "exchange",
         "inspector",
+        "organization",
         "outcome",
         "path",
         "request_id",
         "started",
     )
 
-    def __init__(self, path: str, body: bytes, started: float) -> None:
+    def __init__(self, path: str, body: bytes, started: float, limit: int) -> None:
         self.path = path
         self.body = body
         self.started = started
-        self.exchange = _Exchange(capture_request=False)
+        self.exchange = Exchange(limit)
         self.inspector: _Inspector | None = None
-        # "ok", "cancelled", "unreachable", "timeout" or "broken".
-        self.outcome = "ok"
+        self.outcome: Outcome = "ok"
         self.request_id: str | None = None
+        self.organization: str | None = None
         self._decoded: dict[str, Any] | None = None
 
     def request(self) -> dict[str, Any]:
@@ -312,7 +289,10 @@ class RecordingProxy:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        state = _Request(path, body, started)
+        state = _Request(path, body, started, self.max_capture_bytes)
+        for key, value in scope["headers"]:
+            if key.lower() == b"openai-organization":
+                state.organization = value.decode("latin-1")
         base = self.upstream
         if self.routes:
             base = self._route(state)
@@ -592,103 +572,27 @@ class RecordingProxy:
             logger.exception("recording a proxied request failed")
 
     def _start_inspection(self, state: _Request, response: UpstreamResponse) -> None:
-        content_type = response.header("content-type").lower()
         exchange = state.exchange
-        if "text/event-stream" in content_type:
-            exchange.response_kind = "sse"
-        elif "json" in content_type:
-            exchange.response_kind = "json"
-            exchange.response_body = bytearray()
-        else:
+        exchange.start_response(response.status_code, response.header("content-type"))
+        if not exchange.response_kind:
             return
         encoding = response.header("content-encoding").strip().lower()
         state.inspector = _Inspector(exchange, encoding, self.max_capture_bytes)
 
     def _record(self, state: _Request, finished: float) -> None:
-        exchange = state.exchange
-        request = state.request()
-        if exchange.response_kind == "json" and exchange.response_body:
-            try:
-                obj = _json.decode(bytes(exchange.response_body))
-            except msgspec.DecodeError:
-                obj = None
-            if isinstance(obj, dict):
-                exchange.take_completion(obj)
-        requested = request.get("model")
-        # The name the client asked for: it is the one the price table (and
-        # the person reading the dashboard) knows; the upstream may answer
-        # with a dated variant of it.
-        model = requested if isinstance(requested, str) and requested else exchange.model
-        model = (model or "(none)")[:_MAX_NAME]
-        streaming = exchange.response_kind == "sse"
-        prompt_tokens = exchange.prompt_tokens
-        completion_tokens = exchange.completion_tokens
-        estimated = False
-        if streaming and not exchange.usage_seen and exchange.status < 400:
-            estimated = True
-            completion_tokens = exchange.content_events
-            prompt_tokens = _estimate_prompt_tokens(request)
-        outcome = state.outcome
-        status = exchange.status
-        error_message: str | None = None
-        finish_reason = exchange.finish_reason
-        if outcome == "cancelled":
-            error_message = "client disconnected"
-            finish_reason = "cancelled"
-        elif outcome == "timeout":
-            error_message = "upstream timed out"
-        elif outcome == "unreachable":
-            error_message = "upstream unreachable"
-        elif outcome == "broken":
-            error_message = "upstream connection lost mid-response"
-        elif status >= 400 or exchange.error_message is not None:
-            error_message = _mask(exchange.error_message or f"HTTP {status}")
-        ttft, gaps, itl_mean = exchange.timings(state.started) if streaming else (None, None, None)
-        if gaps is not None and exchange.gap_count > len(gaps):
-            gaps = None  # percentiles over a prefix would mislead; the mean is exact
-        request_id = exchange.request_id or state.request_id
-        recorded = self.collector.record_request(
-            model,
-            prompt_tokens,
-            completion_tokens,
-            max(0.0, (finished - state.started) * 1000),
-            streaming=streaming,
-            status="error" if error_message is not None else "success",
-            error_message=error_message,
-            ttft_ms=ttft,
-            itl_ms=itl_mean,
-            itl_samples_ms=gaps,
-            finish_reason=finish_reason,
-            request_id=request_id[:_MAX_NAME] if request_id else None,
+        record_exchange(
+            self.collector,
+            state.exchange,
+            request=state.request(),
+            started=state.started,
+            finished=finished,
             service=state.path,
             endpoint=state.path,
-            user_id=_user(request),
-            usage_estimated=estimated,
+            default_model="(none)",
+            outcome=state.outcome,
+            request_id=state.request_id,
+            organization=state.organization,
         )
-        if outcome == "cancelled":
-            self.collector.record_error(
-                "client_disconnected",
-                "client disconnected before the response was complete",
-                model=model,
-                severity="low",
-                request_id=recorded.id,
-            )
-        elif outcome != "ok":
-            self.collector.record_error(
-                f"upstream_{outcome}",
-                error_message or outcome,
-                model=model,
-                severity="high",
-                request_id=recorded.id,
-            )
-        elif error_message is not None:
-            error_type = exchange.error_type or f"http_{status}"
-            severity: ErrorSeverity = (
-                "high" if status >= 500 else "medium" if status == 429 else "low"
-            )
-            self.collector.record_error(
-                error_type, error_message, model=model, severity=severity, request_id=recorded.id
-            )
 
 
 async def _disconnect(receive: Receive) -> Message:
@@ -709,30 +613,3 @@ def _model_list(body: bytes) -> list[dict[str, Any]] | None:
     if not isinstance(data, list):
         return None
     return [entry for entry in data if isinstance(entry, dict)]
-
-
-def _user(request: dict[str, Any]) -> str | None:
-    user = request.get("user")
-    return user[:_MAX_NAME] if isinstance(user, str) and user else None
-
-
-def _estimate_prompt_tokens(request: dict[str, Any]) -> int:
-    """Prompt tokens from the request's text, at ~4 characters a token."""
-    chars = 0
-    messages = request.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                for part in content:
-                    text = part.get("text") if isinstance(part, dict) else None
-                    if isinstance(text, str):
-                        chars += len(text)
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        chars += len(prompt)
-    elif isinstance(prompt, list):
-        chars += sum(len(p) for p in prompt if isinstance(p, str))
-    return -(-chars // _CHARS_PER_TOKEN)
