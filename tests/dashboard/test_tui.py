@@ -115,6 +115,20 @@ async def test_main_screen_snapshot() -> None:
     check_snapshot("main", text)
 
 
+async def test_kv_cache_usage_shows_only_when_an_engine_reports_it() -> None:
+    for usage, shown in ((None, False), (73.5, True)):
+        store = MetricsStore()
+        kv = replace(KV, usage_percentage=usage)
+        store.apply(make_message(MessageType.KV_CACHE_UPDATE, kv, sequence=1))
+        app = MetricsDashboard(store)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            text = screen_text(app)
+        assert "Hit rate" in text
+        assert ("Usage" in text) is shown
+        assert ("73.5%" in text) is shown
+
+
 async def test_help_screen_snapshot_and_keys() -> None:
     store = recorded_store()
     app = MetricsDashboard(store)

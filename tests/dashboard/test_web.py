@@ -738,3 +738,35 @@ def test_connecting_state_and_a_gap_answered_by_a_resume(
         assert figures == {"gaps": 0, "last": 5, "resumes": 1}
         page.close()
     assert console.errors == []
+
+
+def test_kv_cache_usage_bar_appears_only_when_an_engine_reports_it(
+    open_page: Callable[..., tuple[Page, Console]],
+) -> None:
+    kv = {
+        "cache_hits": 40,
+        "cache_misses": 10,
+        "hit_rate": 80.0,
+        "cache_size_bytes": 1024,
+        "cache_entries": 3,
+        "evictions": 0,
+        "avg_lookup_time_ms": 0.1,
+    }
+
+    async def stream(ws: WebSocket, script: Scripted) -> None:
+        await send(ws, init("epoch-kv", 1, resumed=False), message("kv_cache_update", 2, kv))
+        await script.wait_gate("usage")
+        await send(ws, message("kv_cache_update", 3, {**kv, "usage_percentage": 93.5}))
+        await script.wait_gate("done")
+
+    with Scripted([stream]) as server:
+        page, console = open_page(server.base + "/")
+        usage = "document.querySelectorAll('#kv-cache .bar-row')[1]"
+        wait_in_page(page, f"{usage}.hidden === true", 10, "no usage bar without a figure")
+        server.gate("usage").set()
+        wait_in_page(page, f"{usage}.hidden === false", 10, "the usage bar")
+        assert page.evaluate(f"() => {usage}.querySelector('.bar-value').textContent") == "93.5%"
+        level = page.evaluate(f"() => {usage}.querySelector('.bar-fill').dataset.level")
+        assert level == "bad"
+        server.gate("done").set()
+        assert console.errors == []

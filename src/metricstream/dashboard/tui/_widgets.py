@@ -403,6 +403,10 @@ class KVCachePanel(Static):
             return
         text = Text("Hit rate ")
         text.append_text(_bar(cache.hit_rate, width=16, higher_is_better=True))
+        if cache.usage_percentage is not None:
+            # Pool usage: only engines report it (scraped vLLM, SGLang, TGI).
+            text.append("\nUsage    ")
+            text.append_text(_bar(cache.usage_percentage, width=16))
         text.append(
             f"\nHits {fmt_count(cache.cache_hits)} · misses {fmt_count(cache.cache_misses)}"
             f"\nEntries {fmt_count(cache.cache_entries)} · {fmt_bytes(cache.cache_size_bytes)}"

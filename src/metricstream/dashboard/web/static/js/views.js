@@ -444,6 +444,8 @@ export class SystemHealth {
 export class KVCachePanel {
   constructor(root) {
     this.hit = bar("Hit rate");
+    // Pool usage: only engines report it (scraped vLLM, SGLang, TGI).
+    this.usage = bar("Usage");
     this.values = new Map();
     const facts = el("dl", "kv compact");
     for (const [key, label] of [
@@ -458,12 +460,17 @@ export class KVCachePanel {
       this.values.set(key, dd);
       facts.append(el("dt", "", label), dd);
     }
-    root.replaceChildren(this.hit, facts);
+    root.replaceChildren(this.hit, this.usage, facts);
   }
 
   render(store) {
     const k = store.kvCache || {};
     setBar(this.hit, k.hit_rate / 100, fmt.percent(k.hit_rate), "ok");
+    this.usage.hidden = !finite(k.usage_percentage);
+    if (finite(k.usage_percentage)) {
+      const fill = level(k.usage_percentage, 70, 90);
+      setBar(this.usage, k.usage_percentage / 100, fmt.percent(k.usage_percentage), fill);
+    }
     const v = this.values;
     setText(v.get("cache_hits"), fmt.integer(k.cache_hits));
     setText(v.get("cache_misses"), fmt.integer(k.cache_misses));
