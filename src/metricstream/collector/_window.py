@@ -1,9 +1,11 @@
 """Rolling windows: time-bucketed sums and bounded latency samples.
 
-Recording is O(1): one bucket update, or one deque append. Reading walks the
-buckets still inside the window (``window / resolution`` of them, 60 by
-default) once per publishing interval, so sums are recomputed from the buckets
-rather than kept as running totals that would drift under float subtraction.
+Recording is O(1): one bucket update, plus one deque append for a sample.
+Reading walks the buckets still inside the window (``window / resolution`` of
+them, 60 by default) once per publishing interval, so sums are recomputed from
+the buckets rather than kept as running totals that would drift under float
+subtraction. All three windows share one bucket ring (:class:`_BucketRing`),
+so they agree on when an event leaves and on what a clock that steps back does.
 """
 
 from __future__ import annotations
@@ -55,21 +57,41 @@ class _BucketRing(Generic[_T]):
     :meth:`current` is on the recording hot path and is nearly always a hit.
     """
 
-    __slots__ = ("_buckets", "_factory", "_newest", "_newest_index", "_span", "_window")
+    __slots__ = (
+        "_buckets",
+        "_expire_on_open",
+        "_factory",
+        "_max_buckets",
+        "_newest",
+        "_newest_index",
+        "_span",
+        "_window",
+    )
 
-    def __init__(self, window: float, span: float, factory: Callable[[], _T]) -> None:
+    def __init__(
+        self,
+        window: float,
+        span: float,
+        factory: Callable[[], _T],
+        *,
+        expire_on_open: bool = True,
+        max_buckets: int | None = None,
+    ) -> None:
         self._window = window
         self._span = span
         self._factory = factory
+        self._expire_on_open = expire_on_open
+        self._max_buckets = max_buckets
         self._buckets: deque[tuple[int, _T]] = deque()
         self._newest_index = _NO_INDEX
         self._newest: _T | None = None
 
-    def current(self, now: float, *, expire: bool = True) -> _T:
+    def current(self, now: float) -> _T:
         """The bucket that takes an event at ``now``, opened if needed.
 
-        Opening a bucket also drops the expired ones when ``expire`` is set,
-        which bounds memory by the number of buckets in a window.
+        Opening a bucket also drops the expired ones (unless the ring was made
+        with ``expire_on_open=False``), which bounds memory by the number of
+        buckets in a window, and the oldest past ``max_buckets`` if given.
         """
         index = math.floor(now / self._span)
         newest = self._newest
@@ -79,8 +101,10 @@ class _BucketRing(Generic[_T]):
         self._buckets.append((index, newest))
         self._newest_index = index
         self._newest = newest
-        if expire:
+        if self._expire_on_open:
             self.expire(now)
+        if self._max_buckets is not None and len(self._buckets) > self._max_buckets:
+            self._buckets.popleft()
         return newest
 
     def expire(self, now: float) -> None:
@@ -98,16 +122,6 @@ class _BucketRing(Generic[_T]):
         self.expire(now)
         for _, bucket in self._buckets:
             yield bucket
-
-    def oldest(self) -> _T | None:
-        """The oldest bucket kept, expired or not; ``None`` when there is none."""
-        return self._buckets[0][1] if self._buckets else None
-
-    def drop_oldest(self) -> None:
-        """Forget the oldest bucket (one emptied by a size bound)."""
-        self._buckets.popleft()
-        if not self._buckets:
-            self._forget_newest()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -223,6 +237,11 @@ def nearest_rank(ordered: Sequence[float], percentile: float) -> float:
     return _nearest_rank(ordered, percentile)
 
 
+def _one_count() -> list[int]:
+    # A bucket of RollingSamples: how many values it received, mutable in place.
+    return [0]
+
+
 class RollingSamples:
     """The values recorded in the last ``window`` seconds, for percentiles.
 
@@ -230,42 +249,46 @@ class RollingSamples:
     so both describe the same requests. Memory is bounded by ``max_samples``:
     past it the oldest samples are dropped first, so under very heavy traffic
     the percentiles describe the most recent ``max_samples`` values of the
-    window rather than all of them.
+    window rather than all of them. A value recorded on a clock that stepped
+    back is counted in the newest bucket and leaves with it, as in
+    :class:`RollingWindow`.
     """
 
-    __slots__ = ("_count", "_max_samples", "_ring")
+    __slots__ = ("_ring", "_values")
 
     def __init__(self, window: float, resolution: float, max_samples: int = 10_000) -> None:
         window = _check_span("window", window)
         span = _check_span("resolution", resolution)
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
             raise ConfigError(f"max_samples must be an integer >= 1, got {max_samples!r}")
-        self._max_samples = max_samples
-        self._count = 0
-        self._ring: _BucketRing[deque[float]] = _BucketRing(window, span, deque)
+        # The values sit in one bounded deque, in the order recorded, so that
+        # dropping the oldest past ``max_samples`` costs nothing on the hot
+        # path; the ring only counts how many each bucket received. Those
+        # counts say how many of the newest values are still in the window.
+        self._values: deque[float] = deque(maxlen=max_samples)
+        # Expiry waits for the next read, as the values' does. A bucket older
+        # than the newest ``max_samples`` buckets has lost all its values (each
+        # holds at least one), so dropping it changes no figure.
+        self._ring: _BucketRing[list[int]] = _BucketRing(
+            window, span, _one_count, expire_on_open=False, max_buckets=max_samples
+        )
 
     def add(self, now: float, value: float) -> None:
         """Record ``value`` at time ``now``."""
-        # Expiry waits for the next read: recording stays one append, and
-        # ``max_samples`` already bounds the memory held.
-        self._ring.current(now, expire=False).append(value)
-        self._count += 1
-        if self._count > self._max_samples:
-            self._drop_oldest_sample()
+        self._values.append(value)
+        self._ring.current(now)[0] += 1
 
-    def _drop_oldest_sample(self) -> None:
-        ring = self._ring
-        oldest = ring.oldest()
-        assert oldest is not None  # the count says a sample is held
-        oldest.popleft()
-        self._count -= 1
-        if not oldest:
-            ring.drop_oldest()
+    def _live_values(self, now: float) -> deque[float]:
+        live = sum(count[0] for count in self._ring.live(now))
+        values = self._values
+        # Anything before the newest ``live`` values has left the window.
+        for _ in range(len(values) - live):
+            values.popleft()
+        return values
 
     def stats(self, now: float) -> LatencyStats:
         """Count, average, extremes and p50/p90/p95/p99 of the samples in the window."""
-        ordered = sorted(value for bucket in self._ring.live(now) for value in bucket)
-        self._count = len(ordered)
+        ordered = sorted(self._live_values(now))
         if not ordered:
             return LatencyStats()
         return LatencyStats(
