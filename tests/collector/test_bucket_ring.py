@@ -125,6 +125,7 @@ _ops = st.lists(
 @given(ops=_ops)
 def test_rolling_window_matches_a_naive_reference(ops: list[tuple[str, float, int]]) -> None:
     window = RollingWindow(_WINDOW, _SPAN)
+    assert window.window == _WINDOW
     events: list[tuple[float, int]] = []
     now = 1000.0
     for op, gap, value in ops:
