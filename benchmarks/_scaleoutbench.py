@@ -226,7 +226,7 @@ def bench_redis(cfg: Config) -> list[Row]:
 
 def bench_redis_storm(cfg: Config) -> list[Row]:
     """Every client of a SIGKILLed node resumes on the other node."""
-    from ._suite import _loadgen, _server
+    from ._suite import _await_storm, _loadgen, _server, storm_integrity_rows
 
     clients = cfg.storm_clients
     with (
@@ -241,11 +241,7 @@ def bench_redis_storm(cfg: Config) -> list[Row]:
         cpu0 = b.cpu_seconds()
         a.kill()
         gen.ask(f"move {port_b} 0")
-        deadline = time.monotonic() + cfg.storm_timeout
-        status = gen.ask("storm")
-        while status["caught_up"] < clients and time.monotonic() < deadline:
-            time.sleep(0.1)
-            status = gen.ask("storm")
+        status = _await_storm(gen, clients, cfg.storm_timeout)
         storm_cpu = b.cpu_seconds() - cpu0
         time.sleep(min(1.0, cfg.warmup))
         final = gen.ask("storm")
@@ -261,23 +257,7 @@ def bench_redis_storm(cfg: Config) -> list[Row]:
             passed=done,
             details=final,
         ),
-        Row(
-            "redis storm",
-            "gaps seen (messages missing)",
-            float(final["gaps"]),
-            "",
-            target="0",
-            passed=final["gaps"] == 0 and final["snapshots_after_drop"] == 0,
-            details={"missing": final["missing"], "snapshots": final["snapshots_after_drop"]},
-        ),
-        Row(
-            "redis storm",
-            "duplicates seen",
-            float(final["duplicates"]),
-            "",
-            target="0",
-            passed=final["duplicates"] == 0,
-        ),
+        *storm_integrity_rows("redis storm", final),
     ]
 
 

@@ -521,11 +521,7 @@ def bench_resume_storm(cfg: Config) -> list[Row]:
         gen.ask("mark")
         cpu0 = server.cpu_seconds()
         gen.ask(f"drop {cfg.storm_outage}")
-        deadline = time.monotonic() + cfg.storm_timeout
-        status = gen.ask("storm")
-        while status["caught_up"] < clients and time.monotonic() < deadline:
-            time.sleep(0.1)
-            status = gen.ask("storm")
+        status = _await_storm(gen, clients, cfg.storm_timeout)
         storm_cpu = server.cpu_seconds() - cpu0
         # A little longer, so that late duplicates or gaps would be seen too.
         time.sleep(min(1.0, cfg.warmup))
@@ -547,8 +543,25 @@ def bench_resume_storm(cfg: Config) -> list[Row]:
             details=final,
         ),
         Row("resume storm", "messages replayed", float(final["replayed"]), "msgs"),
+        *storm_integrity_rows("resume storm", final),
+    ]
+
+
+def _await_storm(gen: Any, clients: int, timeout: float) -> dict[str, Any]:
+    """Poll the load generator's storm status until every client caught up, or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = gen.ask("storm")
+    while status["caught_up"] < clients and time.monotonic() < deadline:
+        time.sleep(0.1)
+        status = gen.ask("storm")
+    return status
+
+
+def storm_integrity_rows(name: str, final: dict[str, Any]) -> list[Row]:
+    """The rows of a resume storm's gaps and duplicates, both required to be zero."""
+    return [
         Row(
-            "resume storm",
+            name,
             "gaps seen (messages missing)",
             float(final["gaps"]),
             "",
@@ -557,7 +570,7 @@ def bench_resume_storm(cfg: Config) -> list[Row]:
             details={"missing": final["missing"], "snapshots": final["snapshots_after_drop"]},
         ),
         Row(
-            "resume storm",
+            name,
             "duplicates seen",
             float(final["duplicates"]),
             "",
