@@ -46,6 +46,11 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+# The waits below poll every POLL seconds: process exit of a non-child and a
+# port answering have no event this test could wait on.
+POLL = 0.05
+
+
 def healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
@@ -56,7 +61,9 @@ def healthy(port: int) -> bool:
 
 def server_child(demo: subprocess.Popen[bytes], port: int) -> int:
     """Wait for the demo's server to answer; return its pid."""
-    wait_until_sync(lambda: demo.poll() is not None or healthy(port), 60, "the demo server")
+    wait_until_sync(
+        lambda: demo.poll() is not None or healthy(port), 60, "the demo server", interval=POLL
+    )
     assert demo.poll() is None, "the demo exited early"
     servers = [pid for pid in children_of(demo.pid) if alive(pid)]
     assert len(servers) == 1, servers
@@ -95,7 +102,9 @@ def test_the_server_dies_with_the_demo(how: signal.Signals) -> None:
         demo.send_signal(how)
         demo.wait(timeout=scaled(30))
         gone = server
-        wait_until_sync(lambda: not alive(gone), 30, f"the server to exit after {how.name}")
+        wait_until_sync(
+            lambda: not alive(gone), 30, f"the server to exit after {how.name}", interval=POLL
+        )
         assert not healthy(port)
     finally:
         if demo.poll() is None:
@@ -139,7 +148,9 @@ def test_q_in_the_terminal_dashboard_stops_the_server() -> None:
     server: int | None = None
     try:
         server = server_child(demo, port)
-        wait_until_sync(lambda: b"metricstream" in screen, 60, "the dashboard to draw")
+        wait_until_sync(
+            lambda: b"metricstream" in screen, 60, "the dashboard to draw", interval=POLL
+        )
 
         def quit_pressed() -> bool:
             if demo.poll() is not None:
@@ -148,10 +159,10 @@ def test_q_in_the_terminal_dashboard_stops_the_server() -> None:
             return False
 
         # The dashboard reads keys once it is ready; press q until it is.
-        wait_until_sync(quit_pressed, 60, "the dashboard to quit on q")
+        wait_until_sync(quit_pressed, 60, "the dashboard to quit on q", interval=POLL)
         assert demo.wait(timeout=scaled(30)) == 0
         gone = server
-        wait_until_sync(lambda: not alive(gone), 30, "the server to exit after q")
+        wait_until_sync(lambda: not alive(gone), 30, "the server to exit after q", interval=POLL)
         assert not healthy(port)
     finally:
         if demo.poll() is None:
