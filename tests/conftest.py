@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, settings
 
-from .support import free_port, require, require_executable, scaled
+from .support import answers, free_port, require, require_executable, wait_until
 
 # CI runs more examples; a developer's loop stays quick.
 settings.register_profile("ci", max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -41,19 +41,17 @@ class FakeAI:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        async with httpx.AsyncClient() as http, asyncio.timeout(scaled(60)):
-            while True:
+        async with httpx.AsyncClient() as http:
+
+            async def started() -> bool:
                 if process.returncode is not None:
                     assert process.stderr is not None
                     tail = (await process.stderr.read()).decode(errors="replace")[-400:]
                     require(False, f"the FakeAI server exited at startup: {tail}")
-                try:
-                    if (await http.get(f"http://127.0.0.1:{self.port}/health")).is_success:
-                        return
-                except httpx.TransportError:
-                    pass
-                # Polling: the server announces readiness only by answering.
-                await asyncio.sleep(0.1)
+                return await answers(http, f"http://127.0.0.1:{self.port}/health")
+
+            # Polling: the server announces readiness only by answering.
+            await wait_until(started, 60, "the FakeAI server to answer", interval=0.1)
 
     async def kill(self) -> None:
         """SIGKILL it (FakeAI ignores SIGTERM) and reap it."""

@@ -8,23 +8,36 @@ fails instead, so CI can never pass by skipping.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import shutil
 import socket
-from collections.abc import Callable
+import ssl
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import pytest
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = [
     "TIMEOUT_FACTOR",
+    "answers",
     "fakeai_chat",
     "free_port",
     "require",
     "require_executable",
     "scaled",
+    "wait_healthy",
     "wait_until",
+    "wait_until_sync",
 ]
+
+T = TypeVar("T")
 
 #: Multiply every test deadline by this (``METRICSTREAM_TEST_TIMEOUT_FACTOR``),
 #: for slow or loaded machines.
@@ -36,18 +49,88 @@ def scaled(seconds: float) -> float:
     return seconds * TIMEOUT_FACTOR
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 5.0, what: str = "") -> None:
-    """Wait until ``condition()`` holds; fail after ``within`` seconds, scaled.
+@overload
+async def wait_until(
+    condition: Callable[[], Awaitable[T]],
+    within: float = ...,
+    what: str = ...,
+    *,
+    interval: float = ...,
+) -> T: ...
+@overload
+async def wait_until(
+    condition: Callable[[], T], within: float = ..., what: str = ..., *, interval: float = ...
+) -> T: ...
+async def wait_until(
+    condition: Callable[[], Any], within: float = 5.0, what: str = "", *, interval: float = 0.005
+) -> Any:
+    """Wait until ``condition()`` is truthy and return that value; fail after
+    ``within`` seconds, scaled.
 
-    Polls, briefly: the conditions are statistics and states that no event
-    announces. Where an event exists, await the event instead.
+    ``condition`` may be a coroutine function (a probe of a server that says
+    it is ready only by answering). Polls, every ``interval`` seconds: the
+    conditions are statistics and states that no event announces. Where an
+    event exists, await the event instead.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + scaled(within)
-    while not condition():
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
         if loop.time() > deadline:
             pytest.fail(f"timed out after {scaled(within):g} s waiting for {what or condition}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(
+    condition: Callable[[], T], within: float = 5.0, what: str = "", *, interval: float = 0.02
+) -> T:
+    """:func:`wait_until` for tests without an event loop (subprocesses, a
+    browser driven synchronously): blocks the thread between polls."""
+    deadline = time.monotonic() + scaled(within)
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {scaled(within):g} s waiting for {what or condition}")
+        time.sleep(interval)
+    return value
+
+
+async def answers(http: httpx.AsyncClient, url: str) -> bool:
+    """Whether ``url`` answers with a success status now; False while
+    nothing listens there yet."""
+    import httpx
+
+    try:
+        return (await http.get(url)).is_success
+    except httpx.TransportError:
+        return False
+
+
+def wait_healthy(
+    url: str,
+    proc: subprocess.Popen[Any],
+    within: float = 30.0,
+    *,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Wait until ``url`` answers 200; fail at once, with what the server
+    wrote to its piped stderr, if ``proc`` exits first."""
+    import httpx
+
+    with httpx.Client(verify=verify, timeout=1) as http:
+
+        def answering() -> bool:
+            assert proc.poll() is None, f"the server exited early: {proc.communicate()[1]}"
+            try:
+                return http.get(url).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        # Polling: the server says it is ready only by answering.
+        wait_until_sync(answering, within, f"{url} to answer 200", interval=0.1)
 
 
 def require(condition: bool, reason: str) -> None:

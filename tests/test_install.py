@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import venv
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 import metricstream
 
-from .support import free_port, scaled
+from .support import free_port, scaled, wait_healthy
 
 # Installing four virtualenvs from the package index takes a while, and the
 # fixture's time counts against the first test's timeout.
@@ -124,21 +123,6 @@ def assert_names_extra(result: subprocess.CompletedProcess[str], extra: str) -> 
     assert result.stdout == ""
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + scaled(60)
-    with httpx.Client(timeout=1) as http:
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve never answered"
-            # Polling: the server says it is ready only by answering.
-            time.sleep(0.1)
-
-
 @pytest.mark.parametrize("server_extra", ["server", "all"])
 def test_serve_from_the_wheel_feeds_watch_from_a_core_only_install(
     venvs: dict[str, Path], server_extra: str
@@ -165,7 +149,7 @@ def test_serve_from_the_wheel_feeds_watch_from_a_core_only_install(
         text=True,
     )
     try:
-        wait_healthy(port, proc)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, 60)
         # The page is shipped in the wheel (package data), and guarded.
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
             page = http.get("/", params={"token": "wheel-token"})

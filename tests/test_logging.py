@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from metricstream._logging import RedactFilter, configure_logging, redact
 
-from .support import free_port, scaled
+from .support import free_port, scaled, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "tok-4f9c2b7e"
@@ -51,18 +50,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[int, 
     )
     output: list[str] = []
     try:
-        deadline = time.monotonic() + scaled(30)
-        with httpx.Client(timeout=1) as http:
-            while True:
-                assert proc.poll() is None, proc.communicate()[1]
-                try:
-                    if http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "serve never answered /healthz"
-                # Polling: the server says it is ready only by answering.
-                time.sleep(0.1)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, 30)
         yield port, output
     finally:
         if proc.poll() is None:

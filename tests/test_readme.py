@@ -13,8 +13,7 @@ from metricstream.client import WebSocketConfig, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 from metricstream.server import StreamServer, uvicorn_config
 
-from .server.conftest import wait_for
-from .support import scaled
+from .support import scaled, wait_until
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -51,7 +50,7 @@ async def test_the_gateway_example_streams_its_own_requests() -> None:
     server = StreamServer(uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"), hub)
     task = asyncio.create_task(server.serve())
     try:
-        await wait_for(lambda: server.started, 10, "the server to start")
+        await wait_until(lambda: server.started, 10, "the server to start")
         base = f"127.0.0.1:{server.bound_port}"
         async with httpx.AsyncClient(base_url=f"http://{base}") as http:
             for _ in range(3):

@@ -8,7 +8,6 @@ import asyncio
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import trustme
 from metricstream.client import WebSocketConfig, WebSocketService
 from metricstream.protocol import MessageType
 
-from .support import free_port, require_executable, scaled
+from .support import free_port, require_executable, scaled, wait_healthy
 from .test_logging import command_env
 
 TOKEN = "tls-test-token"
@@ -66,20 +65,8 @@ def tls_server(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + scaled(30)
     try:
-        context = client_context(ca)
-        with httpx.Client(verify=context, timeout=1) as http:
-            while True:
-                assert proc.poll() is None, proc.communicate()[1]
-                try:
-                    if http.get(f"https://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "serve never answered /healthz over TLS"
-                # Polling: the server says it is ready only by answering.
-                time.sleep(0.1)
+        wait_healthy(f"https://127.0.0.1:{port}/healthz", proc, 30, verify=client_context(ca))
         yield port
     finally:
         proc.terminate()

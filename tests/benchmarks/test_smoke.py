@@ -13,14 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from benchmarks import BENCHMARKS, SMOKE, Row, live_children, render_table, run_all
-from tests.support import scaled
+from tests.support import scaled, wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -97,11 +96,14 @@ def test_interrupted_runner_kills_every_process_it_started(
     )
     try:
         parent = psutil.Process(runner.pid)
-        deadline = time.monotonic() + scaled(60)
-        children: list[psutil.Process] = []
-        while time.monotonic() < deadline and len(children) < 2:
+
+        def both_started() -> list[psutil.Process]:
             children = parent.children(recursive=True)
-            time.sleep(0.05)
+            return children if len(children) >= 2 else []
+
+        children = wait_until_sync(
+            both_started, 60, "the runner to start its server and load generator", interval=0.05
+        )
         assert len(children) >= 2, "the runner never started its server and load generator"
         runner.send_signal(signum)
         assert runner.wait(timeout=scaled(30)) != 0

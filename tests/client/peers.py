@@ -38,9 +38,7 @@ from metricstream.protocol import (
     now_ms,
 )
 
-from ..support import wait_until
-
-__all__ = ["StreamServer", "TcpProxy", "metrics", "model", "request", "wait_until"]
+__all__ = ["StreamServer", "TcpProxy", "metrics", "model", "request"]
 
 
 def metrics(total_requests: int = 1) -> MetricsUpdatePayload:

@@ -12,8 +12,8 @@ import pytest
 from metricstream.cli import main
 from metricstream.protocol import MessageType
 
-from ..support import scaled
-from .peers import StreamServer, metrics, request, wait_until
+from ..support import scaled, wait_until
+from .peers import StreamServer, metrics, request
 
 
 async def _watch(*args: str) -> asyncio.subprocess.Process:

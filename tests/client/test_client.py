@@ -15,9 +15,9 @@ from metricstream.exceptions import (
 )
 from metricstream.protocol import MessageType, WebSocketMessage, encode, make_message
 
-from ..support import free_port, scaled
+from ..support import free_port, scaled, wait_until
 from .conftest import fast_config
-from .peers import StreamServer, TcpProxy, metrics, model, request, wait_until
+from .peers import StreamServer, TcpProxy, metrics, model, request
 
 
 def _sequences(messages: list[WebSocketMessage[Any]]) -> list[int]:

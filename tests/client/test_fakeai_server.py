@@ -11,9 +11,8 @@ from metricstream.client import Dialect, EventHandlers, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
 from ..conftest import FakeAI
-from ..support import fakeai_chat, scaled
+from ..support import fakeai_chat, scaled, wait_until
 from .conftest import fast_config
-from .peers import wait_until
 
 pytestmark = [pytest.mark.fakeai, pytest.mark.slow]
 

@@ -16,9 +16,9 @@ import pytest
 from metricstream.client import ConnectionState, WebSocketService
 from metricstream.protocol import MessageType, WebSocketMessage
 
-from ..support import require, scaled
+from ..support import require, scaled, wait_until
 from .conftest import fast_config
-from .peers import StreamServer, TcpProxy, request, wait_until
+from .peers import StreamServer, TcpProxy, request
 
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:

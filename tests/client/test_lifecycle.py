@@ -19,9 +19,9 @@ from metricstream.client import (
 from metricstream.exceptions import ClientClosedError, ConfigError, ConnectionRejectedError
 from metricstream.protocol import MessageType, WebSocketMessage, make_message
 
-from ..support import free_port, scaled
+from ..support import free_port, scaled, wait_until
 from .conftest import fast_config
-from .peers import StreamServer, metrics, request, wait_until
+from .peers import StreamServer, metrics, request
 
 S = ConnectionState
 

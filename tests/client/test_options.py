@@ -16,9 +16,9 @@ from metricstream.client import ConnectionState, EventHandlers, WebSocketConfig,
 from metricstream.exceptions import ConfigError
 from metricstream.protocol import MessageType, SubscribePayload, WebSocketMessage, make_message
 
-from ..support import require_executable, scaled
+from ..support import require_executable, scaled, wait_until
 from .conftest import fast_config
-from .peers import StreamServer, metrics, request, wait_until
+from .peers import StreamServer, metrics, request
 
 
 async def test_drop_newest_keeps_the_queue_and_counts_the_drop(

@@ -15,9 +15,9 @@ from metricstream.client import EventHandlers, WebSocketService
 from metricstream.exceptions import ConnectionRejectedError
 from metricstream.protocol import MessageType, WebSocketMessage
 
-from ..support import free_port, scaled
+from ..support import answers, free_port, wait_until
 from .conftest import fast_config
-from .peers import TcpProxy, wait_until
+from .peers import TcpProxy
 
 TOKEN = "integration-token"
 
@@ -42,16 +42,14 @@ async def _start_server(port: int) -> asyncio.subprocess.Process:
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        async with httpx.AsyncClient() as http, asyncio.timeout(scaled(30)):
-            while True:
+        async with httpx.AsyncClient() as http:
+
+            async def started() -> bool:
                 assert process.returncode is None, "metricstream serve exited at startup"
-                try:
-                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).is_success:
-                        break
-                except httpx.TransportError:
-                    pass
-                # Polling: the server announces readiness only by answering.
-                await asyncio.sleep(0.05)
+                return await answers(http, f"http://127.0.0.1:{port}/healthz")
+
+            # Polling: the server announces readiness only by answering.
+            await wait_until(started, 30, "metricstream serve to answer", interval=0.05)
     except BaseException:
         await _kill(process)
         raise

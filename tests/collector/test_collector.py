@@ -27,7 +27,7 @@ from metricstream.protocol import (
     encode,
 )
 from tests.collector.helpers import ManualClock, RecordingPublisher
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 PRICES = {"a": ModelPrice(1.0, 2.0), "b": ModelPrice(10.0, 20.0)}
 
@@ -475,9 +475,7 @@ async def test_calls_from_other_threads_are_published_on_the_loop(
 
         await asyncio.to_thread(join_all)
         total = (threads + 1) * per_thread
-        await publisher.wait_for(
-            lambda: len(publisher.of_type(MessageType.REQUEST_UPDATE)) == total
-        )
+        await wait_until(lambda: len(publisher.of_type(MessageType.REQUEST_UPDATE)) == total, 10)
         snap = collector.snapshot()
     assert snap.metrics.total_requests == total
     expected_tokens = threads * sum(i % 7 + 3 for i in range(per_thread)) + per_thread * 2
@@ -497,17 +495,18 @@ async def test_periodic_task_publishes_state_every_interval(
     async with collector:
         states.append(collector.running)
         collector.record_request("gpt-4o", 10, 20, 30.0)
-        await publisher.wait_for(
+        await wait_until(
             lambda: (
                 {"model_update", "system_update", "metrics_update", "cost_update"}
                 <= publisher.types()
-            )
+            ),
+            10,
         )
         # CPU and the network counters move, so system_update keeps coming.
         count = len(publisher.of_type(MessageType.SYSTEM_UPDATE))
         collector.record_request("gpt-4o", 10, 20, 30.0)
-        await publisher.wait_for(
-            lambda: publisher.of_type(MessageType.MODEL_UPDATE)[-1].data.request_count == 2
+        await wait_until(
+            lambda: publisher.of_type(MessageType.MODEL_UPDATE)[-1].data.request_count == 2, 10
         )
     states.append(collector.running)
     assert states == [False, True, False]

@@ -14,6 +14,7 @@ from metricstream.collector import DemoTraffic, MetricsCollector, ModelProfile, 
 from metricstream.exceptions import ConfigError
 from metricstream.protocol import STREAM_TYPES, MessageType, decode, encode
 from tests.collector.helpers import ManualClock, RecordingPublisher
+from tests.support import wait_until
 
 
 async def test_run_demo_publishes_every_stream_type_with_valid_payloads(
@@ -22,7 +23,7 @@ async def test_run_demo_publishes_every_stream_type_with_valid_payloads(
     # The default 1 s interval: every type must show within a few seconds.
     task = asyncio.create_task(run_demo(publisher, interval=1.0, seed=3, connections=lambda: 2))
     try:
-        await publisher.wait_for(lambda: publisher.types() >= STREAM_TYPES, within=5.0)
+        await wait_until(lambda: publisher.types() >= STREAM_TYPES, within=5.0)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from metricstream.collector import MetricsCollector, MetricsMiddleware, ModelPrice
 from metricstream.protocol import MessageType, decode, encode
 from tests.collector.helpers import RecordingPublisher
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 MODEL = "openai/gpt-oss-120b"
 _PRICE = ModelPrice(1.0, 2.0)
@@ -133,10 +133,8 @@ async def served(
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        async with asyncio.timeout(scaled(10)):
-            # uvicorn offers a flag, not an event, for "listening".
-            while not server.started:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # uvicorn offers a flag, not an event, for "listening".
+        await wait_until(lambda: server.started, 10, "uvicorn to listen")
         yield f"http://127.0.0.1:{port}", collector, gate
     finally:
         server.should_exit = True
@@ -374,7 +372,7 @@ async def test_client_leaving_mid_stream_is_a_failed_request(
             first = await anext(response.aiter_raw())
         assert b'"Hel"' in first
     # Leaving the block closed the connection with the stream half sent.
-    await publisher.wait_for(lambda: len(_requests(publisher)) == 1)
+    await wait_until(lambda: len(_requests(publisher)) == 1, 10)
     (record,) = _requests(publisher)
     assert (record.status, record.error_message) == ("error", "client disconnected")
     assert record.streaming is True

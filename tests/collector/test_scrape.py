@@ -25,7 +25,7 @@ from metricstream.protocol import (
 )
 from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, EngineServer, Exposition, serve_engine
 from tests.collector.helpers import ManualClock, RecordingPublisher
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 E2E_BOUNDS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0)
@@ -563,7 +563,7 @@ async def test_the_scraper_runs_by_itself(engine: EngineServer) -> None:
             found = of(publisher, MessageType.KV_CACHE_UPDATE)
             return found[-1].data.usage_percentage if found else None
 
-        await publisher.wait_for(lambda: usage() == 10.0)
+        await wait_until(lambda: usage() == 10.0, 10)
         engine.serve(
             vllm(
                 prompt=0,
@@ -574,7 +574,7 @@ async def test_the_scraper_runs_by_itself(engine: EngineServer) -> None:
                 usage=0.9,
             )
         )
-        await publisher.wait_for(lambda: usage() == 90.0)
+        await wait_until(lambda: usage() == 90.0, 10)
     assert not scraper.running
 
 
@@ -623,16 +623,17 @@ async def test_a_silent_engine_times_out_and_the_loop_goes_on(
         async with EngineScraper(
             publisher, [silent_url, engine.url], interval=0.05, timeout=scaled(0.3)
         ) as scraper:
-            await publisher.wait_for(
+            await wait_until(
                 lambda: any(
                     e.data.error_type == "engine_scrape_failed"
                     for e in of(publisher, MessageType.ERROR_UPDATE)
-                )
+                ),
+                10,
             )
-            await publisher.wait_for(lambda: scraper.targets[0].failures >= 3)
+            await wait_until(lambda: scraper.targets[0].failures >= 3, 10)
             # The healthy engine kept being read meanwhile.
             served = len(engine.requests)
-            await publisher.wait_for(lambda: len(engine.requests) > served + 2)
+            await wait_until(lambda: len(engine.requests) > served + 2, 10)
     finally:
         for writer in held:
             writer.close()

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 
 from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
 from tests.collector.test_scrape import E2E_BOUNDS, vllm, zeros
-from tests.support import free_port, scaled
+from tests.support import free_port, scaled, wait_until
 
 
 async def frames_until(port: int, done: Any) -> list[dict[str, Any]]:
@@ -103,6 +103,9 @@ async def test_serve_scrape_publishes_the_engines_figures() -> None:
                 )
 
             frames = await frames_until(port, done)
+            # One scrape can satisfy done(); the repeat is checked below, so
+            # wait for it here while the server still runs.
+            await wait_until(lambda: engine.requests.count("/metrics") >= 2, 10, "a second scrape")
             async with httpx.AsyncClient(timeout=scaled(10)) as http:
                 exposition = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
         finally:

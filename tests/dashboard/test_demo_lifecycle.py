@@ -9,15 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ..support import free_port, scaled
+from ..support import free_port, scaled, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,14 +46,9 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + scaled(seconds)
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        # Polling: process exit of a non-child and a port answering have no
-        # event this test could wait on.
-        time.sleep(0.05)
+# The waits below poll every POLL seconds: process exit of a non-child and a
+# port answering have no event this test could wait on.
+POLL = 0.05
 
 
 def healthy(port: int) -> bool:
@@ -68,7 +61,9 @@ def healthy(port: int) -> bool:
 
 def server_child(demo: subprocess.Popen[bytes], port: int) -> int:
     """Wait for the demo's server to answer; return its pid."""
-    wait_until(lambda: demo.poll() is not None or healthy(port), 60, "the demo server")
+    wait_until_sync(
+        lambda: demo.poll() is not None or healthy(port), 60, "the demo server", interval=POLL
+    )
     assert demo.poll() is None, "the demo exited early"
     servers = [pid for pid in children_of(demo.pid) if alive(pid)]
     assert len(servers) == 1, servers
@@ -107,7 +102,9 @@ def test_the_server_dies_with_the_demo(how: signal.Signals) -> None:
         demo.send_signal(how)
         demo.wait(timeout=scaled(30))
         gone = server
-        wait_until(lambda: not alive(gone), 30, f"the server to exit after {how.name}")
+        wait_until_sync(
+            lambda: not alive(gone), 30, f"the server to exit after {how.name}", interval=POLL
+        )
         assert not healthy(port)
     finally:
         if demo.poll() is None:
@@ -151,7 +148,9 @@ def test_q_in_the_terminal_dashboard_stops_the_server() -> None:
     server: int | None = None
     try:
         server = server_child(demo, port)
-        wait_until(lambda: b"metricstream" in screen, 60, "the dashboard to draw")
+        wait_until_sync(
+            lambda: b"metricstream" in screen, 60, "the dashboard to draw", interval=POLL
+        )
 
         def quit_pressed() -> bool:
             if demo.poll() is not None:
@@ -160,10 +159,10 @@ def test_q_in_the_terminal_dashboard_stops_the_server() -> None:
             return False
 
         # The dashboard reads keys once it is ready; press q until it is.
-        wait_until(quit_pressed, 60, "the dashboard to quit on q")
+        wait_until_sync(quit_pressed, 60, "the dashboard to quit on q", interval=POLL)
         assert demo.wait(timeout=scaled(30)) == 0
         gone = server
-        wait_until(lambda: not alive(gone), 30, "the server to exit after q")
+        wait_until_sync(lambda: not alive(gone), 30, "the server to exit after q", interval=POLL)
         assert not healthy(port)
     finally:
         if demo.poll() is None:

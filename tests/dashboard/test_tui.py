@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import os
 import re
@@ -23,7 +22,7 @@ from metricstream.protocol import MessageType, make_message
 from metricstream.store import MetricsStore
 
 from ..protocol.test_messages import COST, ERROR, KV, METRICS, MODEL, RATE, REQUEST, SYSTEM
-from ..support import fakeai_chat, free_port, scaled
+from ..support import fakeai_chat, free_port, wait_until
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("METRICSTREAM_UPDATE_SNAPSHOTS") == "1"
@@ -221,14 +220,6 @@ def server(port: int) -> Iterator[list[subprocess.Popen[bytes]]]:
         proc.wait()
 
 
-async def wait_for(condition: Any, seconds: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + scaled(seconds)
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_live_dashboard_follows_a_server_that_dies_and_returns(
     port: int, server: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -246,18 +237,18 @@ async def test_live_dashboard_follows_a_server_that_dies_and_returns(
             def card() -> str:
                 return str(app.query_one("#card-requests").render())
 
-            await wait_for(
+            await wait_until(
                 lambda: store.state.metrics is not None and card() != "—", 20, "the first metrics"
             )
             first = card()
-            await wait_for(lambda: card() != first, 20, "the metrics to change")
+            await wait_until(lambda: card() != first, 20, "the metrics to change")
             assert status.status is not None
             assert status.status.state == "CONNECTED"
             assert "Connected" in screen_text(app)
 
             os.killpg(server[0].pid, signal.SIGKILL)
             server[0].wait()
-            await wait_for(
+            await wait_until(
                 lambda: status.status is not None and status.status.state == "RECONNECTING",
                 10,
                 "the dashboard to show reconnecting",
@@ -266,14 +257,14 @@ async def test_live_dashboard_follows_a_server_that_dies_and_returns(
             assert "Reconnecting" in screen_text(app)
 
             server.append(start_server(port))
-            await wait_for(
+            await wait_until(
                 lambda: status.status is not None and status.status.state == "CONNECTED",
                 30,
                 "the dashboard to reconnect",
             )
             epoch = service.connection_info().epoch
             assert epoch is not None
-            await wait_for(lambda: card() != first, 20, "fresh metrics after the restart")
+            await wait_until(lambda: card() != first, 20, "fresh metrics after the restart")
     finally:
         await service.aclose()
 
@@ -291,7 +282,7 @@ async def test_dashboard_on_a_fakeai_server(fakeai: int) -> None:
     try:
         async with app.run_test(size=SIZE) as pilot:
             await fakeai_chat(fakeai, 3)
-            await wait_for(
+            await wait_until(
                 lambda: (
                     app.store.state.metrics is not None
                     and app.store.state.metrics.requests_per_second > 0

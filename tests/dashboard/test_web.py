@@ -37,7 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from metricstream.dashboard.web import CONTENT_SECURITY_POLICY, create_web_router
 from metricstream.protocol import close_action
 
-from ..support import free_port, require_executable, scaled
+from ..support import free_port, require_executable, scaled, wait_until_sync
 
 pytestmark = pytest.mark.browser
 
@@ -57,15 +57,6 @@ TOKEN = "web-test-token"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    """Poll ``condition`` until it holds, failing after a scaled deadline."""
-    deadline = time.monotonic() + scaled(seconds)
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {scaled(seconds):g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_in_page(page: Page, expression: str, seconds: float, what: str) -> Any:
@@ -178,7 +169,7 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        wait_until(self._healthy, 20, f"the server on port {self.port} to answer /healthz")
+        wait_until_sync(self._healthy, 20, f"the server on port {self.port} to answer /healthz")
 
     def _healthy(self) -> bool:
         assert self.process is not None
@@ -433,7 +424,7 @@ class Scripted:
 
     def __enter__(self) -> Scripted:
         self.thread.start()
-        wait_until(lambda: self.server.started, 10, "the scripted server")
+        wait_until_sync(lambda: self.server.started, 10, "the scripted server")
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -563,7 +554,7 @@ def test_duplicates_batches_queue_and_a_new_epoch(
         assert "since" not in server.queries[0]
 
         server.gate("close-first").set()
-        wait_until(lambda: len(server.queries) >= 2, 10, "a reconnect after 1012")
+        wait_until_sync(lambda: len(server.queries) >= 2, 10, "a reconnect after 1012")
         assert server.queries[1]["since"] == "14"
         assert server.queries[1]["epoch"] == "epoch-a"
         # The second connection has sent nothing yet: sends are queued, and
@@ -579,11 +570,11 @@ def test_duplicates_batches_queue_and_a_new_epoch(
         assert queued == {"sent": [False, False, False], "queued": 2, "dropped": 1}
 
         server.gate("answer-second").set()
-        wait_until(lambda: len(server.queries) >= 3, 10, "a fresh connection after the resync")
+        wait_until_sync(lambda: len(server.queries) >= 3, 10, "a fresh connection after the resync")
         assert "since" not in server.queries[2]
         wait_in_page(page, rows_are(["n-2", "n-1"]), 10, "the new epoch's state")
         assert page.evaluate("() => window.metricstream.client.tracker.epoch") == "epoch-b"
-        wait_until(lambda: len(sent_by_page(server.received[2])) >= 2, 10, "the queued sends")
+        wait_until_sync(lambda: len(sent_by_page(server.received[2])) >= 2, 10, "the queued sends")
         assert [m["data"]["n"] for m in sent_by_page(server.received[2])] == [2, 3]
         assert sent_by_page(server.received[1]) == []
         page.close()
@@ -620,7 +611,7 @@ def test_silent_peer_is_abandoned_and_4008_reconnects_at_once(
             "() => { window.__attempts = [];"
             " window.metricstream.client.on('reconnecting', a => window.__attempts.push(a)); }"
         )
-        wait_until(lambda: len(server.queries) >= 3, 15, "three connections")
+        wait_until_sync(lambda: len(server.queries) >= 3, 15, "three connections")
         wait_in_page(page, rows_are(["c", "b", "a"]), 10, "the resumed stream")
         wait_in_page(
             page,
@@ -714,7 +705,7 @@ def test_connecting_state_and_a_gap_answered_by_a_resume(
     with Scripted([gapped, replay], mute=frozenset({0})) as server:
         page, console = open_page(server.base + "/?heartbeat_timeout=60")
         # The handshake is done but no init came yet: the seed's yellow "connecting".
-        wait_until(lambda: len(server.queries) >= 1, 10, "the first connection")
+        wait_until_sync(lambda: len(server.queries) >= 1, 10, "the first connection")
         wait_in_page(page, "document.body.dataset.connection === 'connecting'", 10, "connecting")
         assert page.locator("#connection-status .conn-label").text_content() == "Connecting…"
         colour = page.evaluate(
@@ -725,7 +716,7 @@ def test_connecting_state_and_a_gap_answered_by_a_resume(
         assert page.locator("#connection-badge").get_attribute("data-state") == "connecting"
 
         server.gate("start").set()
-        wait_until(lambda: len(server.queries) >= 2, 10, "a resume after the gap")
+        wait_until_sync(lambda: len(server.queries) >= 2, 10, "a resume after the gap")
         # The message after the gap was not applied; the resume starts before it.
         assert server.queries[1]["since"] == "2"
         assert server.queries[1]["epoch"] == "epoch-d"

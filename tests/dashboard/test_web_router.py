@@ -16,7 +16,7 @@ import pytest
 from metricstream.dashboard.web import CONTENT_SECURITY_POLICY, create_web_router, load_assets
 from metricstream.server import MetricsHub, StreamServer, create_app, uvicorn_config
 
-from ..support import scaled
+from ..support import scaled, wait_until
 
 
 @pytest.fixture
@@ -26,10 +26,7 @@ async def base() -> AsyncIterator[str]:
         uvicorn_config(create_app(hub), host="127.0.0.1", port=0, log_level="warning"), hub
     )
     task = asyncio.get_running_loop().create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + scaled(10)
-    while not (server.started or task.done()):
-        assert asyncio.get_running_loop().time() < deadline, "the server did not start"
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.started or task.done(), 10, "the server to start")
     if task.done():
         task.result()  # raises what stopped it
     try:

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from metricstream.collector import MetricsCollector
 from metricstream.proxy import create_proxy_app, upstream_client
 from metricstream.server import MetricsHub, StreamServer, uvicorn_config
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 
 @dataclass
@@ -215,10 +215,8 @@ async def running_proxy(
     )
     async with client, collector:
         task = asyncio.get_running_loop().create_task(server.serve())
-        async with asyncio.timeout(scaled(10)):
-            # uvicorn offers a flag, not an event, for "listening".
-            while not server.started and not task.done():  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # uvicorn offers a flag, not an event, for "listening".
+        await wait_until(lambda: server.started or task.done(), 10, "uvicorn to listen")
         if task.done():
             task.result()
         port = server.bound_port

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from metricstream.collector import DEFAULT_PRICES, ModelPrice, load_prices
 from metricstream.exceptions import ConfigError
 from tests.proxy.conftest import Exchange, Reply, StandIn
-from tests.support import free_port, scaled
+from tests.support import answers, free_port, scaled, wait_until
 
 
 def test_price_files_in_json_and_toml_extend_the_built_in_table(tmp_path: Path) -> None:
@@ -99,15 +99,10 @@ async def test_proxy_command_forwards_records_and_prices_from_a_file(tmp_path: P
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", timeout=scaled(10)
             ) as http:
-                async with asyncio.timeout(scaled(30)):
-                    while True:
-                        try:
-                            if (await http.get("/healthz")).is_success:
-                                break
-                        except httpx.TransportError:
-                            pass
-                        # Polling: the process announces readiness only by answering.
-                        await asyncio.sleep(0.05)
+                # Polling: the process announces readiness only by answering.
+                await wait_until(
+                    lambda: answers(http, "/healthz"), 30, "the proxy to answer", interval=0.05
+                )
                 response = await http.post(
                     "/v1/chat/completions", json={"model": "house-model", "messages": []}
                 )

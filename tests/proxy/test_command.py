@@ -32,7 +32,7 @@ from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
 from tests.collector.test_scrape import E2E_BOUNDS, vllm, zeros
 from tests.collector.test_scrape_cli import latest
 from tests.proxy.conftest import Exchange, Reply, StandIn, sse_event
-from tests.support import free_port, scaled
+from tests.support import answers, free_port, scaled, wait_until
 from tests.test_logging import command_env, subprotocol_entry
 
 TOKEN = "proxy-tok-7d1e93"
@@ -153,17 +153,14 @@ async def proxy_command(
     url = f"{scheme}://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(verify=verify or True, timeout=scaled(5)) as http:
-            async with asyncio.timeout(scaled(30)):
-                while True:
-                    if process.returncode is not None:
-                        raise AssertionError(f"proxy exited {process.returncode}; see {log}")
-                    try:
-                        if (await http.get(f"{url}/healthz")).is_success:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    # Polling: the process announces readiness only by answering.
-                    await asyncio.sleep(0.05)
+
+            async def started() -> bool:
+                if process.returncode is not None:
+                    raise AssertionError(f"proxy exited {process.returncode}; see {log}")
+                return await answers(http, f"{url}/healthz")
+
+            # Polling: the process announces readiness only by answering.
+            await wait_until(started, 30, "the proxy to answer", interval=0.05)
         yield url
     finally:
         if process.returncode is None:

@@ -16,7 +16,7 @@ import pytest
 
 from metricstream.protocol import MetricsUpdatePayload, ModelUpdatePayload, RequestUpdatePayload
 from tests.proxy.conftest import Exchange, Reply, StandIn, running_proxy, sse_event, watching
-from tests.support import free_port, scaled
+from tests.support import free_port, scaled, wait_until
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
@@ -252,9 +252,11 @@ async def test_upstream_breaking_off_mid_stream_breaks_the_client_connection() -
         async with _client(proxy.url) as http:
             with pytest.raises(httpx.RemoteProtocolError):
                 await http.post("/v1/chat/completions", json={"model": "m", "stream": True})
-        async with asyncio.timeout(scaled(10)):
-            while proxy.collector.snapshot().metrics.total_requests < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await wait_until(
+            lambda: proxy.collector.snapshot().metrics.total_requests >= 1,
+            10,
+            "the broken request to be recorded",
+        )
         assert proxy.collector.snapshot().errors_by_type == {"upstream_broken": 1}
         assert proxy.collector.snapshot().metrics.error_rate == 100.0
 

@@ -17,7 +17,7 @@ from metricstream.proxy._upstream import (
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
-from tests.support import scaled
+from tests.support import scaled, wait_until
 
 Handler = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -109,9 +109,10 @@ async def test_an_idle_connection_the_upstream_closed_is_not_reused() -> None:
         assert await fetch(client, upstream.port) == (200, b"ok")
         async with asyncio.timeout(scaled(5)):
             await served.wait()
-            # The close reaches the client's loop as a callback: let it run.
-            while client._idle.get(next(iter(client._idle))):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # The close reaches the client's loop as a callback: let it run.
+        await wait_until(
+            lambda: not client._idle.get(next(iter(client._idle))), 5, "the idle connection to drop"
+        )
         assert await fetch(client, upstream.port) == (200, b"ok")
         assert upstream.connections == 2
 

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,7 +31,14 @@ from metricstream.server import (
     create_app,
     uvicorn_config,
 )
-from tests.support import free_port, require, require_executable, scaled, wait_until
+from tests.support import (
+    free_port,
+    require,
+    require_executable,
+    scaled,
+    wait_until,
+    wait_until_sync,
+)
 
 
 class RedisProcess:
@@ -67,14 +73,16 @@ class RedisProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + scaled(10)
-        while not self.ping():
-            if self.process.poll() is not None:
-                require(False, f"redis-server exited at startup ({self.process.returncode})")
-            if time.monotonic() > deadline:
-                pytest.fail("redis-server did not answer PING")
-            # Polling: redis-server announces readiness only by answering.
-            time.sleep(0.02)
+
+        process = self.process
+
+        def answering() -> bool:
+            if process.poll() is not None:
+                require(False, f"redis-server exited at startup ({process.returncode})")
+            return self.ping()
+
+        # Polling: redis-server announces readiness only by answering.
+        wait_until_sync(answering, 10, "redis-server to answer PING")
 
     def command(self, *words: str) -> bytes:
         """Send one inline command; its reply's first line."""
@@ -210,16 +218,23 @@ class ServeProcess:
         return f"ws://127.0.0.1:{self.port}/metrics/stream" + (f"?{query}" if query else "")
 
     async def ready(self) -> dict[str, Any]:
-        async with httpx.AsyncClient() as http, asyncio.timeout(scaled(30)):
-            while True:
+        async with httpx.AsyncClient() as http:
+
+            async def answered() -> dict[str, Any] | None:
                 assert self.process.poll() is None, "the node exited at startup"
                 with contextlib.suppress(httpx.TransportError):
                     response = await http.get(f"http://127.0.0.1:{self.port}/healthz")
                     if response.status_code == 200:
                         body: dict[str, Any] = response.json()
                         return body
-                # Polling: the node announces readiness only by answering.
-                await asyncio.sleep(0.05)
+                return None
+
+            # Polling: the node announces readiness only by answering.
+            health: dict[str, Any] | None = await wait_until(
+                answered, 30, "the node to answer", interval=0.05
+            )
+            assert health is not None
+            return health
 
     def kill(self) -> None:
         if self.process.poll() is None:

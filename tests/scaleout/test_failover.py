@@ -108,6 +108,7 @@ async def test_the_client_fails_over_to_another_node_and_resumes(
         await wait_until(lambda: bool(inits), 20, "the first init")
         for i in range(100):
             publisher.publish(request(f"a{i}"))
+            # Paced, not one burst: the failover happens under a live stream.
             await asyncio.sleep(0.002)
         await wait_until(lambda: len(sequences) >= 100, 20, "the first messages")
         doomed.kill()

@@ -18,7 +18,7 @@ import pytest
 
 from metricstream.server import MetricsHub, RedisAggregator
 from tests.server.conftest import open_client, recv
-from tests.support import free_port, scaled, wait_until
+from tests.support import answers, free_port, scaled, wait_until
 
 from .conftest import RedisProcess, node
 
@@ -97,13 +97,13 @@ async def test_every_dashboard_sees_the_whole_fleet_even_after_a_worker_is_kille
     n = 25
     async with httpx.AsyncClient(timeout=scaled(10)) as http:
         await wait_until(lambda: len(_workers(process)) == WORKERS, 60, "the workers")
-        async with asyncio.timeout(scaled(60)):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"http://127.0.0.1:{port}/pid")).status_code == 200:
-                        break
-                # Polling: the gateway announces readiness only by answering.
-                await asyncio.sleep(0.05)
+        # Polling: the gateway announces readiness only by answering.
+        await wait_until(
+            lambda: answers(http, f"http://127.0.0.1:{port}/pid"),
+            60,
+            "the gateway to answer",
+            interval=0.05,
+        )
         hub = MetricsHub(heartbeat_interval=None)
 
         def total_requests() -> int:

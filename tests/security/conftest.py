@@ -13,18 +13,17 @@ import contextlib
 import resource
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 from benchmarks._attacks import Healthy
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import free_port, scaled
+from tests.support import free_port, scaled, wait_until
 
 T = TypeVar("T")
 
@@ -119,16 +118,15 @@ async def served(*args: str, nofile: int | None = None) -> AsyncIterator[Served]
         token = args[args.index("--token") + 1] if "--token" in args else None
         server = Served(process, port, log_path, token)
         try:
-            deadline = time.monotonic() + scaled(20)
-            while True:
+
+            def started() -> bool:
                 if process.returncode is not None:
                     raise AssertionError(f"serve exited early:\n{server.log}")
                 with contextlib.suppress(OSError):
-                    if server.get("/healthz", 1.0)[0] == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"serve did not start:\n{server.log}")
-                await asyncio.sleep(0.1)
+                    return server.get("/healthz", 1.0)[0] == 200
+                return False
+
+            await wait_until(started, 20, "serve to answer /healthz", interval=0.1)
             yield server
         finally:
             # SIGTERM first: a graceful stop, and what lets coverage save the
@@ -174,13 +172,3 @@ def assert_unharmed(healthy: Healthy, *, p99_ms: float = 2000.0) -> None:
     assert healthy.gaps == 0, f"sequence gaps: {healthy.sequences}"
     # Generous: this bounds a stall (seconds, as before the fixes), not speed.
     assert healthy.p99_ms < scaled(p99_ms), f"p99 {healthy.p99_ms:.0f} ms"
-
-
-async def eventually(condition: Callable[[], Any], seconds: float) -> Any:
-    """Poll ``condition`` until it is truthy (a scaled deadline); its last value."""
-    deadline = time.monotonic() + scaled(seconds)
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.05)

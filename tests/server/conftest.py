@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,11 +48,6 @@ class Running:
         return f"ws://{self.base}/metrics/stream" + (f"?{query}" if query else "")
 
 
-async def wait_for(condition: Callable[[], bool], seconds: float = 5.0, what: str = "") -> None:
-    """:func:`tests.support.wait_until`, with the argument names older tests use."""
-    await wait_until(condition, within=seconds, what=what)
-
-
 @asynccontextmanager
 async def running(
     hub: MetricsHub | None = None,
@@ -74,7 +69,7 @@ async def running(
         close_timeout=settings.close_timeout,
     )
     task = asyncio.get_running_loop().create_task(server.serve())
-    await wait_for(lambda: server.started or task.done(), 10, "server start")
+    await wait_until(lambda: server.started or task.done(), 10, "server start")
     if task.done():
         task.result()
     bound = server.bound_port

@@ -16,8 +16,8 @@ from metricstream.server import (
     create_router,
     uvicorn_config,
 )
-from tests.server.conftest import metrics, open_client, recv, request, running, wait_for
-from tests.support import scaled
+from tests.server.conftest import metrics, open_client, recv, request, running
+from tests.support import scaled, wait_until
 
 
 def scrape(text: str) -> dict[str, float]:
@@ -90,7 +90,7 @@ async def test_router_embeds_in_an_existing_app_under_a_prefix() -> None:
     server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"))
     task = asyncio.get_running_loop().create_task(server.serve())
     try:
-        await wait_for(lambda: server.started, 10, "server start")
+        await wait_until(lambda: server.started, 10, "server start")
         port = server.servers[0].sockets[0].getsockname()[1]
         async with open_client(f"ws://127.0.0.1:{port}/ops/metrics/stream") as ws:
             assert (await recv(ws))["type"] == "init"

@@ -30,8 +30,7 @@ from metricstream.server import (
     create_app,
     uvicorn_config,
 )
-from tests.server.conftest import wait_for
-from tests.support import free_port, scaled
+from tests.support import free_port, scaled, wait_until
 
 BIG = "openai/gpt-oss-120b"
 SMALL = "openai/gpt-oss-20b"
@@ -49,7 +48,7 @@ async def exporting() -> AsyncIterator[tuple[LLMExporter, str]]:
         uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"), hub, close_timeout=1.0
     )
     task = asyncio.get_running_loop().create_task(server.serve())
-    await wait_for(lambda: server.started or task.done(), 10, "server start")
+    await wait_until(lambda: server.started or task.done(), 10, "server start")
     if task.done():
         task.result()
     try:
@@ -204,22 +203,20 @@ async def test_serve_exports_the_demo_traffic() -> None:
         "warning",
         start_new_session=True,
     )
+
+    async def five_requests() -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        try:
+            samples = await scrape(f"http://127.0.0.1:{port}")
+        except httpx.TransportError:
+            return {}
+        total = sum(
+            v for (name, _), v in samples.items() if name == "metricstream_llm_requests_total"
+        )
+        return samples if total >= 5 else {}
+
     try:
-        async with asyncio.timeout(scaled(60)):
-            while True:
-                try:
-                    samples = await scrape(f"http://127.0.0.1:{port}")
-                except httpx.TransportError:
-                    samples = {}
-                total = sum(
-                    v
-                    for (name, _), v in samples.items()
-                    if name == "metricstream_llm_requests_total"
-                )
-                if total >= 5:
-                    break
-                # Polling: the demo's traffic arrives at its own pace.
-                await asyncio.sleep(0.2)
+        # Polling: the demo's traffic arrives at its own pace.
+        samples = await wait_until(five_requests, 60, "five requests counted", interval=0.2)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         await process.wait()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from metricstream.server import MetricsHub
@@ -20,9 +19,8 @@ from tests.server.conftest import (
     recv_type,
     request,
     running,
-    wait_for,
 )
-from tests.support import free_port, scaled
+from tests.support import free_port, scaled, wait_healthy, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,21 +37,7 @@ async def test_shutdown_closes_every_client_with_1001_after_pending_messages() -
             assert (await recv(a))["data"]["id"] == "last"
             codes = await asyncio.gather(close_code(a), close_code(b))
         assert list(codes) == [1001, 1001]
-        await wait_for(lambda: hub.connection_count == 0)
-
-
-async def wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = asyncio.get_running_loop().time() + scaled(30)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-        while True:
-            assert proc.poll() is None, "serve exited early"
-            try:
-                if (await http.get("/healthz")).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert asyncio.get_running_loop().time() < deadline, "serve never became healthy"
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: hub.connection_count == 0)
 
 
 def start_serve(port: int, *extra: str) -> subprocess.Popen[bytes]:
@@ -87,7 +71,7 @@ async def test_serve_command_streams_demo_traffic_and_goes_away_on_sigterm() -> 
     port = free_port()
     proc = start_serve(port, "--demo", "--seed", "7", "--token", "tok")
     try:
-        await wait_healthy(port, proc)
+        await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}/healthz", proc)
         url = f"ws://127.0.0.1:{port}/metrics/stream?token=tok"
         async with open_client(url) as ws:
             init = await recv(ws, 10)
@@ -109,7 +93,7 @@ async def test_serve_command_without_demo_publishes_host_statistics() -> None:
     port = free_port()
     proc = start_serve(port)
     try:
-        await wait_healthy(port, proc)
+        await asyncio.to_thread(wait_healthy, f"http://127.0.0.1:{port}/healthz", proc)
         async with open_client(f"ws://127.0.0.1:{port}/metrics/stream") as ws:
             await recv(ws, 10)
             update = await recv_type(ws, "system_update", 20)

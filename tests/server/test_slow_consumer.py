@@ -16,8 +16,8 @@ import struct
 import pytest
 
 from metricstream.server import MetricsHub, ServerSettings
-from tests.server.conftest import open_client, recv, request, running, wait_for
-from tests.support import scaled
+from tests.server.conftest import open_client, recv, request, running
+from tests.support import scaled, wait_until
 
 BOUND = 64 * 1024
 # asyncio's (and uvloop's) default high-water mark of a transport's write buffer.
@@ -88,7 +88,7 @@ async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008(direct: b
     async with running(hub, settings) as server:
         stalled_sock = await asyncio.to_thread(raw_handshake, server.port)
         try:
-            await wait_for(lambda: hub.connection_count == 1, what="the raw client attached")
+            await wait_until(lambda: hub.connection_count == 1, what="the raw client attached")
             (stalled,) = hub.subscribers
             assert stalled.transport is not None, "uvicorn's transport was found"
             assert (stalled.direct is not None) == direct
@@ -108,7 +108,7 @@ async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008(direct: b
                     for _ in range(step):
                         hub.publish(request(str(hub.sequence), note=note))
                     # The healthy client gets every message while the other is stuck.
-                    await wait_for(lambda: len(received) == hub.sequence, 10, "healthy delivery")
+                    await wait_until(lambda: len(received) == hub.sequence, 10, "healthy delivery")
                     highest = max(highest, stalled.buffered_bytes)
                     assert highest <= BOUND + TRANSPORT_HIGH_WATER + step * 2300
                     assert hub.sequence < 20_000, "the stalled client was never evicted"
@@ -117,7 +117,7 @@ async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008(direct: b
                 assert stalled.buffered_bytes <= TRANSPORT_HIGH_WATER + step * 2300
                 # Still serving: more messages reach the healthy client.
                 hub.publish(request("after"))
-                await wait_for(lambda: len(received) == hub.sequence, 10, "delivery after")
+                await wait_until(lambda: len(received) == hub.sequence, 10, "delivery after")
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
@@ -129,7 +129,7 @@ async def test_stalled_reader_is_isolated_bounded_and_closed_with_4008(direct: b
                 # parked; direct writes count the transport's buffer against
                 # the bound and may hit it before the transport even pauses.
                 assert hub.stats.send_suspensions >= 1
-            await wait_for(lambda: hub.connection_count == 0, 10, "the stalled client detached")
+            await wait_until(lambda: hub.connection_count == 0, 10, "the stalled client detached")
         finally:
             stalled_sock.close()
 
@@ -140,7 +140,7 @@ async def test_a_peer_that_never_reads_is_cut_off_after_the_close_timeout() -> N
     async with running(hub, settings) as server:
         sock = await asyncio.to_thread(raw_handshake, server.port)
         try:
-            await wait_for(lambda: hub.connection_count == 1, what="the raw client attached")
+            await wait_until(lambda: hub.connection_count == 1, what="the raw client attached")
             (stalled,) = hub.subscribers
             while hub.stats.evictions == 0:
                 for _ in range(20):
@@ -149,10 +149,10 @@ async def test_a_peer_that_never_reads_is_cut_off_after_the_close_timeout() -> N
                 assert hub.sequence < 20_000, "the stalled client was never evicted"
             # Not even the close frame can be written: the server lets go of
             # the connection (and everything buffered for it) by itself.
-            await wait_for(lambda: hub.connection_count == 0, 10, "the stalled client dropped")
+            await wait_until(lambda: hub.connection_count == 0, 10, "the stalled client dropped")
             transport = stalled.transport
             assert transport is not None
-            await wait_for(transport.is_closing, 10, "the transport closed")
+            await wait_until(transport.is_closing, 10, "the transport closed")
         finally:
             sock.close()
 
@@ -194,7 +194,7 @@ async def test_a_reader_that_pauses_then_catches_up_loses_nothing(direct: bool) 
     async with running(hub, settings) as server:
         sock = await asyncio.to_thread(raw_handshake, server.port)
         try:
-            await wait_for(lambda: hub.connection_count == 1, what="the raw client attached")
+            await wait_until(lambda: hub.connection_count == 1, what="the raw client attached")
             (sub,) = hub.subscribers
             while hub.stats.send_suspensions == 0:
                 for _ in range(20):
@@ -209,7 +209,7 @@ async def test_a_reader_that_pauses_then_catches_up_loses_nothing(direct: bool) 
             assert messages[0]["type"] == "init"
             assert [m["sequence"] for m in messages[1:]] == list(range(1, hub.sequence + 1))
             # Drained: back to writing at once.
-            await wait_for(lambda: sub.buffered_bytes == 0, 10, "the outbox drained")
+            await wait_until(lambda: sub.buffered_bytes == 0, 10, "the outbox drained")
             hub.publish(request("after"))
             (after,) = await asyncio.to_thread(read_stream, sock, hub.sequence)
             assert after["sequence"] == hub.sequence
