@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from ..protocol.constants import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
+
 __all__ = ["add_parser", "summary", "watch"]
 
 
@@ -123,10 +125,16 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--count", type=int, default=None, help="exit after this many messages")
     parser.add_argument(
-        "--heartbeat-interval", type=float, default=30.0, help="seconds (default %(default)s)"
+        "--heartbeat-interval",
+        type=float,
+        default=DEFAULT_HEARTBEAT_INTERVAL,
+        help="seconds (default %(default)s)",
     )
     parser.add_argument(
-        "--heartbeat-timeout", type=float, default=5.0, help="seconds (default %(default)s)"
+        "--heartbeat-timeout",
+        type=float,
+        default=DEFAULT_HEARTBEAT_TIMEOUT,
+        help="seconds (default %(default)s)",
     )
     parser.add_argument(
         "--max-attempts",

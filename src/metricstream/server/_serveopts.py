@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._logging import LOG_FORMATS, LOG_LEVELS
 from .._options import Option, check_port, check_positive, check_range
+from ..protocol.constants import DEFAULT_SERVER_HEARTBEAT_INTERVAL
 
 if TYPE_CHECKING:
     from ._hub import MetricsHub
@@ -172,7 +173,7 @@ LIMIT_OPTIONS: tuple[Option, ...] = (
     Option(
         name="heartbeat_interval",
         kind="float",
-        default=15.0,
+        default=DEFAULT_SERVER_HEARTBEAT_INTERVAL,
         help="seconds between server heartbeats",
         check=check_positive,
         group=_LIM,
