@@ -41,9 +41,9 @@ def vllm(
     *,
     prompt: int,
     generation: int,
-    ttft: list[int],
-    itl: list[int],
-    e2e: list[int],
+    ttft: list[int] | None = None,
+    itl: list[int] | None = None,
+    e2e: list[int] | None = None,
     running: int = 3,
     waiting: int = 1,
     usage: float = 0.42,
@@ -52,6 +52,10 @@ def vllm(
     older: bool = False,
 ) -> str:
     """A vLLM V1 exposition (``older``: the names of earlier releases)."""
+    # Histograms left out are empty: no request finished in that respect.
+    ttft = zeros(TTFT_BOUNDS) if ttft is None else ttft
+    itl = zeros(ITL_BOUNDS) if itl is None else itl
+    e2e = zeros(E2E_BOUNDS) if e2e is None else e2e
     labels = {"model_name": MODEL, "engine": "0"}
     out = Exposition()
     out.gauge(
@@ -471,9 +475,6 @@ async def test_a_failing_target_is_one_error_then_stale_then_it_resumes(
             vllm(
                 prompt=10,
                 generation=10,
-                ttft=zeros(TTFT_BOUNDS),
-                itl=zeros(ITL_BOUNDS),
-                e2e=zeros(E2E_BOUNDS),
             )
         )
         await scraper.scrape_once()
@@ -482,9 +483,6 @@ async def test_a_failing_target_is_one_error_then_stale_then_it_resumes(
             vllm(
                 prompt=10,
                 generation=60,
-                ttft=zeros(TTFT_BOUNDS),
-                itl=zeros(ITL_BOUNDS),
-                e2e=zeros(E2E_BOUNDS),
             )
         )
         await scraper.scrape_once()
@@ -510,9 +508,6 @@ async def test_the_collector_keeps_its_totals_and_gets_the_engine_figures(
             vllm(
                 prompt=0,
                 generation=0,
-                ttft=zeros(TTFT_BOUNDS),
-                itl=zeros(ITL_BOUNDS),
-                e2e=zeros(E2E_BOUNDS),
             )
         )
         await scraper.scrape_once()
@@ -550,9 +545,6 @@ async def test_the_scraper_runs_by_itself(engine: EngineServer) -> None:
         vllm(
             prompt=0,
             generation=0,
-            ttft=zeros(TTFT_BOUNDS),
-            itl=zeros(ITL_BOUNDS),
-            e2e=zeros(E2E_BOUNDS),
             usage=0.1,
         )
     )
@@ -568,9 +560,6 @@ async def test_the_scraper_runs_by_itself(engine: EngineServer) -> None:
             vllm(
                 prompt=0,
                 generation=0,
-                ttft=zeros(TTFT_BOUNDS),
-                itl=zeros(ITL_BOUNDS),
-                e2e=zeros(E2E_BOUNDS),
                 usage=0.9,
             )
         )
@@ -613,9 +602,6 @@ async def test_a_silent_engine_times_out_and_the_loop_goes_on(
         vllm(
             prompt=0,
             generation=0,
-            ttft=zeros(TTFT_BOUNDS),
-            itl=zeros(ITL_BOUNDS),
-            e2e=zeros(E2E_BOUNDS),
             usage=0.2,
         )
     )
@@ -654,9 +640,6 @@ async def test_an_oversized_exposition_is_refused(
     text = vllm(
         prompt=0,
         generation=0,
-        ttft=zeros(TTFT_BOUNDS),
-        itl=zeros(ITL_BOUNDS),
-        e2e=zeros(E2E_BOUNDS),
     )
     engine.serve(text + "# padding\n" * 2000)
     scraper = EngineScraper(publisher, [engine.url], max_exposition_bytes=len(text) + 100)
