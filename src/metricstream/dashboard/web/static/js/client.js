@@ -25,6 +25,7 @@
 import {
   CLOSE_ACTIONS,
   CloseAction,
+  CloseCode,
   MAX_TRACKED_HOLES,
   MODEL_SCOPED_TYPES,
   PROTOCOL_DEFAULTS,
@@ -278,7 +279,7 @@ export class StreamClient {
     if (conn) {
       this._detach(conn);
       try {
-        conn.ws.close(1000, "client closing");
+        conn.ws.close(CloseCode.NORMAL, "client closing");
       } catch {
         // already closing
       }
@@ -479,7 +480,7 @@ export class StreamClient {
     }
     if (conn.resync && this._conn === conn) {
       try {
-        conn.ws.close(1000, "resync");
+        conn.ws.close(CloseCode.NORMAL, "resync");
       } catch {
         // closing anyway
       }
@@ -622,7 +623,7 @@ export class StreamClient {
     }
     if (action === CloseAction.FATAL) {
       this._fatal(
-        code === 4001
+        code === CloseCode.BAD_TOKEN
           ? "the server rejected the token (4001): open the page with ?token=<token>"
           : `the server refused the connection (${code}${why ? `: ${why}` : ""})`,
       );
