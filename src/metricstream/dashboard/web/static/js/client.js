@@ -101,6 +101,18 @@ export function filterAccepts(filter, type, model) {
 }
 
 /**
+ * The message that asks the server for a filter ({types, models}; null:
+ * no filter on that dimension): `unsubscribe` for none at all, else
+ * `subscribe` with both, as given.
+ */
+export function subscribeMessage(types, models) {
+  if ((types === null || types === undefined) && (models === null || models === undefined)) {
+    return { type: "unsubscribe" };
+  }
+  return { type: "subscribe", data: { types: types ?? null, models: models ?? null } };
+}
+
+/**
  * One text frame as its messages: {messages, invalid}. A batch (array) is
  * decoded leniently: a bad item is skipped and counted, the others kept.
  */
@@ -316,7 +328,7 @@ export class StreamClient {
   subscribe(types = null, models = null) {
     this.config.types = types;
     this.config.models = models;
-    return this.send({ type: "subscribe", data: { types, models } });
+    return this.send(subscribeMessage(types, models));
   }
 
   streamUrl() {
