@@ -254,7 +254,7 @@ class WebSocketService:
         # close() ends run() normally, and cancelling run() leaves the loop be.
         await asyncio.wait({self._task})
         if not self._stop_requested(generation):
-            raise self._life.stopped(self._session.last_error)
+            raise self._life.stop_error(self._session.last_error)
 
     async def disconnect(self) -> None:
         """Close the connection on purpose (code 1000); no reconnect follows.

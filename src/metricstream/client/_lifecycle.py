@@ -92,17 +92,17 @@ class Lifecycle:
             logger.info("%s", exc)
         self._out.call(self._out.handlers.on_error, exc)
 
-    def stopped(self, last_error: str | None) -> MetricStreamError:
+    def stop_error(self, last_error: str | None) -> MetricStreamError:
         """The error that says why the client stopped on its own."""
         if self.fatal is not None:
             return self.fatal
         return StreamConnectionError(f"client stopped: {last_error or self.state.value}")
 
     async def wait_connected(self, task: asyncio.Task[None], session: ClientSession) -> None:
-        """Wait until CONNECTED, or raise :meth:`stopped` once ``task`` (the loop) ended."""
+        """Wait until CONNECTED, or raise :meth:`stop_error` once ``task`` (the loop) ended."""
         while self.state is not ConnectionState.CONNECTED:
             if task.done():
-                raise self.stopped(session.last_error)
+                raise self.stop_error(session.last_error)
             waiter = asyncio.ensure_future(self._connected.wait())
             try:
                 await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
