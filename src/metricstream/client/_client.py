@@ -98,7 +98,6 @@ class WebSocketService:
         self._keepalive: asyncio.Task[None] | None = None
         self._closing = False  # close() or aclose() was called: final
         self._released = False  # aclose() finished
-        self._stopped = False  # the connection loop ended, for whatever reason
         # Bumped by disconnect(): a connection loop of an older generation
         # winds down instead of reconnecting.
         self._generation = 0
@@ -180,7 +179,7 @@ class WebSocketService:
         :meth:`aclose` / :meth:`close` or when the client stopped for good.
         """
         size = self._config.message_queue_size if maxsize is None else maxsize
-        return self._out.stream(types, size, ended=self._stopped)
+        return self._out.stream(types, size, ended=self._life.stopped)
 
     async def connect(self) -> None:
         """Start connecting, and keep the connection up, in the background.
@@ -207,7 +206,6 @@ class WebSocketService:
         task = self._task
         if task is not None and not task.done():
             return
-        self._stopped = False
         self._life.starting()
         self._session.start()
         self._wake.clear()
@@ -268,9 +266,8 @@ class WebSocketService:
         self._generation += 1
         await self._stop_loop("disconnected by the client")
         self._task = None
-        self._stopped = True
         self._outbox.release()
-        self._life.set(ConnectionState.DISCONNECTED)
+        self._life.stop(ConnectionState.DISCONNECTED, end_streams=False)
 
     async def close(self) -> None:
         """Close the connection (code 1000) and stop for good; no reconnect follows.
@@ -280,7 +277,8 @@ class WebSocketService:
         """
         self._closing = True
         await self._stop_loop("closed by the client")
-        self._finish(ConnectionState.CLOSED)
+        self._life.stop(ConnectionState.CLOSED)
+        self._outbox.release()
 
     async def aclose(self) -> None:
         """Close for good and release everything (final; idempotent).
@@ -394,7 +392,7 @@ class WebSocketService:
                     if decision.gave_up:
                         self._life.gave_up(session.last_error)
                     failed = decision.state is SessionState.FAILED
-                    self._finish(ConnectionState.ERROR if failed else ConnectionState.CLOSED)
+                    self._life.stop(ConnectionState.ERROR if failed else ConnectionState.CLOSED)
                     return
                 self._life.reconnecting(session.backoff.attempt, delay)
                 if not self._wake.is_set():
@@ -507,12 +505,6 @@ class WebSocketService:
         # A method, not the attribute: mypy would keep the attribute narrowed
         # to False across the await that close() interleaves with.
         return self._closing or generation != self._generation
-
-    def _finish(self, state: ConnectionState) -> None:
-        self._stopped = True
-        self._life.set(state)
-        self._out.end_streams()
-        self._outbox.release()
 
 
 def create_websocket_service(

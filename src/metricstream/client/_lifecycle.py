@@ -34,6 +34,8 @@ class Lifecycle:
         self.disconnected_at: float | None = None
         #: The error that stopped the client for good (a rejection).
         self.fatal: MetricStreamError | None = None
+        #: Whether the connection loop ended, for whatever reason.
+        self.stopped = False
         self._connected = asyncio.Event()
 
     def set(self, state: ConnectionState) -> None:
@@ -48,8 +50,17 @@ class Lifecycle:
 
     def starting(self) -> None:
         """A connection loop starts (anew): forget why the last one stopped."""
+        self.stopped = False
         self.fatal = None
         self._connected = asyncio.Event()
+
+    def stop(self, state: ConnectionState, *, end_streams: bool = True) -> None:
+        """The connection loop ended in ``state``; ``messages()`` iterators end
+        with it unless the client may connect again (``end_streams=False``)."""
+        self.stopped = True
+        self.set(state)
+        if end_streams:
+            self._out.end_streams()
 
     def connecting(self) -> None:
         """An attempt starts: CONNECTING, unless it is a RECONNECTING one."""
