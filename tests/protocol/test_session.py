@@ -297,6 +297,9 @@ class Foreign:
 
         return [decode(frame[1:])]
 
+    def subscribe_frames(self, models: tuple[str, ...] | None) -> list[bytes]:
+        return [b"!models " + ",".join(models or ()).encode()]
+
 
 def test_auto_dialect_is_decided_by_the_first_frame() -> None:
     s = session(dialect="auto", foreign=Foreign())
@@ -318,3 +321,91 @@ def test_what_is_skipped_is_reported_through_the_log_sink() -> None:
     s.receive(b"not json", now=0)
     assert said[-1][0] == 30  # logging.WARNING
     assert said[-1][1].startswith("skipped an invalid frame")
+
+
+def test_the_first_message_must_come_within_the_heartbeat_timeout() -> None:
+    s = session(heartbeat_interval=10.0, heartbeat_timeout=3.0)
+    s.start()
+    s.connect()
+    s.opened(now=100.0)
+    tick = s.tick(100.0)
+    assert tick.heartbeat is None  # nothing is sent before the first message
+    assert tick.abandon is None
+    assert tick.next_at == 103.0
+    # Any frame, even one skipped as invalid, restarts the wait.
+    s.receive(b"not json", now=102.0)
+    assert s.tick(104.0).abandon is None
+    assert s.tick(104.0).next_at == 105.0
+    tick = s.tick(105.0)
+    assert tick.abandon == "no first message within the heartbeat timeout"
+    decision = s.closed(None)
+    assert decision.reason == tick.abandon
+    assert decision.action is CloseAction.RETRY
+    assert not decision.was_open
+
+
+def test_once_up_the_keepalive_beats_at_once_not_at_the_first_message_deadline() -> None:
+    s = session(heartbeat_interval=10.0, heartbeat_timeout=3.0)
+    s.start()
+    s.connect()
+    s.opened(now=0.0)
+    s.receive(init(1), now=1.0)
+    tick = s.tick(1.0)
+    assert tick.heartbeat is not None
+    assert tick.next_at == 4.0  # the heartbeat's own probe, from now
+    # Without a time, opened() sets no deadline (the caller keeps its own).
+    s = session(heartbeat_timeout=3.0)
+    s.start()
+    s.connect()
+    s.opened()
+    assert s.tick(1000.0).abandon is None
+
+
+def test_frames_beyond_the_ceiling_fail_the_connection_and_count_as_parse_errors() -> None:
+    assert session().frame_ceiling is None
+    s = streaming(max_message_size=1000)
+    assert s.frame_ceiling == 4000
+    # A server's own 1009 is just a close; the client's means a frame it refused.
+    s.closed(1009, "too big")
+    assert s.parse_errors == 0
+    s.connect()
+    s.opened()
+    s.receive(init(10), now=0.0)
+    decision = s.closed(1009, "", by_client=True)
+    assert s.parse_errors == 1
+    assert "1009" in decision.reason
+    assert decision.action is CloseAction.RETRY
+
+
+def _sent(request: Any) -> list[dict[str, Any]]:
+    return [json.loads(f) for f in request.frames]
+
+
+def test_set_filter_says_what_asks_the_native_server_for_it() -> None:
+    s = session()
+    assert s.set_filter(("request_update",), None).frames == ()  # not connected
+    s = streaming()
+    assert s.is_up
+    request = s.set_filter(("request_update",), ("m",))
+    assert request.answered
+    [message] = _sent(request)
+    assert message["type"] == "subscribe"
+    assert message["data"] == {"types": ["request_update"], "models": ["m"]}
+    assert s.subscription.types == ["request_update"]
+    assert s.subscription.models == ["m"]
+    [message] = _sent(s.set_filter(None, None))
+    assert message["type"] == "unsubscribe"
+    assert s.subscription.types is None
+    assert s.subscription.models is None
+
+
+def test_set_filter_on_a_foreign_dialect_sends_its_frames_unanswered() -> None:
+    s = session(dialect="auto", foreign=Foreign())
+    s.start()
+    s.connect()
+    s.opened()
+    assert s.set_filter(None, ("m",)).frames == ()  # not up before its first message
+    s.receive(b"!" + frame(type="heartbeat", data={}), now=0)
+    request = s.set_filter(None, ("a", "b"))
+    assert request.frames == (b"!models a,b",)
+    assert not request.answered

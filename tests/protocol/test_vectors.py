@@ -72,6 +72,27 @@ def test_filter_decisions(case: dict[str, Any]) -> None:
     assert filt.accepts(case["type"], case["model"]) is case["accepts"]
 
 
+@pytest.mark.parametrize("case", cases("subscribe"))
+def test_filter_requests(case: dict[str, Any]) -> None:
+    session = ClientSession()
+    session.start()
+    session.connect()
+    session.opened()
+    session.receive(b'{"type":"init","timestamp":1,"sequence":1,"data":{}}', now=0.0)
+    types, models = case["types"], case["models"]
+    request = session.set_filter(
+        None if types is None else tuple(types), None if models is None else tuple(models)
+    )
+    assert request.answered
+    [frame] = request.frames
+    message = json.loads(frame)
+    data = message.get("data")
+    if data is not None:
+        # The encoder leaves null fields out; absent and null mean the same.
+        data = {"types": data.get("types"), "models": data.get("models")}
+    assert {"type": message["type"], "data": data} == case["message"]
+
+
 @pytest.mark.parametrize("case", cases("batch"))
 def test_batch_decoding(case: dict[str, Any]) -> None:
     # Filtered to every stream type, so that a gap is not answered by a resync.
@@ -117,7 +138,7 @@ def test_the_javascript_client_passes_the_same_vectors() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # Every kind of vector ran: a runner that found nothing must not pass.
-    for kind in ("sequence", "resume_start", "close", "filter", "batch", "resume_url"):
+    for kind in ("sequence", "resume_start", "close", "filter", "subscribe", "batch", "resume_url"):
         assert f"# {kind}:" in result.stdout or kind in result.stdout, kind
     assert "# fail 0" in result.stdout
     total = sum(len(VECTORS[k]) for k in VECTORS if isinstance(VECTORS[k], list))

@@ -12,9 +12,14 @@ const here = dirname(fileURLToPath(import.meta.url));
 const staticJs =
   process.env.METRICSTREAM_STATIC_JS ??
   join(here, "..", "..", "src", "metricstream", "dashboard", "web", "static", "js");
-const { SequenceTracker, StreamClient, closeAction, decodeFrame, filterAccepts } = await import(
-  pathToFileURL(join(staticJs, "client.js")).href
-);
+const {
+  SequenceTracker,
+  StreamClient,
+  closeAction,
+  decodeFrame,
+  filterAccepts,
+  subscribeMessage,
+} = await import(pathToFileURL(join(staticJs, "client.js")).href);
 const { STREAM_SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } = await import(
   pathToFileURL(join(staticJs, "protocol.js")).href
 );
@@ -52,6 +57,13 @@ vectors.filter.forEach((item, i) => {
   test(named("filter", i, item), () => {
     const filter = { types: item.types, models: item.models };
     assert.equal(filterAccepts(filter, item.type, item.model), item.accepts);
+  });
+});
+
+vectors.subscribe.forEach((item, i) => {
+  test(named("subscribe", i, item), () => {
+    const message = subscribeMessage(item.types, item.models);
+    assert.deepEqual({ type: message.type, data: message.data ?? null }, item.message);
   });
 });
 

@@ -1,38 +1,30 @@
 """The asyncio client: a thin adapter over the sans-I/O protocol session.
 
-Every rule of the protocol — the dialect of a connection, decoding, ``init``
-and epochs, sequence verdicts and the gap resync, the filter, keepalive
-timing, what a close code means and how long to back off — is decided by
+Every rule of the protocol — the dialect of a connection, decoding and frame
+bounds, ``init`` and epochs, sequence verdicts and the gap resync, the filter
+and how to ask for it, keepalive timing (the first message's deadline too),
+what a close code means and how long to back off — is decided by
 :class:`~metricstream.protocol.session.ClientSession`. This module owns what
-a session cannot: the socket (``websockets``), the tasks and timers, the
-callbacks, iterators and handlers, and the offline send queue.
+a session cannot: the socket and the tasks, acting on the session's answers.
+What it hands on lives beside it: dialling (``_dial.py``), the offline queue
+and ``subscribe`` answers (``_outbox.py``), the heartbeat task
+(``_keepalive.py``), the connection state and the lifecycle handlers
+(``_lifecycle.py``), callbacks and iterators (``_dispatch.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Self
+from typing import Any, Self
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, WebSocketException
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
-from .._version import __version__
-from ..exceptions import (
-    ClientClosedError,
-    ConfigError,
-    ConnectionRejectedError,
-    MetricStreamError,
-    QueueFullError,
-    StreamConnectionError,
-)
+from ..exceptions import ClientClosedError
 from ..protocol import (
-    ClientSession,
     CloseAction,
     Decision,
     MessageType,
@@ -42,14 +34,14 @@ from ..protocol import (
     SubscribePayload,
     WebSocketMessage,
     encode,
-    handshake_action,
-    make_message,
 )
-from ._config import Dialect, OverflowPolicy, WebSocketConfig, _names, redact_url
+from ._config import WebSocketConfig, _names, as_config, make_session, redact_url
+from ._dial import DialFailure, dial
 from ._dispatch import Dispatcher
-from ._fakeai import FAKEAI_PING, FakeAIAdapter, is_fakeai_greeting
-from ._handlers import EventHandlers
-from ._policy import build_url
+from ._handlers import EventHandlers, merge_handlers
+from ._keepalive import keep_alive
+from ._lifecycle import Lifecycle
+from ._outbox import Outbox
 from ._state import ConnectionInfo, ConnectionState
 from ._stream import MessageStream
 from ._subscription import ALL_TYPES, STATE_CHANGES, Callback, Subscription
@@ -64,27 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("metricstream.client")
-
-# A frame above max_message_size is read and skipped, up to this many times
-# the limit; beyond it the connection is failed (1009) so that no single frame
-# can make the client buffer without bound.
-_OVERSIZE_CEILING: Final = 4
-
-
-class _FakeAI:
-    """The FakeAI dialect, as the session adapts it."""
-
-    name = Dialect.FAKEAI.value
-    ping = FAKEAI_PING
-
-    def __init__(self) -> None:
-        self._adapter = FakeAIAdapter()
-
-    def recognises(self, frame: bytes) -> bool:
-        return is_fakeai_greeting(frame)
-
-    def adapt(self, frame: bytes) -> list[WebSocketMessage[Any]]:
-        return self._adapter.adapt(frame)
 
 
 class WebSocketService:
@@ -117,58 +88,21 @@ class WebSocketService:
         handlers: EventHandlers | None = None,
         **handler_kwargs: Callable[..., object] | None,
     ) -> None:
-        self._config = (
-            config if isinstance(config, WebSocketConfig) else WebSocketConfig(url=config)
-        )
-        if handlers is not None and not isinstance(handlers, EventHandlers):
-            raise ConfigError(f"handlers must be an EventHandlers, got {handlers!r}")
-        handlers = handlers if handlers is not None else EventHandlers()
-        if handler_kwargs:
-            try:
-                handlers = dataclasses.replace(handlers, **handler_kwargs)
-            except TypeError as exc:
-                raise ConfigError(f"unknown handler: {exc}") from None
-        self._out = Dispatcher(handlers)
-
-        config = self._config
-        self._session = ClientSession(
-            backoff=config.make_backoff(),
-            resume=config.resume,
-            reconnect=config.reconnect,
-            batch=config.batch,
-            token=config.token if config.token_in_query else None,
-            types=config.types,
-            models=config.models,
-            dialect=config.dialect.value,
-            foreign=_FakeAI(),
-            heartbeat_interval=config.heartbeat_interval,
-            heartbeat_timeout=config.heartbeat_timeout,
-            max_message_size=config.max_message_size,
-            debug=config.debug,
-            log=logger.log,
-            endpoints=len(config.endpoints),
-        )
-        self._outbox: deque[bytes] = deque()
-        self._ack_waiters: list[asyncio.Future[SubscribePayload | None]] = []
-
-        self._state = ConnectionState.DISCONNECTED
+        self._config = config = as_config(config)
+        self._out = Dispatcher(merge_handlers(handlers, handler_kwargs))
+        self._life = Lifecycle(self._out, debug=config.debug)
+        self._session = make_session(config, logger.log)
+        self._outbox = Outbox(config.max_queue_size, config.queue_overflow)
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None  # while a connection is open
         self._keepalive: asyncio.Task[None] | None = None
         self._closing = False  # close() or aclose() was called: final
         self._released = False  # aclose() finished
-        self._stopped = False  # the connection loop ended, for whatever reason
         # Bumped by disconnect(): a connection loop of an older generation
         # winds down instead of reconnecting.
         self._generation = 0
-        self._fatal: BaseException | None = None
-        self._connected_event: asyncio.Event | None = None
         # Set by reconnect(): cut the current backoff wait short.
         self._wake = asyncio.Event()
-        self._connected_at: float | None = None
-        self._disconnected_at: float | None = None
-        self._bytes_sent = 0
-        self._dropped = 0
 
     # ------------------------------------------------------------------ public
 
@@ -180,12 +114,12 @@ class WebSocketService:
     @property
     def state(self) -> ConnectionState:
         """The current connection state."""
-        return self._state
+        return self._life.state
 
     @property
     def is_connected(self) -> bool:
         """Whether the client is CONNECTED."""
-        return self._state is ConnectionState.CONNECTED
+        return self._life.state is ConnectionState.CONNECTED
 
     @property
     def handlers(self) -> EventHandlers:
@@ -200,41 +134,11 @@ class WebSocketService:
     @property
     def filter(self) -> SubscribePayload:
         """The current subscription filter (``None`` fields: everything)."""
-        types, models = self._session.types, self._session.models
-        return SubscribePayload(
-            types=list(types) if types is not None else None,
-            models=list(models) if models is not None else None,
-        )
+        return self._session.subscription
 
     def connection_info(self) -> ConnectionInfo:
         """A snapshot of the connection statistics (the seed's ``getConnectionInfo``)."""
-        session = self._session
-        tracker = session.tracker
-        return ConnectionInfo(
-            state=self._state,
-            connected_at=self._connected_at,
-            disconnected_at=self._disconnected_at,
-            reconnect_attempts=session.backoff.attempt,
-            last_error=session.last_error,
-            latency=session.latency,
-            message_count=session.message_count,
-            bytes_received=session.bytes_received,
-            bytes_sent=self._bytes_sent,
-            epoch=tracker.epoch,
-            last_sequence=tracker.last_sequence,
-            duplicates=tracker.duplicates,
-            out_of_order=tracker.out_of_order,
-            gaps=tracker.gaps,
-            parse_errors=session.parse_errors,
-            queued=len(self._outbox),
-            dropped=self._dropped,
-            resumed=session.resumed,
-            dialect=session.dialect,
-            connections=session.connections,
-            resumes=session.resumes,
-            missed=tracker.missed,
-            unknown_messages=session.unknown_messages,
-        )
+        return self._life.info(self._session, self._outbox)
 
     def subscribe(self, message_type: MessageType | str, callback: Callback) -> Subscription:
         """Call ``callback(data, message)`` for each message of ``message_type``.
@@ -275,7 +179,7 @@ class WebSocketService:
         :meth:`aclose` / :meth:`close` or when the client stopped for good.
         """
         size = self._config.message_queue_size if maxsize is None else maxsize
-        return self._out.stream(types, size, ended=self._stopped)
+        return self._out.stream(types, size, ended=self._life.stopped)
 
     async def connect(self) -> None:
         """Start connecting, and keep the connection up, in the background.
@@ -302,11 +206,9 @@ class WebSocketService:
         task = self._task
         if task is not None and not task.done():
             return
-        self._stopped = False
-        self._fatal = None
+        self._life.starting()
         self._session.start()
         self._wake.clear()
-        self._connected_event = asyncio.Event()
         if self._config.debug:
             logger.debug("connecting to %s", redact_url(self._config.url))
         self._task = asyncio.create_task(self._run(self._generation), name="metricstream-client")
@@ -331,18 +233,8 @@ class WebSocketService:
         stopped (closed, or out of attempts) first.
         """
         await self.start()
-        task = self._task
-        assert task is not None
-        while not self.is_connected:
-            if task.done():
-                self._raise_stopped()
-            event = self._connected_event
-            assert event is not None
-            waiter = asyncio.ensure_future(event.wait())
-            try:
-                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+        assert self._task is not None
+        await self._life.wait_connected(self._task, self._session)
 
     async def run(self) -> None:
         """Start (if needed) and wait until the client stops.
@@ -360,7 +252,7 @@ class WebSocketService:
         # close() ends run() normally, and cancelling run() leaves the loop be.
         await asyncio.wait({self._task})
         if not self._stop_requested(generation):
-            self._raise_stopped()
+            raise self._life.stop_error(self._session.last_error)
 
     async def disconnect(self) -> None:
         """Close the connection on purpose (code 1000); no reconnect follows.
@@ -374,9 +266,8 @@ class WebSocketService:
         self._generation += 1
         await self._stop_loop("disconnected by the client")
         self._task = None
-        self._stopped = True
-        self._release_waiters()
-        self._set_state(ConnectionState.DISCONNECTED)
+        self._outbox.release()
+        self._life.stop(ConnectionState.DISCONNECTED, end_streams=False)
 
     async def close(self) -> None:
         """Close the connection (code 1000) and stop for good; no reconnect follows.
@@ -386,7 +277,8 @@ class WebSocketService:
         """
         self._closing = True
         await self._stop_loop("closed by the client")
-        self._finish(ConnectionState.CLOSED)
+        self._life.stop(ConnectionState.CLOSED)
+        self._outbox.release()
 
     async def aclose(self) -> None:
         """Close for good and release everything (final; idempotent).
@@ -400,7 +292,7 @@ class WebSocketService:
             return
         self._released = True
         await self._out.release(self._config.close_timeout)
-        self._outbox.clear()
+        self._outbox.pending.clear()
 
     async def _stop_loop(self, reason: str) -> None:
         ws = self._ws
@@ -450,14 +342,14 @@ class WebSocketService:
         """
         frame = encode(message)
         ws = self._ws
-        if ws is not None and self._up:
+        if ws is not None and self._session.is_up:
             try:
-                await self._send_frame(ws, frame)
+                await self._outbox.send(ws, frame)
             except ConnectionClosed:
                 pass  # Lost meanwhile: queue it for the next connection.
             else:
                 return True
-        self._enqueue(frame)
+        self._outbox.put(frame)
         return False
 
     async def set_filter(
@@ -476,45 +368,17 @@ class WebSocketService:
         """
         # Validate both before changing either: a bad ``models`` must not
         # leave a new ``types`` behind. ``_names`` also refuses a lone string.
-        new_types = _names("types", types)
-        new_models = _names("models", models)
-        self._session.set_filter(new_types, new_models)
+        request = self._session.set_filter(_names("types", types), _names("models", models))
         ws = self._ws
-        if ws is None or not self._up:
+        if ws is None or not request.frames:
             return None
-        if self._session.dialect == Dialect.FAKEAI:
-            for frame in FakeAIAdapter.subscribe_frames(new_models):
-                await self._send_frame(ws, frame)
-            return None
-        message: WebSocketMessage[Any] = (
-            make_message(MessageType.UNSUBSCRIBE, None)
-            if new_types is None and new_models is None
-            else make_message(MessageType.SUBSCRIBE, self.filter)
-        )
-        waiter: asyncio.Future[SubscribePayload | None]
-        waiter = asyncio.get_running_loop().create_future()
-        self._ack_waiters.append(waiter)
-        try:
-            await self._send_frame(ws, encode(message))
-            async with asyncio.timeout(self._config.heartbeat_timeout):
-                return await waiter
-        except (ConnectionClosed, TimeoutError):
-            logger.info("no answer to subscribe; the filter applies from the next connection")
-            return None
-        finally:
-            with contextlib.suppress(ValueError):
-                self._ack_waiters.remove(waiter)
+        return await self._outbox.request(ws, request, self._config.heartbeat_timeout)
 
     async def clear_filter(self) -> SubscribePayload | None:
         """Remove the filter, everything from now on; the wire ``unsubscribe``."""
         return await self.set_filter(None, None)
 
     # ------------------------------------------------------- connection loop
-
-    @property
-    def _up(self) -> bool:
-        # The open connection proved itself (its first message arrived).
-        return self._session.state in (SessionState.STREAMING, SessionState.RESYNCING)
 
     async def _run(self, generation: int) -> None:
         session = self._session
@@ -526,84 +390,43 @@ class WebSocketService:
                 delay = decision.delay
                 if delay is None:
                     if decision.gave_up:
-                        logger.error("%s", session.last_error)
-                        self._out.call(self.handlers.on_max_reconnect_attempts_reached)
+                        self._life.gave_up(session.last_error)
                     failed = decision.state is SessionState.FAILED
-                    self._finish(ConnectionState.ERROR if failed else ConnectionState.CLOSED)
+                    self._life.stop(ConnectionState.ERROR if failed else ConnectionState.CLOSED)
                     return
-                self._set_state(ConnectionState.RECONNECTING)
-                attempt = session.backoff.attempt
-                if self._config.debug:
-                    logger.debug("reconnect attempt %d in %.3f s", attempt, delay)
-                self._out.call(self.handlers.on_reconnecting, attempt, delay)
+                self._life.reconnecting(session.backoff.attempt, delay)
                 if not self._wake.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._wake.wait()
                 self._wake.clear()
         finally:
-            self._release_waiters()
+            self._outbox.release()
 
     async def _connect_once(self) -> Decision:
-        config = self._config
-        if self._state is not ConnectionState.RECONNECTING:
-            self._set_state(ConnectionState.CONNECTING)
+        self._life.connecting()
+        session = self._session
         # The session picks the server (failover); the adapter only dials.
-        params = self._session.connect()
-        target = config.endpoints[self._session.endpoint]
-        url = build_url(target, params)
-        headers = dict(config.headers or {})
-        if config.token is not None and not config.token_in_query:
-            headers["Authorization"] = f"Bearer {config.token}"
-        extra: dict[str, Any] = {}
-        if config.ssl is not None:
-            extra["ssl"] = config.ssl
-        if config.protocols is not None:
-            extra["subprotocols"] = list(config.protocols)
-        try:
-            ws = await connect(
-                url,
-                additional_headers=headers,
-                **extra,
-                open_timeout=config.open_timeout,
-                close_timeout=config.close_timeout,
-                # Liveness is the protocol's heartbeat, which both dialects
-                # answer; protocol-level pings would be a second, weaker timer.
-                ping_interval=None,
-                ping_timeout=None,
-                max_size=config.max_message_size * _OVERSIZE_CEILING,
-                # Frames are small JSON: deflate costs more CPU and memory than
-                # it saves (docs/performance.md).
-                compression=None,
-                user_agent_header=f"metricstream/{__version__}",
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            rejected = ConnectionRejectedError(
-                f"handshake rejected with HTTP {status}", code=status
-            )
-            return self._failed(rejected, handshake_action(status))
-        except InvalidURI as exc:
-            return self._failed(ConfigError(f"invalid url: {exc}"), CloseAction.FATAL)
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            reason = str(exc) or type(exc).__name__
-            error = StreamConnectionError(f"cannot connect to {redact_url(target)}: {reason}")
-            return self._failed(error, CloseAction.RETRY)
-        if config.debug:
+        params = session.connect()
+        target = self._config.endpoints[session.endpoint]
+        ws = await dial(self._config, target, params, max_size=session.frame_ceiling)
+        if isinstance(ws, DialFailure):
+            decision = session.connect_failed(ws.error, ws.action)
+            self._life.error(ws.error, fatal=ws.action is CloseAction.FATAL)
+            return decision
+        if self._config.debug:
             logger.debug("handshake done (subprotocol %s)", ws.subprotocol)
         return await self._serve(ws)
 
-    def _failed(self, error: MetricStreamError, action: CloseAction) -> Decision:
-        decision = self._session.connect_failed(error, action)
-        self._error(error, fatal=action is CloseAction.FATAL)
-        return decision
-
     async def _serve(self, ws: ClientConnection) -> Decision:
         session = self._session
-        session.opened()
+        session.opened(asyncio.get_running_loop().time())
         self._ws = ws
+        # Until the first message, the keepalive watches that it comes in time.
+        self._start_keepalive(ws)
         code: int | None = None
         reason = ""
+        ours = False
         try:
             await self._read(ws)
         except ConnectionClosed as exc:
@@ -611,12 +434,7 @@ class WebSocketService:
             # client failed the connection itself (1009: frame too big).
             frame = exc.rcvd if exc.rcvd is not None else exc.sent
             if frame is not None:
-                code, reason = frame.code, frame.reason
-            if exc.rcvd is None and exc.sent is not None and exc.sent.code == 1009:
-                session.parse_errors += 1
-                logger.warning(
-                    "a frame exceeded %d times max_message_size; reconnecting", _OVERSIZE_CEILING
-                )
+                code, reason, ours = frame.code, frame.reason, exc.rcvd is None
         finally:
             if self._ws is ws:
                 self._ws = None
@@ -626,13 +444,12 @@ class WebSocketService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await keepalive
             ws.transport.abort()  # no-op when closed; frees a dead socket at once
-            self._release_waiters()
-        decision = session.closed(code, reason)
+            self._outbox.release()
+        decision = session.closed(code, reason, by_client=ours)
         if decision.was_open:
-            self._disconnected_at = time.time()
-            self._out.call(self.handlers.on_disconnect, decision.reason)
+            self._life.disconnected(decision.reason)
         if decision.error is not None:
-            self._error(decision.error, fatal=True)
+            self._life.error(decision.error, fatal=True)
         elif decision.action is not None:
             logger.info("disconnected: %s", decision.reason)
         return decision
@@ -642,23 +459,12 @@ class WebSocketService:
         ends (``ConnectionClosed``) or a resync was asked for (returns)."""
         session = self._session
         out = self._out
+        outbox = self._outbox
+        pending = outbox.pending
         busy = self._busy
         loop = asyncio.get_running_loop()
-        awaiting = SessionState.AWAITING_INIT
         while True:
-            if session.state is awaiting:
-                # Until a first valid message proves the connection (and
-                # starts the keepalive), each frame must come within the
-                # heartbeat timeout.
-                try:
-                    async with asyncio.timeout(self._config.heartbeat_timeout):
-                        frame = await ws.recv(decode=False)
-                except TimeoutError:
-                    session.abandon("no first message within the heartbeat timeout")
-                    ws.transport.abort()
-                    raise ConnectionClosed(None, None) from None
-            else:
-                frame = await ws.recv(decode=False)
+            frame = await ws.recv(decode=False)
             for event in session.receive(frame, loop.time()):
                 if isinstance(event, Opened):
                     self._opened(ws, first=event.first)
@@ -671,83 +477,27 @@ class WebSocketService:
                     # A message to deliver: the hot path, inline (one
                     # coroutine less per message).
                     if event.type is MessageType.SUBSCRIBED:
-                        self._acknowledged(event.data)
+                        outbox.answered(event.data)
                     await out.deliver(event, busy)
-                    if self._outbox:
+                    if pending:
                         # Queued sends go out once the connection proved
                         # itself with a first message, before anything newer.
-                        await self._flush_outbox(ws)
+                        await outbox.flush(ws)
 
     def _opened(self, ws: ClientConnection, *, first: bool) -> None:
-        self._keepalive = asyncio.create_task(
-            self._keepalive_loop(ws), name="metricstream-keepalive"
-        )
-        self._connected_at = time.time()
-        self._set_state(ConnectionState.CONNECTED)
-        assert self._connected_event is not None
-        self._connected_event.set()
-        self._connected_event = asyncio.Event()
-        self._out.call(self.handlers.on_connect)
-        if not first:
-            self._out.call(self.handlers.on_reconnected)
+        # The keepalive slept until the first message's deadline: restarted,
+        # it sends the first heartbeat now.
+        self._start_keepalive(ws)
+        self._life.connected(first=first)
 
-    async def _keepalive_loop(self, ws: ClientConnection) -> None:
-        """Send the heartbeats the session asks for; abort a silent connection."""
-        session = self._session
-        loop = asyncio.get_running_loop()
-        timeout = self._config.heartbeat_timeout
-        while True:
-            tick = session.tick(loop.time())
-            if tick.abandon is not None:
-                logger.warning("abandoning a silent connection: %s", tick.abandon)
-                # Abort, not close: a dead peer never answers a closing handshake.
-                ws.transport.abort()
-                return
-            if tick.heartbeat is not None:
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self._send_frame(ws, tick.heartbeat)
-                except TimeoutError:
-                    session.abandon(f"heartbeat not sent within {timeout:g} s")
-                    ws.transport.abort()
-                    return
-                except ConnectionClosed:
-                    return
-            await asyncio.sleep(max(tick.next_at - loop.time(), 0))
-
-    def _acknowledged(self, payload: SubscribePayload) -> None:
-        for waiter in self._ack_waiters:
-            if not waiter.done():
-                waiter.set_result(payload)
-                break
+    def _start_keepalive(self, ws: ClientConnection) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        beat = keep_alive(self._session, ws, self._outbox, self._config.heartbeat_timeout)
+        self._keepalive = asyncio.create_task(beat, name="metricstream-keepalive")
 
     def _busy(self, busy: bool) -> None:
         self._session.busy = busy
-
-    # -------------------------------------------------------------- sending
-
-    async def _send_frame(self, ws: ClientConnection, frame: bytes) -> None:
-        await ws.send(frame, text=True)
-        self._bytes_sent += len(frame)
-
-    def _enqueue(self, frame: bytes) -> None:
-        size = self._config.max_queue_size
-        if len(self._outbox) >= size:
-            policy = self._config.queue_overflow
-            if policy is OverflowPolicy.RAISE:
-                raise QueueFullError(f"offline queue full ({size} messages)")
-            self._dropped += 1
-            if policy is OverflowPolicy.DROP_NEWEST:
-                logger.warning("offline queue full (%d): dropped the message being sent", size)
-                return
-            self._outbox.popleft()
-            logger.warning("offline queue full (%d): dropped the oldest queued message", size)
-        self._outbox.append(frame)
-
-    async def _flush_outbox(self, ws: ClientConnection) -> None:
-        while self._outbox:
-            await self._send_frame(ws, self._outbox[0])
-            self._outbox.popleft()
 
     # ------------------------------------------------------------- plumbing
 
@@ -755,40 +505,6 @@ class WebSocketService:
         # A method, not the attribute: mypy would keep the attribute narrowed
         # to False across the await that close() interleaves with.
         return self._closing or generation != self._generation
-
-    def _set_state(self, state: ConnectionState) -> None:
-        old = self._state
-        if state is old:
-            return
-        self._state = state
-        if self._config.debug:
-            logger.debug("state %s -> %s", old.value, state.value)
-        self._out.state_changed(old, state)
-
-    def _finish(self, state: ConnectionState) -> None:
-        self._stopped = True
-        self._set_state(state)
-        self._out.end_streams()
-        self._release_waiters()
-
-    def _release_waiters(self) -> None:
-        for waiter in self._ack_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _error(self, exc: MetricStreamError, *, fatal: bool = False) -> None:
-        if fatal:
-            self._fatal = exc
-            logger.error("%s", exc)
-        else:
-            logger.info("%s", exc)
-        self._out.call(self.handlers.on_error, exc)
-
-    def _raise_stopped(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
-        last = self._session.last_error or self._state.value
-        raise StreamConnectionError(f"client stopped: {last}")
 
 
 def create_websocket_service(

@@ -27,9 +27,12 @@ from ..protocol import (
     DEFAULT_RECONNECT_INTERVAL,
     DEFAULT_RECONNECT_JITTER,
     Backoff,
+    ClientSession,
 )
+from ..protocol.session import LogSink
+from ._fakeai import FakeAIDialect
 
-__all__ = ["WebSocketConfig", "Dialect", "OverflowPolicy"]
+__all__ = ["WebSocketConfig", "Dialect", "OverflowPolicy", "as_config", "make_session"]
 
 
 class Dialect(enum.StrEnum):
@@ -290,3 +293,29 @@ class WebSocketConfig:
     def replace(self, **changes: object) -> WebSocketConfig:
         """A copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def as_config(config: WebSocketConfig | str) -> WebSocketConfig:
+    """``config`` itself, or the default config of the stream at URL ``config``."""
+    return config if isinstance(config, WebSocketConfig) else WebSocketConfig(url=config)
+
+
+def make_session(config: WebSocketConfig, log: LogSink) -> ClientSession:
+    """The protocol session a client with ``config`` feeds (FakeAI its foreign dialect)."""
+    return ClientSession(
+        backoff=config.make_backoff(),
+        resume=config.resume,
+        reconnect=config.reconnect,
+        batch=config.batch,
+        token=config.token if config.token_in_query else None,
+        types=config.types,
+        models=config.models,
+        dialect=config.dialect.value,
+        foreign=FakeAIDialect(),
+        heartbeat_interval=config.heartbeat_interval,
+        heartbeat_timeout=config.heartbeat_timeout,
+        max_message_size=config.max_message_size,
+        debug=config.debug,
+        log=log,
+        endpoints=len(config.endpoints),
+    )

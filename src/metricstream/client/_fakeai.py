@@ -47,7 +47,7 @@ from ..protocol import (
     normalize_timestamp,
 )
 
-__all__ = ["FAKEAI_PING", "FakeAIAdapter", "is_fakeai_greeting"]
+__all__ = ["FAKEAI_PING", "FakeAIAdapter", "FakeAIDialect", "is_fakeai_greeting"]
 
 #: What the client sends as a heartbeat to FakeAI: its ``heartbeat`` is answered
 #: with an error (the seed client's defect), ``ping`` with ``pong``.
@@ -300,3 +300,26 @@ class FakeAIAdapter:
             msgspec.json.encode({"type": "subscribe", "filters": {"model": model}})
             for model in models or ()
         ]
+
+
+class FakeAIDialect:
+    """The FakeAI dialect as a :class:`~metricstream.protocol.ForeignDialect`:
+    what a client session needs to recognise, adapt, ping and filter it."""
+
+    name: Final = "fakeai"
+    ping: Final = FAKEAI_PING
+
+    def __init__(self) -> None:
+        self._adapter = FakeAIAdapter()
+
+    def recognises(self, frame: bytes) -> bool:
+        """Whether a connection's first frame is FakeAI's greeting."""
+        return is_fakeai_greeting(frame)
+
+    def adapt(self, frame: bytes) -> list[WebSocketMessage[Any]]:
+        """The seed's messages of one FakeAI frame (see :class:`FakeAIAdapter`)."""
+        return self._adapter.adapt(frame)
+
+    def subscribe_frames(self, models: tuple[str, ...] | None) -> list[bytes]:
+        """The frames that set FakeAI's filter (see :meth:`FakeAIAdapter.subscribe_frames`)."""
+        return FakeAIAdapter.subscribe_frames(models)

@@ -10,7 +10,7 @@ from ..exceptions import ConfigError
 from ..protocol import WebSocketMessage
 from ._state import ConnectionState
 
-__all__ = ["EventHandlers"]
+__all__ = ["EventHandlers", "merge_handlers"]
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -46,3 +46,22 @@ class EventHandlers:
             value = getattr(self, field.name)
             if value is not None and not callable(value):
                 raise ConfigError(f"{field.name} must be callable or None, got {value!r}")
+
+
+def merge_handlers(
+    handlers: EventHandlers | None, overrides: dict[str, Callable[..., object] | None]
+) -> EventHandlers:
+    """``handlers`` (or none) with the handlers given as keyword arguments on top.
+
+    Raises :class:`~metricstream.exceptions.ConfigError` for anything but an
+    :class:`EventHandlers`, an unknown handler name or a value not callable.
+    """
+    if handlers is not None and not isinstance(handlers, EventHandlers):
+        raise ConfigError(f"handlers must be an EventHandlers, got {handlers!r}")
+    handlers = handlers if handlers is not None else EventHandlers()
+    if not overrides:
+        return handlers
+    try:
+        return dataclasses.replace(handlers, **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"unknown handler: {exc}") from None

@@ -7,10 +7,12 @@ time passes (:meth:`~ClientSession.tick`), the connection ends
 (:meth:`~ClientSession.closed`) — and answers with what to do: deliver these
 messages, resync, send a heartbeat, abandon a silent peer, reconnect after so
 many seconds or stop. It owns every client-side rule of ``docs/protocol.md``:
-the resume parameters, the dialect of a connection, lenient batch decoding,
-``init`` and epochs, sequence verdicts and the gap resync, the filter,
-keepalive and latency, the close-code decisions with backoff, and, given
-several servers of one stream, which one the next attempt goes to.
+the resume parameters, the dialect of a connection, lenient batch decoding and
+the frame-size bounds, ``init`` and epochs, sequence verdicts and the gap
+resync, the filter and the frames that ask a server for it, keepalive (the
+first message's deadline included) and latency, the close-code decisions
+with backoff, and, given several servers of one stream, which one the next
+attempt goes to.
 
 It never reads a clock, a socket or an event loop: times are passed in, so
 the whole behaviour is tested without either. ``WebSocketService`` is the
@@ -39,11 +41,17 @@ import msgspec
 
 from ..exceptions import ConfigError, ConnectionRejectedError, MetricStreamError, ProtocolError
 from .backoff import Backoff
-from .close import CloseAction, close_action
+from .close import CloseAction, CloseCode, close_action
 from .codec import decode, decode_frame, encode
 from .constants import DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_HEARTBEAT_TIMEOUT
 from .filter import Filter
-from .messages import STREAM_TYPES, HeartbeatPayload, MessageType, WebSocketMessage
+from .messages import (
+    STREAM_TYPES,
+    HeartbeatPayload,
+    MessageType,
+    SubscribePayload,
+    WebSocketMessage,
+)
 from .messages import make_message as _make_message
 from .messages import now_ms as _now_ms
 from .sequence import SequenceTracker
@@ -52,6 +60,7 @@ __all__ = [
     "NATIVE_DIALECT",
     "ClientSession",
     "Decision",
+    "FilterRequest",
     "ForeignDialect",
     "SessionEvent",
     "Opened",
@@ -77,6 +86,11 @@ def _quiet(level: int, message: str, *args: object) -> None:
 
 #: The name of this protocol's own dialect.
 NATIVE_DIALECT: Final = "native"
+
+# A frame above max_message_size is read and skipped, up to this many times
+# the limit; beyond it the connection is failed (1009) so that no single frame
+# can make the client buffer without bound.
+_OVERSIZE_CEILING: Final = 4
 
 # How much of a raw frame a debug log shows.
 _RAW_LOG_LIMIT: Final = 2048
@@ -129,6 +143,10 @@ class ForeignDialect(Protocol):
         """The native messages of one frame; raises :class:`ProtocolError`."""
         ...
 
+    def subscribe_frames(self, models: tuple[str, ...] | None) -> list[bytes]:
+        """The frames that set this dialect's filter to ``models`` (``None``: all)."""
+        ...
+
 
 @dataclass(slots=True)
 class Opened:
@@ -172,6 +190,17 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterRequest:
+    """How to ask the server of the open connection for a new filter."""
+
+    frames: tuple[bytes, ...]
+    """The frames to send now, in order; none while no connection is up (the
+    filter then travels in the next connection's URL)."""
+    answered: bool
+    """Whether the server answers with ``subscribed`` (the native dialect)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """What :meth:`ClientSession.tick` asks for."""
 
@@ -198,7 +227,7 @@ class _Connection:
         "up",
     )
 
-    def __init__(self, dialect: str | None) -> None:
+    def __init__(self, dialect: str | None, now: float | None) -> None:
         self.dialect = dialect  # None until the first frame decides (auto)
         self.up = False
         self.gap_check = False
@@ -206,8 +235,9 @@ class _Connection:
         self.end_reason: str | None = None
         self.pings: deque[float] = deque(maxlen=32)
         self.next_beat = 0.0
-        # When we started waiting for any frame after a heartbeat.
-        self.probe_since: float | None = None
+        # When we started waiting for any frame: after a heartbeat, or,
+        # before the first message, since the handshake or the last frame.
+        self.probe_since = now
         self.seen = 0
 
 
@@ -309,6 +339,30 @@ class ClientSession:
         """The ``models`` filter, in the order it was given."""
         return self._models
 
+    @property
+    def subscription(self) -> SubscribePayload:
+        """The filter as the wire's ``subscribe`` payload (``None`` fields: everything)."""
+        types, models = self._types, self._models
+        return SubscribePayload(
+            types=list(types) if types is not None else None,
+            models=list(models) if models is not None else None,
+        )
+
+    @property
+    def is_up(self) -> bool:
+        """Whether a connection is open and proved itself (its first message came)."""
+        return self._state is _STREAMING
+
+    @property
+    def frame_ceiling(self) -> int | None:
+        """The largest frame worth reading at all (``None``: no bound).
+
+        A frame above ``max_message_size`` is read, counted and skipped; one
+        above this many bytes fails the connection (1009) instead, so that no
+        single frame makes the client buffer without bound.
+        """
+        return None if self._max_size is None else self._max_size * _OVERSIZE_CEILING
+
     def url_params(self) -> dict[str, str | None]:
         """The query parameters of the next attempt (``None``: leave out).
 
@@ -347,10 +401,14 @@ class ClientSession:
         self._conn = None
         return self.url_params()
 
-    def opened(self) -> None:
-        """The handshake succeeded; the first message is awaited."""
+    def opened(self, now: float | None = None) -> None:
+        """The handshake succeeded at ``now``; the first message is awaited.
+
+        Given ``now``, :meth:`tick` abandons the connection when no frame
+        arrives for the heartbeat timeout before a first valid message.
+        """
         choice = self._dialect_choice
-        self._conn = _Connection(None if choice == "auto" else choice)
+        self._conn = _Connection(None if choice == "auto" else choice, now)
         self._state = SessionState.AWAITING_INIT
 
     def stop(self, reason: str) -> None:
@@ -365,11 +423,16 @@ class ClientSession:
         if self._conn is not None and self._conn.end_reason is None:
             self._conn.end_reason = reason
 
-    def set_filter(self, types: tuple[str, ...] | None, models: tuple[str, ...] | None) -> None:
+    def set_filter(
+        self, types: tuple[str, ...] | None, models: tuple[str, ...] | None
+    ) -> FilterRequest:
         """Replace the filter (as given: the server validates what it accepts).
 
         A filtered stream has gaps by design, and a widened one starts with
-        one: neither may trigger a resync on the current connection.
+        one: neither may trigger a resync on the current connection. Returns
+        what asks the open connection's server for the new filter: the
+        native ``subscribe`` (``unsubscribe`` for everything), or the foreign
+        dialect's own frames.
         """
         self._types, self._models = types, models
         self._filter = Filter(
@@ -377,8 +440,20 @@ class ClientSession:
             None if models is None else frozenset(models),
         )
         self._unfiltered = self._filter.is_everything
-        if self._conn is not None:
-            self._conn.gap_check = False
+        conn = self._conn
+        if conn is None:
+            return FilterRequest((), answered=False)
+        conn.gap_check = False
+        if not self.is_up:
+            return FilterRequest((), answered=False)
+        if conn.dialect != NATIVE_DIALECT and self._foreign is not None:
+            return FilterRequest(tuple(self._foreign.subscribe_frames(models)), answered=False)
+        message: WebSocketMessage[Any] = (
+            _make_message(MessageType.UNSUBSCRIBE, None)
+            if types is None and models is None
+            else _make_message(MessageType.SUBSCRIBE, self.subscription)
+        )
+        return FilterRequest((encode(message),), answered=True)
 
     # ------------------------------------------------------------ receiving
 
@@ -391,8 +466,12 @@ class ClientSession:
         """
         conn = self._conn
         state = self._state
-        if conn is None or (state is not _STREAMING and state is not _AWAITING_INIT):
+        if conn is None:
             return []
+        if state is not _STREAMING:
+            if state is not _AWAITING_INIT:
+                return []
+            conn.probe_since = now  # any frame restarts the wait for a first message
         self.bytes_received += len(frame)
         if self._max_size is not None and len(frame) > self._max_size:
             self.parse_errors += 1
@@ -467,6 +546,7 @@ class ClientSession:
             conn.dialect == NATIVE_DIALECT and self._resume and self._filter.is_everything
         )
         conn.next_beat = now
+        conn.probe_since = None
         conn.seen = self.bytes_received
         first = self.connections == 0
         self.connections += 1
@@ -559,8 +639,20 @@ class ClientSession:
 
     def tick(self, now: float) -> Tick:
         """Keepalive: send a heartbeat when due; abandon a peer silent for the
-        heartbeat timeout after one. Any inbound frame proves it alive."""
+        heartbeat timeout after one. Any inbound frame proves it alive.
+
+        Before the first valid message (given :meth:`opened` a time), each
+        frame must come within the heartbeat timeout, or the connection is
+        abandoned: a server that accepts and then says nothing is not up.
+        """
         conn = self._conn
+        if conn is not None and self._state is _AWAITING_INIT and conn.probe_since is not None:
+            deadline = conn.probe_since + self._timeout
+            if now < deadline:
+                return Tick(None, None, deadline)
+            reason = "no first message within the heartbeat timeout"
+            self.abandon(reason)
+            return Tick(None, reason, now)
         if conn is None or not conn.up or self._state is not SessionState.STREAMING:
             return Tick(None, None, now + self._interval)
         if self.bytes_received != conn.seen:
@@ -591,9 +683,20 @@ class ClientSession:
 
     # ------------------------------------------------------------- decisions
 
-    def closed(self, code: int | None, reason: str = "") -> Decision:
-        """The connection ended with close ``code`` (``None``: no close frame)."""
+    def closed(self, code: int | None, reason: str = "", *, by_client: bool = False) -> Decision:
+        """The connection ended with close ``code`` (``None``: no close frame).
+
+        ``by_client``: the code is the one the client sent, the server's never
+        came; a 1009 then means a frame above :attr:`frame_ceiling` was refused.
+        """
         conn = self._conn
+        if by_client and code == CloseCode.MESSAGE_TOO_BIG:
+            self.parse_errors += 1
+            self._log(
+                _WARNING,
+                "a frame exceeded %d times max_message_size; reconnecting",
+                _OVERSIZE_CEILING,
+            )
         if conn is not None and conn.resync:
             action = CloseAction.RESET_AND_RETRY
             why = conn.end_reason or "resync"

@@ -25,6 +25,7 @@
 import {
   CLOSE_ACTIONS,
   CloseAction,
+  CloseCode,
   MAX_TRACKED_HOLES,
   MODEL_SCOPED_TYPES,
   PROTOCOL_DEFAULTS,
@@ -97,6 +98,18 @@ export function filterAccepts(filter, type, model) {
     if (MODEL_SCOPED_TYPES.includes(type)) return models.includes(model);
   }
   return true;
+}
+
+/**
+ * The message that asks the server for a filter ({types, models}; null:
+ * no filter on that dimension): `unsubscribe` for none at all, else
+ * `subscribe` with both, as given.
+ */
+export function subscribeMessage(types, models) {
+  if ((types === null || types === undefined) && (models === null || models === undefined)) {
+    return { type: "unsubscribe" };
+  }
+  return { type: "subscribe", data: { types: types ?? null, models: models ?? null } };
 }
 
 /**
@@ -278,7 +291,7 @@ export class StreamClient {
     if (conn) {
       this._detach(conn);
       try {
-        conn.ws.close(1000, "client closing");
+        conn.ws.close(CloseCode.NORMAL, "client closing");
       } catch {
         // already closing
       }
@@ -315,7 +328,7 @@ export class StreamClient {
   subscribe(types = null, models = null) {
     this.config.types = types;
     this.config.models = models;
-    return this.send({ type: "subscribe", data: { types, models } });
+    return this.send(subscribeMessage(types, models));
   }
 
   streamUrl() {
@@ -479,7 +492,7 @@ export class StreamClient {
     }
     if (conn.resync && this._conn === conn) {
       try {
-        conn.ws.close(1000, "resync");
+        conn.ws.close(CloseCode.NORMAL, "resync");
       } catch {
         // closing anyway
       }
@@ -622,7 +635,7 @@ export class StreamClient {
     }
     if (action === CloseAction.FATAL) {
       this._fatal(
-        code === 4001
+        code === CloseCode.BAD_TOKEN
           ? "the server rejected the token (4001): open the page with ?token=<token>"
           : `the server refused the connection (${code}${why ? `: ${why}` : ""})`,
       );

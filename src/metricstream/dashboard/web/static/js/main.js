@@ -3,8 +3,10 @@
 //
 // Page query parameters (all optional):
 //   token=...              auth token, passed on to the stream
-//   heartbeat=<seconds>    heartbeat interval (default 10)
-//   heartbeat_timeout=<s>  silence after a heartbeat that abandons the socket (default 5)
+//   heartbeat=<seconds>    heartbeat interval (default: the protocol's, 30)
+//   heartbeat_timeout=<s>  silence after a heartbeat that abandons the socket
+//                          (default: the protocol's, 5)
+// (options.js reads them; the defaults come from protocol.js.)
 //   batch=0                ask for one message per frame
 //   stream=<path>          stream path relative to the page (default metrics/stream)
 //   debug=1                log the client's decisions to the console
@@ -12,6 +14,7 @@
 import { StreamClient } from "./client.js";
 import { LineChart } from "./chart.js";
 import * as fmt from "./format.js";
+import { pageOptions } from "./options.js";
 import { MetricsStore } from "./store.js";
 import {
   ConnectionBadge,
@@ -30,13 +33,6 @@ import {
 
 const RENDER_INTERVAL_MS = 200;
 const GREEN = "#76b900";
-
-function seconds(params, name, fallback, min, max) {
-  const raw = params.get(name);
-  const value = raw === null ? NaN : Number(raw);
-  if (!Number.isFinite(value)) return fallback * 1000;
-  return Math.min(Math.max(value, min), max) * 1000;
-}
 
 /** The stream's ws:// URL, relative to the page so a prefixed mount works. */
 function streamUrl(params) {
@@ -115,13 +111,7 @@ function makeCharts() {
 
 function start() {
   const params = new URLSearchParams(window.location.search);
-  const client = new StreamClient(streamUrl(params), {
-    token: params.get("token") || null,
-    heartbeatInterval: seconds(params, "heartbeat", 10, 0.1, 300),
-    heartbeatTimeout: seconds(params, "heartbeat_timeout", 5, 0.1, 300),
-    batch: params.get("batch") !== "0",
-    debug: params.get("debug") === "1",
-  });
+  const client = new StreamClient(streamUrl(params), pageOptions(params));
   const store = new MetricsStore();
   client.on("init", ({ message, kept }) => store.applyInit(message, kept));
   client.on("reset", () => store.reset());
