@@ -851,6 +851,15 @@ class RedisBackend:
                     break
 
 
+async def _close_if_stopped(backend: RedisBackend) -> None:
+    """Close the connection a last command reopened on a stopped backend's
+    client (``serve`` stops the backend before its aggregator): nothing else
+    would. A running backend's client is left alone: its reader uses it."""
+    if not backend.started:
+        with contextlib.suppress(Exception):
+            await backend.client.aclose()
+
+
 def _holder_id() -> str:
     """A lease holder's name: its host and process (who holds a lease can be
     read in Redis) and a random part (two holders in one process differ)."""
@@ -978,6 +987,7 @@ class RedisAggregator:
             self.leader = False
             with contextlib.suppress(RedisError, OSError):
                 await client.eval(_RELEASE, 1, self._backend.keys.lease, self._id)
+        await _close_if_stopped(self._backend)
 
     def _own_connections(self) -> int:
         if self._connections is not None:
@@ -1207,6 +1217,7 @@ class RedisLeasedTask:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self._backend.client.eval(_RELEASE, 1, self.key, self.id)
+            await _close_if_stopped(self._backend)
 
     async def __aenter__(self) -> RedisLeasedTask:
         await self.start()
