@@ -15,6 +15,10 @@ keys sharing one prefix:
 - ``<prefix>:agg`` exact request totals (overall and ``<figure>|<model>``),
   summed per batch by the publisher and folded by the same script, and
   ``<prefix>:lease`` which node's aggregator publishes the state messages;
+- ``<prefix>:conns`` each live node's connection count and until when it
+  counts, summed by the aggregator into the fleet's ``active_connections``;
+- ``<prefix>:lease:<name>`` which node runs the task ``name`` (the demo of
+  ``serve --demo --redis``): :class:`RedisLeasedTask`;
 - ``<prefix>:pub:<id>`` the last batch each publisher had applied, and the
   hole it opened.
 
