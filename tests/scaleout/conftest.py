@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from metricstream.server import (
+    LLMExporter,
     MetricsHub,
     RedisBackend,
     ServerSettings,
@@ -165,15 +166,27 @@ class Node:
 
 @asynccontextmanager
 async def node(
-    redis_url: str, *, hub: MetricsHub | None = None, **backend_options: Any
+    redis_url: str,
+    *,
+    hub: MetricsHub | None = None,
+    exporter: LLMExporter | None = None,
+    **backend_options: Any,
 ) -> AsyncIterator[Node]:
-    """Serve a hub backed by the shared stream on an ephemeral port."""
+    """Serve a hub backed by the shared stream on an ephemeral port; with an
+    ``exporter``, ``/metrics`` serves it, following the node's stream."""
     hub = hub if hub is not None else MetricsHub(heartbeat_interval=None)
     backend_options.setdefault("block", 0.2)
     backend_options.setdefault("retry_interval", 0.1)
     backend = RedisBackend(redis_url, **backend_options)
     settings = ServerSettings()
-    app = create_app(hub, settings, backend=backend, dashboard=False)
+    registry = None
+    if exporter is not None:
+        from prometheus_client import CollectorRegistry
+
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(exporter)
+        exporter.follow(backend)
+    app = create_app(hub, settings, backend=backend, dashboard=False, registry=registry)
     server = StreamServer(
         uvicorn_config(app, host="127.0.0.1", port=0, log_level="warning"),
         hub,
@@ -193,9 +206,10 @@ async def node(
 
 
 class ServeProcess:
-    """``metricstream serve --redis URL`` in a subprocess of its own session."""
+    """``metricstream serve --redis URL`` in a subprocess of its own session
+    (``extra``: more options, e.g. ``--demo``)."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *extra: str) -> None:
         self.port = free_port()
         self.process = subprocess.Popen(
             [
@@ -209,6 +223,7 @@ class ServeProcess:
                 "warning",
                 "--interval",
                 "0.5",
+                *extra,
             ],
             env={**os.environ, "METRICSTREAM_REDIS": redis_url},
             start_new_session=True,

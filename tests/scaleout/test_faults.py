@@ -27,11 +27,14 @@ async def _status_is(port: int, status: str) -> bool:
     return bool((await _health(port))["status"] == status)
 
 
+#: How long Redis stays away: the outage the behaviour is promised for
+#: (docs/scale-out.md, "Faults"). Not scaled: its length is under test.
+OUTAGE = 10.0
+
+
 async def test_redis_unreachable_degrades_buffers_counts_and_never_loses_silently(
     redis_server: RedisProcess,
 ) -> None:
-    # A 3-second outage rather than 10: nothing in the behaviour depends on
-    # the length once every timeout involved (1.2 s here) has passed.
     hub = MetricsHub(heartbeat_interval=0.2)
     async with node(redis_server.url, hub=hub, max_pending=5) as one:
         for i in range(3):
@@ -41,7 +44,9 @@ async def test_redis_unreachable_degrades_buffers_counts_and_never_loses_silentl
         async with open_client(one.url(f"since=0&epoch={epoch}")) as ws:
             assert (await recv(ws))["metadata"]["resumed"] is True
             assert [(await recv(ws))["sequence"] for _ in range(3)] == [1, 2, 3]
+            loop = asyncio.get_running_loop()
             redis_server.pause()
+            back_at = loop.time() + OUTAGE
             try:
                 assert one.backend.publisher is not None
                 publisher = one.backend.publisher
@@ -53,32 +58,51 @@ async def test_redis_unreachable_degrades_buffers_counts_and_never_loses_silentl
                 await wait_until(
                     lambda: _status_is(one.port, "degraded"), 10, "degraded", interval=0.1
                 )
-                # The client stays connected: heartbeats go on.
-                for _ in range(3):
+                # The client stays connected and heartbeats go on, each
+                # within its deadline, for the whole outage.
+                heartbeats = 0
+                while loop.time() < back_at:
                     await recv_type(ws, "heartbeat", 5)
-                # Hold the outage a while longer: riding it out is under test.
-                await asyncio.sleep(scaled(1))
+                    heartbeats += 1
+                assert heartbeats >= 3
+                # Still degraded at its end, and still saying why.
+                health = await _health(one.port)
+                assert health["status"] == "degraded"
+                assert health["reason"].startswith("redis unreachable")
+                # The buffer stays bounded however long it lasts; every
+                # message past it is counted.
+                for i in range(4):
+                    hub.publish(request(f"late{i}"))
+                assert publisher.pending == 5
+                assert publisher.dropped == 3 + 4
             finally:
                 redis_server.resume()
-            # The buffered five go out after the three dropped: the hole
-            # closes the connection (1012) rather than pass unnoticed.
+            # The buffered five go out after a hole for the drops: it closes
+            # the connection (1012) rather than pass unnoticed.
             assert await close_code(ws) == CloseCode.SERVICE_RESTART
-        await wait_until(lambda: hub.sequence == 3 + 3 + 5, 15, "the stream after the outage")
+        await wait_until(lambda: hub.sequence >= 3 + 3 + 5, 15, "the stream after the outage")
         assert hub.epoch == epoch
         await wait_until(lambda: _status_is(one.port, "ok"), 10, "ok again", interval=0.05)
+        # Drops counted while the batch was already on its way (retried
+        # under one batch number) open their hole with the next batch: the
+        # sequence accounts for every one of the seven.
+        hub.publish(request("next"))
+        after = 3 + 7 + 5 + 1
+        await wait_until(lambda: hub.sequence == after, 15, "every drop accounted for")
         # Resuming across the hole is refused: a full snapshot instead.
         async with open_client(one.url(f"since=3&epoch={epoch}")) as ws:
             init = await recv(ws)
             assert init["metadata"]["resumed"] is False
-            assert init["sequence"] == 11
+            assert init["sequence"] == after
             ids = [r["id"] for r in init["data"]["recent_requests"]]
-            assert ids == [f"before{i}" for i in range(3)] + [f"during{i}" for i in range(5)]
+            before = [f"before{i}" for i in range(3)]
+            assert ids == [*before, *(f"during{i}" for i in range(5)), "next"]
         # The stream goes on, contiguous, from there.
-        async with open_client(one.url(f"since=11&epoch={epoch}")) as ws:
+        async with open_client(one.url(f"since={after}&epoch={epoch}")) as ws:
             assert (await recv(ws))["metadata"]["resumed"] is True
             hub.publish(request("after"))
             message = await recv(ws)
-            assert (message["sequence"], message["data"]["id"]) == (12, "after")
+            assert (message["sequence"], message["data"]["id"]) == (after + 1, "after")
 
 
 async def test_redis_restarted_empty_starts_a_new_epoch_and_every_client_a_snapshot(

@@ -13,7 +13,8 @@
 - :class:`RedisBackend` makes the hub a node of a stream shared by several
   processes through Redis; :class:`RedisPublisher` publishes into it from
   any process (``pip install 'metricstream[redis]'``); :class:`RedisAggregator`
-  publishes the fleet's exact aggregates from one node at a time.
+  publishes the fleet's exact aggregates from one node at a time, and
+  :class:`RedisLeasedTask` runs any task on one node at a time.
 - :class:`LLMExporter` exports the LLM figures of the published requests
   at ``/metrics`` (Prometheus).
 - :class:`StreamServer` and :func:`uvicorn_config` run it on uvicorn;
@@ -27,7 +28,7 @@ from ._endpoint import StreamEndpoint
 from ._hub import DEFAULT_MAX_BUFFER_BYTES, HubStats, MetricsHub
 from ._limits import guarded_uvicorn_options
 from ._prometheus import LLM_METRIC_NAMES, LLMExporter
-from ._redis import RedisAggregator, RedisBackend, RedisPublisher
+from ._redis import RedisAggregator, RedisBackend, RedisLeasedTask, RedisPublisher
 from ._registry import Outbox, Subscriber, SubscriberRegistry
 from ._replay import LogEntry, MemoryReplayLog, ReplayLog, new_epoch
 from ._settings import ServerSettings
@@ -52,6 +53,7 @@ __all__ = [
     "Outbox",
     "RedisAggregator",
     "RedisBackend",
+    "RedisLeasedTask",
     "RedisPublisher",
     "ReplayLog",
     "ServerSettings",

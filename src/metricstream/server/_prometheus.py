@@ -3,6 +3,9 @@
 Built from the published messages themselves (``request_update`` and
 ``error_update`` events), so it counts the same requests whichever source
 recorded them: the middleware, a recording proxy, the demo, embedding code.
+On a node of a stream shared through Redis it counts what the node reads
+from the shared stream instead (:meth:`LLMExporter.follow`): the fleet's
+requests, each once.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,6 +25,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..protocol import ErrorUpdatePayload, MessageType, RequestUpdatePayload, WebSocketMessage
+
+if TYPE_CHECKING:
+    from ._redis import RedisBackend
 
 __all__ = ["LLM_METRIC_NAMES", "LLMExporter"]
 
@@ -135,6 +141,11 @@ class LLMExporter(Collector):
     the rest are counted under ``(other)``. A request published as
     ``in_progress`` is in flight until its final update (same ``id``); at most
     ``max_in_flight`` are tracked.
+
+    On a node of a stream shared through Redis, :meth:`follow` the node's
+    backend: the exporter then counts every request of the fleet as the
+    node reads it from the shared stream, and no longer what is published
+    through it (that comes back through the stream).
     """
 
     def __init__(
@@ -154,20 +165,42 @@ class LLMExporter(Collector):
         # Request id -> model, oldest first, for requests started not finished.
         self._in_flight: OrderedDict[str, str] = OrderedDict()
         self._max_in_flight = max_in_flight
+        self._count_published = True
 
     def publish(self, message: WebSocketMessage[Any], /) -> object:
         """Publish ``message`` to the wrapped publisher; count it once published.
 
         Counted only after the publisher took it, so a message it refused is
-        not counted either.
+        not counted either; not counted here at all once the exporter
+        follows a shared stream (:meth:`follow`).
         """
         result = self._publisher.publish(message)
+        if self._count_published:
+            self.observe(message)
+        return result
+
+    def observe(self, message: WebSocketMessage[Any], /) -> None:
+        """Count ``message`` (a ``request_update`` or an ``error_update``;
+        other types are ignored) without publishing it."""
         data = message.data
         if message.type == MessageType.REQUEST_UPDATE and isinstance(data, RequestUpdatePayload):
             self.observe_request(data)
         elif message.type == MessageType.ERROR_UPDATE and isinstance(data, ErrorUpdatePayload):
             self.observe_error(data)
-        return result
+
+    def follow(self, backend: RedisBackend) -> None:
+        """Count the fleet's requests: every message ``backend``'s node takes
+        from the shared stream, once, instead of what is published through
+        this exporter.
+
+        The log a node loads from Redis at start is not counted: those
+        requests came before the node's counters started at zero (a
+        restarted node would otherwise count them twice across its restart).
+        After a reload (a hole, a new epoch) the messages the node had not
+        read yet are counted, none twice. Call before ``backend`` starts.
+        """
+        self._count_published = False
+        backend.add_listener(self.observe, history=False)
 
     def _model(self, name: str) -> _Model:
         stats = self._models.get(name)

@@ -15,6 +15,10 @@ keys sharing one prefix:
 - ``<prefix>:agg`` exact request totals (overall and ``<figure>|<model>``),
   summed per batch by the publisher and folded by the same script, and
   ``<prefix>:lease`` which node's aggregator publishes the state messages;
+- ``<prefix>:conns`` each live node's connection count and until when it
+  counts, summed by the aggregator into the fleet's ``active_connections``;
+- ``<prefix>:lease:<name>`` which node runs the task ``name`` (the demo of
+  ``serve --demo --redis``): :class:`RedisLeasedTask`;
 - ``<prefix>:pub:<id>`` the last batch each publisher had applied, and the
   hole it opened.
 
@@ -45,9 +49,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -70,7 +76,13 @@ if TYPE_CHECKING:
 
     from ..collector import MetricsCollector
 
-__all__ = ["RedisAggregator", "RedisBackend", "RedisPublisher", "RedisStreamKeys"]
+__all__ = [
+    "RedisAggregator",
+    "RedisBackend",
+    "RedisLeasedTask",
+    "RedisPublisher",
+    "RedisStreamKeys",
+]
 
 logger = logging.getLogger("metricstream.server.redis")
 
@@ -171,17 +183,50 @@ return {epoch, seq, last, redis.call('HVALS', KEYS[5]),
 """
 
 
-# KEYS: lease, agg; ARGV: holder id, ttl (ms)
+# KEYS: lease, agg, conns; ARGV: holder id, ttl (ms), this node's connections
+# Every node reports its connections, with a deadline, into one hash; the
+# lease holder sums the reports still alive and forgets the rest, so that a
+# dead node's connections stop counting within ``ttl``.
 _LEASE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3] .. ' ' .. (now + ttl))
+if redis.call('PTTL', KEYS[3]) < ttl then
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+elseif holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+else
+  return {0, {}, 0}
+end
+local total = 0
+local nodes = redis.call('HGETALL', KEYS[3])
+for i = 1, #nodes, 2 do
+  local count, deadline = string.match(nodes[i + 1], '(%d+) (%d+)')
+  if count and tonumber(deadline) >= now then
+    total = total + tonumber(count)
+  else
+    redis.call('HDEL', KEYS[3], nodes[i])
+  end
+end
+return {1, redis.call('HGETALL', KEYS[2]), total}
+"""
+
+# KEYS: lease; ARGV: holder id, ttl (ms)
+_HOLD: Final = """
 local holder = redis.call('GET', KEYS[1])
 if not holder then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 elseif holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-else
-  return {0, {}}
+  return 1
 end
-return {1, redis.call('HGETALL', KEYS[2])}
+return 0
 """
 
 # KEYS: lease; ARGV: holder id
@@ -234,6 +279,15 @@ class RedisStreamKeys(msgspec.Struct, frozen=True):
     def lease(self) -> str:
         """The aggregator's lease."""
         return f"{self.prefix}:lease"
+
+    @property
+    def connections(self) -> str:
+        """The hash of each live node's connection count (``count deadline_ms``)."""
+        return f"{self.prefix}:conns"
+
+    def task_lease(self, name: str) -> str:
+        """The lease of the task ``name`` that runs on one node at a time."""
+        return f"{self.prefix}:lease:{name}"
 
 
 # How each stream type is kept in the snapshot: its hash field (state) or
@@ -550,8 +604,10 @@ class RedisBackend:
         self.bad_entries = 0
         # Why the reader cannot follow the stream now.
         self._read_error: str | None = None
-        self._listeners: list[Callable[[WebSocketMessage[Any]], None]] = []
+        # Each listener, and whether it also takes the log loaded at start.
+        self._listeners: list[tuple[Callable[[WebSocketMessage[Any]], None], bool]] = []
         self._first_load = True
+        self._started = False
 
     async def start(self, hub: MetricsHub) -> None:
         """Load the shared stream into ``hub`` and follow it.
@@ -586,12 +642,14 @@ class RedisBackend:
         await self.publisher.start()
         hub.set_forward(self._forward)
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        self._started = True
 
     async def stop(self) -> None:
         """Stop following the stream; the hub publishes in-process again."""
         hub = self._hub
         if hub is None:
             return
+        self._started = False
         hub.set_forward(None)
         task = self._task
         self._task = None
@@ -613,6 +671,13 @@ class RedisBackend:
         return self._hub
 
     @property
+    def started(self) -> bool:
+        """Whether the hub publishes into the shared stream now (between
+        :meth:`start` and :meth:`stop`): what is published before or after
+        would only be numbered locally."""
+        return self._started
+
+    @property
     def client(self) -> Redis:
         """The node's Redis client (the reader's connection pool)."""
         return self._client
@@ -622,14 +687,25 @@ class RedisBackend:
         """The stream's keys in Redis."""
         return self._keys
 
-    def add_listener(self, listener: Callable[[WebSocketMessage[Any]], None]) -> None:
-        """Call ``listener(message)`` for every message this node takes from
-        the stream (after it reached the hub), and, at the first load, for the
-        replayed log: how a :class:`RedisAggregator` sees every request."""
-        self._listeners.append(listener)
+    def add_listener(
+        self, listener: Callable[[WebSocketMessage[Any]], None], *, history: bool = True
+    ) -> None:
+        """Call ``listener(message)`` once for every message this node takes
+        from the stream (after it reached the hub): how a
+        :class:`RedisAggregator` and an :class:`LLMExporter` see every request.
 
-    def _notify(self, message: WebSocketMessage[Any]) -> None:
-        for listener in self._listeners:
+        With ``history`` the listener also gets, at the first load, the log
+        loaded from Redis (messages from before the node started). After a
+        reload (a hole, entries trimmed before they were read, a new epoch)
+        it gets the reloaded log's messages this node had not taken yet, and
+        none twice.
+        """
+        self._listeners.append((listener, history))
+
+    def _notify(self, message: WebSocketMessage[Any], *, loaded: bool = False) -> None:
+        for listener, history in self._listeners:
+            if loaded and not history:
+                continue
             try:
                 listener(message)
             except Exception:
@@ -672,12 +748,19 @@ class RedisBackend:
             replay.append(message)
             expect -= 1
         replay.reverse()
+        # What this node had taken before: the reloaded log's messages past
+        # it (or all of them, in a new epoch) are new to its listeners.
+        taken_epoch, taken = hub.epoch, hub.sequence
         hub.restart(epoch, sequence, snapshot, replay)
         self._loaded.set()
         if self._first_load:
             self._first_load = False
             for message in replay:
-                self._notify(message)
+                self._notify(message, loaded=True)
+        elif self._listeners:
+            for message in replay:
+                if epoch != taken_epoch or (message.sequence or 0) > taken:
+                    self._notify(message)
 
     def _decode(self, body: bytes) -> WebSocketMessage[Any] | None:
         try:
@@ -772,6 +855,21 @@ class RedisBackend:
                     break
 
 
+async def _close_if_stopped(backend: RedisBackend) -> None:
+    """Close the connection a last command reopened on a stopped backend's
+    client (``serve`` stops the backend before its aggregator): nothing else
+    would. A running backend's client is left alone: its reader uses it."""
+    if not backend.started:
+        with contextlib.suppress(Exception):
+            await backend.client.aclose()
+
+
+def _holder_id() -> str:
+    """A lease holder's name: its host and process (who holds a lease can be
+    read in Redis) and a random part (two holders in one process differ)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
 def _pairs(fields: Any) -> dict[bytes, bytes]:
     """A log entry's fields as a dict (redis-py gives a dict or a flat list)."""
     if isinstance(fields, dict):
@@ -812,8 +910,14 @@ class RedisAggregator:
     ``interval``) and publishes ``metrics_update``, the ``model_update``
     of each model, ``cost_update`` and its host's ``system_update`` when
     they change; when it dies, another takes over within ``lease``
-    seconds and publishes in full. ``active_connections`` counts the
-    publishing node's connections (``connections``).
+    seconds and publishes in full.
+
+    ``active_connections`` is the fleet's: every node's aggregator reports
+    its own count (``connections``, by default its hub's
+    :attr:`~MetricsHub.connection_count`) into Redis every ``interval``,
+    valid for ``lease`` seconds, and the lease holder sums the reports
+    still valid. A node that stops hands its count back at once; a dead
+    node's count stops counting within ``lease`` seconds.
     """
 
     def __init__(
@@ -837,7 +941,7 @@ class RedisAggregator:
         self._lease_ms = int(lease * 1000)
         self._system_stats = system_stats
         self._connections = connections
-        self._id = uuid.uuid4().hex
+        self._id = _holder_id()
         self._collector: MetricsCollector | None = None
         self._task: asyncio.Task[None] | None = None
         self._published: dict[tuple[str, str], object] = {}
@@ -845,6 +949,8 @@ class RedisAggregator:
         self.leader = False
         #: Events the collector refused (invalid values; logged).
         self.rejected = 0
+        #: The fleet's connections, as last summed while holding the lease.
+        self.fleet_connections = 0
 
     async def start(self) -> None:
         """Start following the requests and competing for the lease.
@@ -856,30 +962,46 @@ class RedisAggregator:
 
         if self._collector is not None:
             return
+        # active_connections comes from Redis (every node's report), not
+        # from the collector.
         self._collector = MetricsCollector(
             _Events(),
             interval=self._interval,
             window=self._window,
             system_stats=self._system_stats,
-            connections=self._connections,
         )
         self._backend.add_listener(self._on_message)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        """Stop, and hand the lease back so that another node takes over at once."""
+        """Stop, take this node's connections out of the fleet's count and
+        hand the lease back, so that another node takes over at once."""
         task = self._task
         self._task = None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        from redis.exceptions import RedisError
+
+        client = self._backend.client
+        with contextlib.suppress(RedisError, OSError):
+            await client.hdel(self._backend.keys.connections, self._id)
         if self.leader:
             self.leader = False
-            from redis.exceptions import RedisError
-
             with contextlib.suppress(RedisError, OSError):
-                await self._backend.client.eval(_RELEASE, 1, self._backend.keys.lease, self._id)
+                await client.eval(_RELEASE, 1, self._backend.keys.lease, self._id)
+        await _close_if_stopped(self._backend)
+
+    def _own_connections(self) -> int:
+        if self._connections is not None:
+            try:
+                return max(0, int(self._connections()))
+            except Exception:
+                logger.exception("the connections callback failed")
+                return 0
+        hub = self._backend.hub
+        return 0 if hub is None else hub.connection_count
 
     async def __aenter__(self) -> RedisAggregator:
         await self.start()
@@ -929,19 +1051,21 @@ class RedisAggregator:
         while True:
             try:
                 reply: Any = await lease(
-                    keys=[keys.lease, keys.aggregates], args=[self._id, self._lease_ms]
+                    keys=[keys.lease, keys.aggregates, keys.connections],
+                    args=[self._id, self._lease_ms, self._own_connections()],
                 )
             except (RedisError, OSError) as exc:
                 # Without Redis nothing published would go anywhere anyway;
                 # whoever holds the lease when it is back publishes in full.
                 logger.debug("aggregator lease: %s", exc)
-                reply = (0, [])
+                reply = (0, [], 0)
             leader = bool(int(reply[0]))
             if leader and not self.leader:
                 logger.info("this node now publishes the fleet's aggregates")
                 self._published.clear()
             self.leader = leader
             if leader:
+                self.fleet_connections = int(reply[2])
                 if self._system_stats:
                     try:
                         await asyncio.to_thread(collector.sample_system)
@@ -956,7 +1080,9 @@ class RedisAggregator:
     def _publish(self, totals: dict[bytes, bytes]) -> None:
         hub = self._backend.hub
         collector = self._collector
-        if hub is None or collector is None:
+        # Before the backend forwards to Redis, a message would be numbered
+        # by this node alone.
+        if hub is None or collector is None or not self._backend.started:
             return
         snap = collector.snapshot()
 
@@ -972,6 +1098,7 @@ class RedisAggregator:
             total_requests=count("requests"),
             total_tokens=count("tokens"),
             total_cost=_round(amount("cost"), 8),
+            active_connections=self.fleet_connections,
         )
         messages.append((MessageType.METRICS_UPDATE, "", metrics, snap.metrics_metadata()))
         models = sorted({k.decode().split("|", 1)[1] for k in totals if k.startswith(b"requests|")})
@@ -1011,3 +1138,158 @@ class RedisAggregator:
                 continue
             hub.publish(make_message(mtype, payload, metadata=metadata))
             self._published[slot] = payload
+
+
+class RedisLeasedTask:
+    """Runs ``factory()`` on one node of the fleet at a time, elected by a lease.
+
+    Every node runs one with the same ``name``; the one holding the lease
+    ``<prefix>:lease:<name>`` in Redis (``lease`` seconds, renewed every
+    ``interval``; its value names the holder's host and process) runs the
+    task, the others wait. When the holder dies, the lease runs out and
+    another node starts the task within ``lease`` seconds (plus an
+    ``interval``). A holder that cannot renew the lease (Redis away)
+    cancels its task once the lease it last renewed has run out, so that
+    two nodes never run it at once. :meth:`close` cancels the task and
+    hands the lease back, for another node to take at once. ``serve --demo
+    --redis`` runs the demo traffic this way.
+
+    The task starts only once ``backend`` forwards to Redis
+    (:attr:`RedisBackend.started`). A task that ends (or fails: logged) is
+    started again at the next renewal while the lease is held.
+    """
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        name: str,
+        factory: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        interval: float = 1.0,
+        lease: float | None = None,
+    ) -> None:
+        if not name:
+            raise ConfigError("a leased task needs a name")
+        if not interval > 0:
+            raise ConfigError("interval must be positive")
+        lease = 3 * interval if lease is None else lease
+        if not lease > interval:
+            raise ConfigError(f"lease ({lease} s) must be longer than interval ({interval} s)")
+        self._backend = backend
+        self._name = name
+        self._factory = factory
+        self._interval = interval
+        self._lease = lease
+        #: This holder's name in Redis (host, process id, a random part).
+        self.id = _holder_id()
+        self._task: asyncio.Task[None] | None = None
+        self._work: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        #: Whether this node holds the lease (runs the task) now.
+        self.holding = False
+        #: Times this node started the task.
+        self.starts = 0
+        #: Times this node tried to take or renew the lease.
+        self.attempts = 0
+
+    @property
+    def key(self) -> str:
+        """The lease's key in Redis."""
+        return self._backend.keys.task_lease(self._name)
+
+    async def start(self) -> None:
+        """Start competing for the lease (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Cancel the task and hand the lease back."""
+        task = self._task
+        self._task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        await self._stop_work()
+        if self.holding:
+            self.holding = False
+            from redis.exceptions import RedisError
+
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await self._backend.client.eval(_RELEASE, 1, self.key, self.id)
+            await _close_if_stopped(self._backend)
+
+    async def __aenter__(self) -> RedisLeasedTask:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _lease_ran_out(self) -> None:
+        # At the very moment, not at the next renewal: by then another node
+        # may hold the lease and run the task.
+        self._expiry = None
+        self.holding = False
+        work = self._work
+        if work is not None and not work.done():
+            logger.warning("the lease of %s ran out unrenewed: stopping it", self._name)
+            work.cancel()
+
+    async def _stop_work(self) -> None:
+        work = self._work
+        self._work = None
+        if work is None:
+            return
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+        if not work.cancelled() and (error := work.exception()) is not None:
+            logger.error("leased task %s failed", self._name, exc_info=error)
+
+    async def _run(self) -> None:
+        from redis.exceptions import RedisError
+
+        hold = self._backend.client.register_script(_HOLD)
+        loop = asyncio.get_running_loop()
+        ttl_ms = int(self._lease * 1000)
+        # Until when this node surely holds the lease: measured from before
+        # the renewal was sent, so never later than Redis's own expiry.
+        valid_until = 0.0
+        while True:
+            if self._backend.started:
+                self.attempts += 1
+                sent = loop.time()
+                try:
+                    # The expiry timer stops the task on time whatever this
+                    # call does; the bound only keeps the loop going.
+                    async with asyncio.timeout(self._lease):
+                        held: Any = await hold(keys=[self.key], args=[self.id, ttl_ms])
+                    valid_until = sent + self._lease if int(held) else 0.0
+                except (RedisError, OSError, TimeoutError) as exc:
+                    logger.debug("lease %s: %s", self.key, exc)
+                else:
+                    if self._expiry is not None:
+                        self._expiry.cancel()
+                        self._expiry = None
+                    if valid_until:
+                        self._expiry = loop.call_at(valid_until, self._lease_ran_out)
+            else:
+                valid_until = 0.0
+            holding = loop.time() < valid_until
+            if holding and (self._work is None or self._work.done()):
+                if self._work is not None:
+                    await self._stop_work()
+                if not self.holding:
+                    logger.info("this node now runs %s", self._name)
+                self._work = loop.create_task(self._factory())
+                self.starts += 1
+            elif not holding and self._work is not None:
+                logger.info("this node no longer runs %s (lease lost)", self._name)
+                await self._stop_work()
+            self.holding = holding
+            await asyncio.sleep(self._interval)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .._options import Option, add_options
 from ._serveopts import (
@@ -22,6 +23,12 @@ from ._serveopts import (
     SCRAPE_OPTIONS,
     SECURITY_OPTIONS,
 )
+
+if TYPE_CHECKING:
+    from ..protocol import WebSocketMessage
+    from ._hub import MetricsHub
+    from ._redis import RedisBackend
+    from ._uvicorn import StreamServer
 
 __all__ = ["COMMAND", "OPTIONS", "add_parser", "serve"]
 
@@ -123,6 +130,9 @@ def serve(args: argparse.Namespace) -> int:
         if (password := urlsplit(args.redis).password) is not None:
             add_secret(password)
         backend = RedisBackend(args.redis)
+        # Every node counts the fleet's requests, as it reads them from the
+        # shared stream; what this node publishes comes back that way too.
+        exporter.follow(backend)
     app = create_app(hub, settings, registry=registry, backend=backend)
     server = stream_server(app, hub, settings, args)
 
@@ -136,7 +146,9 @@ def serve(args: argparse.Namespace) -> int:
         def connections() -> int:
             return hub.connection_count
 
-        if args.demo:
+        if args.demo and backend is not None:
+            await _fleet_demo(backend, hub, args, server, connections)
+        elif args.demo:
             # run_demo drives a collector of its own (system statistics
             # included); a second collector would publish competing totals.
             demo = asyncio.get_running_loop().create_task(
@@ -171,6 +183,61 @@ def serve(args: argparse.Namespace) -> int:
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
     return 0 if server.started else 1
+
+
+async def _fleet_demo(
+    backend: RedisBackend,
+    hub: MetricsHub,
+    args: argparse.Namespace,
+    server: StreamServer,
+    connections: Callable[[], int],
+) -> None:
+    """``serve --demo --redis``: one demo for the whole fleet.
+
+    The demo runs on the node holding its lease; it publishes its requests
+    and errors (and the rate limits and KV cache only it knows) into the
+    shared stream, and the fleet's aggregator, on every node, turns them
+    into the state messages as it does real traffic: two nodes never
+    publish two demos or two sets of totals.
+    """
+    from ..collector import run_demo
+    from ._redis import RedisAggregator, RedisLeasedTask
+
+    sink = _DemoEvents(hub)
+
+    async def demo() -> None:
+        await run_demo(sink, interval=args.interval, seed=args.seed, system_stats=False)
+
+    async with (
+        RedisAggregator(backend, interval=args.interval, connections=connections),
+        RedisLeasedTask(backend, "demo", demo, interval=args.interval),
+    ):
+        await server.serve()
+
+
+class _DemoEvents:
+    """Where the fleet's demo publishes: its events and the state only the
+    demo has go to the hub (and so to Redis); its own totals, models, costs
+    and host figures are left to the fleet's aggregator."""
+
+    def __init__(self, hub: MetricsHub) -> None:
+        from ..protocol import MessageType
+
+        self._hub = hub
+        self._types = frozenset(
+            {
+                MessageType.REQUEST_UPDATE,
+                MessageType.ERROR_UPDATE,
+                MessageType.RATE_LIMIT_UPDATE,
+                MessageType.KV_CACHE_UPDATE,
+            }
+        )
+
+    def publish(self, message: WebSocketMessage[Any], /) -> object:
+        """Publish ``message`` if it is one the fleet takes from the demo."""
+        if message.type in self._types:
+            return self._hub.publish(message)
+        return None
 
 
 def _exit_with_parent(fd: int, server: Any) -> None:
