@@ -45,7 +45,6 @@ from ._limits import (
     AuthThrottle,
     BufferWatchdog,
     RateLimitedLog,
-    filter_problem,
     message_cost,
 )
 from ._settings import ServerSettings
@@ -178,9 +177,22 @@ class StreamEndpoint:
             await _accept_and_close(send, CloseCode.TOO_MANY, "too many connections", offered)
             _abort_later(receive, settings.close_timeout)
             return
-        problem = _query_filter_problem(settings, query)
-        if problem is not None:
+        # One check for the query's filter, bounds and names together; the
+        # two kinds of failure are answered differently (protocol/filter.py
+        # says why): past a bound the connection is refused with 1008, wrong
+        # names get an error and no filter.
+        filter_error: InvalidFilterError | None = None
+        try:
+            filt = Filter.from_query(
+                query,
+                max_entries=settings.max_filter_entries,
+                max_chars=settings.max_filter_bytes,
+            )
+        except InvalidFilterError as exc:
+            filt, filter_error = Filter(), exc
+        if filter_error is not None and filter_error.bound is not None:
             stats.reject("invalid_filter")
+            problem = str(filter_error)
             self._log.info(
                 "invalid_filter", "refused a filter from %s: %s (1008)", _peer(scope), problem
             )
@@ -198,7 +210,7 @@ class StreamEndpoint:
         self._active += 1
         try:
             await send(_accept_message(offered))
-            await self._serve(scope, receive, send, query)
+            await self._serve(scope, receive, send, query, filt, filter_error)
         finally:
             self._active -= 1
 
@@ -260,7 +272,13 @@ class StreamEndpoint:
         return False
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, query: dict[str, list[str]]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        query: dict[str, list[str]],
+        filt: Filter,
+        filter_error: InvalidFilterError | None,
     ) -> None:
         since = _int_param(query, "since")
         epoch = query.get("epoch", [None])[-1]
@@ -275,13 +293,6 @@ class StreamEndpoint:
             direct, fallback = DirectWriter.check(receive)
             if fallback is not None:
                 self.hub.stats.direct_write_fallbacks += 1
-        filter_error: InvalidFilterError | None = None
-        try:
-            filt = Filter.from_query(query)
-        except InvalidFilterError as exc:
-            # As for ``subscribe``: the filter stays what it was (none), and
-            # the client is told why, instead of a filter matching nothing.
-            filt, filter_error = Filter(), exc
         sub = self.hub.attach(
             send_text,
             since=since,
@@ -293,6 +304,8 @@ class StreamEndpoint:
             direct=direct,
         )
         if filter_error is not None:
+            # As for ``subscribe``: the filter stays what it was (none), and
+            # the client is told why, instead of a filter matching nothing.
             sub.send_local(_error_frame("invalid_filter", str(filter_error)))
         if "since" in query and since is None:
             sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))
@@ -419,14 +432,17 @@ class StreamEndpoint:
             sub.send_local(_pong(message))
         elif mtype is MessageType.SUBSCRIBE:
             data: SubscribePayload = message.data
-            problem = filter_problem(self.settings, data.types, data.models)
-            if problem is not None:
-                self.hub.stats.reject("invalid_filter")
-                sub.send_local(_error_frame("invalid_filter", problem))
-                return
             try:
-                filt = Filter.from_payload(data)
+                filt = Filter.from_payload(
+                    data,
+                    max_entries=self.settings.max_filter_entries,
+                    max_chars=self.settings.max_filter_bytes,
+                )
             except InvalidFilterError as exc:
+                # Either kind keeps the filter the connection had; only a
+                # bound counts as a refusal by a limit.
+                if exc.bound is not None:
+                    self.hub.stats.reject("invalid_filter")
                 sub.send_local(_error_frame("invalid_filter", str(exc)))
                 return
             sub.set_filter(filt)
@@ -535,18 +551,6 @@ def _int_param(query: dict[str, list[str]], name: str) -> int | None:
 def _peer(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "?"
-
-
-def _query_filter_problem(settings: ServerSettings, query: dict[str, list[str]]) -> str | None:
-    """Whether the query's ``types`` / ``models`` are past the filter bounds."""
-
-    def names(key: str) -> list[str] | None:
-        values = query.get(key)
-        if values is None:
-            return None
-        return [v for value in values for v in value.split(",") if v.strip()]
-
-    return filter_problem(settings, names("types"), names("models"))
 
 
 def _abort_later(receive: Receive, timeout: float) -> None:

@@ -1,8 +1,8 @@
 """Limits against a hostile network: the pieces that need no particular server.
 
 The endpoint applies these itself, on any ASGI server: :class:`AuthThrottle`
-(failed tokens per client address), :func:`filter_problem` (filter bounds),
-:func:`message_cost` (a ``subscribe`` costs more than a ``ping``),
+(failed tokens per client address), :func:`message_cost` (a ``subscribe``
+costs more than a ``ping``),
 :class:`BufferWatchdog` (a client leaving more than :func:`unread_bound`
 unread is cut) and :class:`RateLimitedLog` (one INFO line per event, a flood
 summarised). Under ``metricstream serve`` those lines reach stderr, tokens
@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any, Final
 
 from ._hub import MetricsHub
@@ -32,7 +31,6 @@ __all__ = [
     "AuthThrottle",
     "BufferWatchdog",
     "RateLimitedLog",
-    "filter_problem",
     "guarded_uvicorn_options",
     "message_cost",
     "unread_bound",
@@ -60,30 +58,6 @@ def message_cost(payload: str | bytes) -> int:
     if isinstance(payload, str):
         return SUBSCRIBE_COST if "subscribe" in payload else 1
     return SUBSCRIBE_COST if b"subscribe" in payload else 1
-
-
-def filter_problem(
-    settings: ServerSettings, types: Iterable[str] | None, models: Iterable[str] | None
-) -> str | None:
-    """Why a filter is refused (``invalid_filter``), or ``None`` when it is within bounds.
-
-    Checked on the raw lists, before any set is built from them: the cost
-    of a filter the server will refuse must stay that of reading it.
-    """
-    total = 0
-    for name, values in (("types", types), ("models", models)):
-        if values is None:
-            continue
-        items = values if isinstance(values, list | tuple) else list(values)
-        if len(items) > settings.max_filter_entries:
-            return f"more than {settings.max_filter_entries} {name} in a filter"
-        for value in items:
-            if not isinstance(value, str):
-                return f"{name} must be strings"
-            total += len(value)
-    if total > settings.max_filter_bytes:
-        return f"filter names longer than {settings.max_filter_bytes} characters in all"
-    return None
 
 
 def unread_bound(hub: MetricsHub) -> int:
