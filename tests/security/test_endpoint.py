@@ -326,3 +326,26 @@ async def test_the_guarded_protocols_keep_the_direct_write_path() -> None:
     ):
         await recv_type(ws, "init")
         assert [sub.direct is not None for sub in hub.subscribers] == [True]
+
+
+async def test_handshakes_accepted_only_to_be_refused_are_logged_as_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Embedded on plain uvicorn too: the refusals that must reach a browser
+    # as close codes are accepted first, and logged as what they are.
+    settings = ServerSettings(max_connections=1, max_filter_entries=2)
+    async with running(settings=settings, log_config=None) as server:
+        caplog.set_level(logging.INFO, logger="uvicorn.error")
+        async with open_client(server.url("probe=first")) as first:
+            await recv_type(first, "init")
+            async with open_client(server.url("probe=second")) as second:
+                assert await close_code(second) == 4029
+        async with open_client(server.url("probe=third&models=a,b,c")) as third:
+            assert await close_code(third) == 1008
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+    assert [line.rsplit('"', 1)[1].strip() for line in lines if "probe=" in line] == [
+        "[accepted]",
+        "[refused 4029]",
+        "[refused 1008]",
+    ], lines
+    assert lines.count("connection open") == 1, lines

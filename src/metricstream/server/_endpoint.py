@@ -45,7 +45,9 @@ from ._limits import (
     AuthThrottle,
     BufferWatchdog,
     RateLimitedLog,
+    RefusedHandshakeLog,
     message_cost,
+    refusing,
 )
 from ._settings import ServerSettings
 from ._wire import DirectWriter, Transport, find_transport
@@ -109,6 +111,7 @@ class StreamEndpoint:
         self._auth = AuthThrottle(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
         self._watchdog = BufferWatchdog(hub)
         self._log = RateLimitedLog()
+        RefusedHandshakeLog.install()
 
     def http_refusal(self, scope: Scope) -> int | None:
         """The HTTP status refusing a request for a page guarded by the token.
@@ -196,7 +199,8 @@ class StreamEndpoint:
             self._log.info(
                 "invalid_filter", "refused a filter from %s: %s (1008)", _peer(scope), problem
             )
-            await send(_accept_message(offered))
+            with refusing(CloseCode.POLICY_VIOLATION):
+                await send(_accept_message(offered))
             await send({"type": "websocket.send", "text": _error_frame("invalid_filter", problem)})
             await send(
                 {
@@ -569,8 +573,9 @@ async def _accept_and_close(
     send: Send, code: int, reason: str, offered: tuple[str, ...] = ()
 ) -> None:
     # Accept first so that a browser sees the close code (a refused handshake
-    # only shows up as 1006 there).
-    await send(_accept_message(offered))
+    # only shows up as 1006 there); the server's log says refused all the same.
+    with refusing(code):
+        await send(_accept_message(offered))
     await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
