@@ -79,6 +79,8 @@ class Config:
     attack_sockets: int = 4
     attack_loris: int = 500
     attack_rate: float = 20.0
+    #: command-line start-up: interleaved runs of each variant
+    cli_runs: int = 21
 
     @property
     def lifetime(self) -> float:
@@ -108,6 +110,7 @@ QUICK = Config(
     proxy_seconds=3.0,
     attack_seconds=4.0,
     attack_loris=200,
+    cli_runs=9,
 )
 SMOKE = Config(
     name="smoke",
@@ -145,6 +148,7 @@ SMOKE = Config(
     attack_seconds=0.5,
     attack_sockets=1,
     attack_loris=5,
+    cli_runs=1,
 )
 
 Runner = Callable[[Config], list[Row]]
@@ -676,6 +680,33 @@ def bench_export(cfg: Config) -> list[Row]:
     ]
 
 
+def bench_cli(cfg: Config) -> list[Row]:
+    """``metricstream --help`` against the same with every command module imported."""
+    from ._clibench import measure
+
+    result = measure(cfg.cli_runs)
+    return [
+        Row(
+            "cli",
+            "wall time of metricstream --help",
+            result["help_ms"],
+            "ms",
+            "the same, every command module imported",
+            result["eager_ms"],
+            "≤0.7x",
+            result["help_ms"] <= 0.7 * result["eager_ms"],
+            result,
+        ),
+        Row(
+            "cli",
+            "wall time of python -c pass (context)",
+            result["python_ms"],
+            "ms",
+            details=result,
+        ),
+    ]
+
+
 def bench_proxy(cfg: Config) -> list[Row]:
     """The recording proxy vs a direct connection and vs LiteLLM's proxy."""
     from ._proxybench import LITELLM, measure
@@ -767,6 +798,7 @@ BENCHMARKS: dict[str, Runner] = {
     "record": bench_record,
     "export": bench_export,
     "proxy": bench_proxy,
+    "cli": bench_cli,
     "attacks": bench_attacks,
     "redis": bench_redis,
     "redis-storm": bench_redis_storm,

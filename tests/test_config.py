@@ -15,6 +15,7 @@ from packaging.requirements import Requirement
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from metricstream._logging import redact
 from metricstream._options import (
     Option,
     add_options,
@@ -24,6 +25,7 @@ from metricstream._options import (
     rewrite_reference,
 )
 from metricstream.exceptions import ConfigError
+from metricstream.server._serveopts import stream_settings
 from metricstream.server.cli import OPTIONS
 
 from .support import free_port, scaled
@@ -107,6 +109,34 @@ def test_a_secret_is_never_echoed_in_an_error(tmp_path: Path) -> None:
     assert "(hidden)" in str(error.value)
 
 
+def test_the_key_password_comes_from_flag_or_environment_never_from_the_file(
+    tmp_path: Path,
+) -> None:
+    assert parse(["--ssl-keyfile-password", "pw-flag"]).ssl_keyfile_password == "pw-flag"
+    env = {"METRICSTREAM_SSL_KEYFILE_PASSWORD": "pw-env"}
+    assert parse([], env).ssl_keyfile_password == "pw-env"
+    config = write(tmp_path, '[serve]\nssl_keyfile_password = "pw-in-file-7"\n')
+    with pytest.raises(ConfigError, match="not read from a config file") as error:
+        parse(["--config", config])
+    assert "METRICSTREAM_SSL_KEYFILE_PASSWORD" in str(error.value)
+    assert "pw-in-file-7" not in str(error.value)
+    # Even when the environment gives it too: the file is wrong to hold it.
+    with pytest.raises(ConfigError, match="not read from a config file"):
+        parse(["--config", config], env)
+
+
+def test_the_key_password_is_redacted_once_the_settings_are_built() -> None:
+    args = parse(["--ssl-certfile", "c.pem", "--ssl-keyfile-password", "pw-redact-4q"])
+    stream_settings(args)
+    assert redact("loading with pw-redact-4q failed") == "loading with *** failed"
+
+
+def test_the_reference_says_where_an_option_is_not_read_from() -> None:
+    option = Option(name="key_pass", kind="str", default=None, help="p", in_file=False)
+    text = reference_markdown({"thing": [option]})
+    assert "| `--key-pass` | `METRICSTREAM_KEY_PASS` | (not read from a file) | str |" in text
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("port = 1", "put options in a table"), ("[serve\n", "is not valid TOML")],
@@ -126,6 +156,7 @@ def test_a_malformed_file_is_refused(tmp_path: Path, text: str, message: str) ->
         ([], {"METRICSTREAM_PORT": "99999"}, "METRICSTREAM_PORT: port must be between"),
         (["--ssl-keyfile", "k.pem"], {}, "--ssl-keyfile needs --ssl-certfile"),
         (["--ssl-certfile", "/nonexistent.pem"], {}, "cannot use the TLS certificate"),
+        (["--ssl-keyfile-password", "x"], {}, "--ssl-keyfile-password needs --ssl-certfile"),
     ],
 )
 def test_serve_exits_2_on_an_invalid_value(

@@ -115,8 +115,11 @@ def test_each_line_once_and_json_lines_for_log_shippers() -> None:
     assert sum("Uvicorn running on" in m for _, m in messages) == 1
     assert any(r["logger"] == "metricstream.server" and r["level"] == "info" for r in records)
     accepted = [m for _, m in messages if "[accepted]" in m]
-    # Four handshakes, four lines: nothing printed by a second handler.
-    assert len(accepted) == 4
+    refused = [m for _, m in messages if "[refused 4001]" in m]
+    # Four handshakes, four lines (the wrong token's says refused): nothing
+    # printed by a second handler.
+    assert len(accepted) == 3
+    assert len(refused) == 1
     assert TOKEN not in stderr
     assert stdout == ""
 

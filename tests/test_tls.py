@@ -5,6 +5,7 @@ header, a query parameter and a subprotocol respectively."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from websockets.asyncio.client import connect
 
 from metricstream.client import WebSocketConfig, WebSocketService
 from metricstream.protocol import MessageType
@@ -173,3 +175,106 @@ def test_the_web_page_streams_over_wss_with_the_token_as_a_subprotocol(tls_serve
     assert url.startswith(f"wss://127.0.0.1:{tls_server}/metrics/stream")
     assert "token" not in url  # it travelled as a subprotocol entry instead
     assert protocol == "metricstream"
+
+
+KEY_PASSWORD = "tls-key-pass-5p8"
+
+
+def encrypted_key_pair(ca: trustme.CA, folder: Path, password: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, encrypted with ``password`` (PKCS#8 PEM)."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    key_path, cert_path = folder / "encrypted-key.pem", folder / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password.encode()),
+        )
+    )
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    return cert_path, key_path
+
+
+def serve_command(port: int, cert: Path, key: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "metricstream",
+        "serve",
+        "--port",
+        str(port),
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+        *extra,
+    ]
+
+
+async def first_frame(url: str, context: ssl.SSLContext) -> str:
+    async with connect(url, ssl=context) as ws:
+        frame = await asyncio.wait_for(ws.recv(), scaled(10))
+    assert isinstance(frame, str)
+    return frame
+
+
+def test_an_encrypted_key_serves_wss_with_its_password(ca: trustme.CA, tmp_path: Path) -> None:
+    cert, key = encrypted_key_pair(ca, tmp_path, KEY_PASSWORD)
+    assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()
+    port = free_port()
+    proc = subprocess.Popen(
+        serve_command(port, cert, key, "--log-level", "debug"),
+        env=command_env(METRICSTREAM_SSL_KEYFILE_PASSWORD=KEY_PASSWORD),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # No controlling terminal: a prompt for the password would fail, not wait.
+        start_new_session=True,
+    )
+    try:
+        wait_healthy(f"https://127.0.0.1:{port}/healthz", proc, 30, verify=client_context(ca))
+        url = f"wss://127.0.0.1:{port}/metrics/stream"
+        frame = asyncio.run(first_frame(url, client_context(ca)))
+        assert json.loads(frame)["type"] == "init"
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=scaled(30))
+    assert "[accepted]" in stderr
+    assert "over TLS (wss://)" in stderr
+    assert KEY_PASSWORD not in stderr
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        (["--ssl-keyfile-password", "not-the-pass-3k"], "cannot decrypt the TLS key"),
+        ([], "is encrypted: give its password"),
+    ],
+    ids=["wrong password", "no password"],
+)
+def test_an_encrypted_key_without_its_password_is_one_line_and_status_2(
+    ca: trustme.CA, tmp_path: Path, how: list[str], message: str
+) -> None:
+    cert, key = encrypted_key_pair(ca, tmp_path, KEY_PASSWORD)
+    result = subprocess.run(
+        serve_command(free_port(), cert, key, *how),
+        env=command_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=scaled(60),
+        check=False,
+        start_new_session=True,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("metricstream serve: ")
+    assert message in lines[0]
+    assert str(key) in lines[0]
+    assert "not-the-pass-3k" not in result.stderr
+    assert result.stdout == ""

@@ -14,7 +14,9 @@ A long-running command (``serve``, and any other that declares an
   fails when the committed text is stale).
 
 Precedence, highest first: flag, environment, file, default. An invalid
-value is refused with exit status 2, naming where it came from.
+value is refused with exit status 2, naming where it came from. An option
+marked ``in_file=False`` (a password) is not read from the file: setting it
+there is refused, naming the variable to use instead.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class Option:
     """Section of the ``--help`` output and of the reference."""
     aliases: tuple[str, ...] = ()
     """Other flags accepted for it (older spellings)."""
+    in_file: bool = True
+    """Whether the TOML file may set it. ``False`` for a secret that must not
+    sit in plain text in a file that is copied, versioned and read by more
+    people than the secret is meant for; the flag and the variable remain."""
 
     @property
     def flag(self) -> str:
@@ -295,6 +301,13 @@ def _load_table(path: Path, command: str, options: Sequence[Option]) -> dict[str
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown [{command}] option(s): {', '.join(unknown)}")
+    for option in options:
+        if not option.in_file and option.name in table:
+            # The value is never echoed: it is a secret.
+            raise ConfigError(
+                f"{path}: [{command}] {option.name} is not read from a config file; "
+                f"set {option.env} (or {option.flag}) instead"
+            )
     return table
 
 
@@ -325,12 +338,11 @@ def reference_markdown(tables: Mapping[str, Sequence[Option]]) -> str:
             flag = f"`{option.flag}`"
             if option.kind == "bool":
                 flag = f"`{option.flag}` / `--no-{option.flag[2:]}`"
+            key = f"`{option.name}`" if option.in_file else "(not read from a file)"
             kind = option.kind if option.choices is None else " \\| ".join(option.choices)
             default = _default_text(option).removeprefix("default: ")
             meaning = option.help.replace("|", "\\|")
-            lines.append(
-                f"| {flag} | `{option.env}` | `{option.name}` | {kind} | {default} | {meaning} |"
-            )
+            lines.append(f"| {flag} | `{option.env}` | {key} | {kind} | {default} | {meaning} |")
     lines.append(END_MARK)
     return "\n".join(lines)
 

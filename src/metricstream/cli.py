@@ -1,8 +1,11 @@
 """The ``metricstream`` command.
 
 Each subcommand lives beside the code it drives and registers itself through
-an ``add_parser(subparsers)`` function; its heavy imports happen only when it
-runs, so ``metricstream --help`` works with nothing but the core installed.
+an ``add_parser(subparsers)`` function. That module is imported only when its
+command is the one run: ``metricstream --help`` lists every command from the
+table below without importing any of them, so it neither needs an extra nor
+pays for one (the server's modules load FastAPI and uvicorn), and
+``metricstream watch`` loads the client's modules alone.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from .exceptions import ConfigError
 __all__ = ["main"]
 
 # Modules whose ``add_parser`` adds subcommands, in --help order, with the
-# commands each adds and the extra its imports need. When that extra is not
+# commands each adds (and their help lines, the same as the module's own:
+# ``metricstream --help`` shows these without importing the module) and the
+# extra its imports need. When that extra is not
 # installed the commands are still listed, and running one says which extra
 # to install instead of failing with a traceback.
 _COMMAND_MODULES: tuple[tuple[str, dict[str, str], str | None], ...] = (
@@ -43,7 +48,11 @@ _COMMAND_MODULES: tuple[tuple[str, dict[str, str], str | None], ...] = (
     ),
     (
         "metricstream.protocol.javascript",
-        {"schema-js": "print the protocol's constants as an ES module"},
+        {
+            "schema-js": (
+                "print the protocol's constants as an ES module (the web page's protocol.js)"
+            )
+        },
         None,
     ),
 )
@@ -81,6 +90,15 @@ def _needs_extra_message(command: str, extra: str, module: str | None) -> str:
     )
 
 
+def _add_listed(subparsers: Any, command: str, help_text: str) -> None:
+    # A command whose module is not imported: listed with its help line, and
+    # taking any arguments (even --help), which the second parse, with the
+    # module's own parser, reads.
+    parser = subparsers.add_parser(command, help=help_text, add_help=False, prefix_chars="\0")
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    parser.set_defaults(func=None)
+
+
 def _add_unavailable(
     subparsers: Any, command: str, help_text: str, extra: str, module: str
 ) -> None:
@@ -111,8 +129,15 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``metricstream`` command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of the ``metricstream`` command.
+
+    Every command is listed with its help line; only ``command``'s module is
+    imported and adds its real subparser (with the other commands of that
+    module). Without ``command`` no command module is imported: that parser
+    tells which command was asked for, and answers ``--help`` and
+    ``--version``.
+    """
     parser = argparse.ArgumentParser(
         prog="metricstream",
         description="Real-time LLM-serving metrics over WebSocket.",
@@ -127,14 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--compact", action="store_true", help="one line instead of indented")
     schema.set_defaults(func=_schema)
     for module_name, commands, extra in _COMMAND_MODULES:
+        if command not in commands:
+            for name, help_text in commands.items():
+                _add_listed(subparsers, name, help_text)
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             missing = (exc.name or "").partition(".")[0]
             if extra is None or missing in ("", "metricstream"):
                 raise
-            for command, help_text in commands.items():
-                _add_unavailable(subparsers, command, help_text, extra, missing)
+            for name, help_text in commands.items():
+                _add_unavailable(subparsers, name, help_text, extra, missing)
             continue
         module.add_parser(subparsers)
     return parser
@@ -149,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     command: str = args.command
+    if args.func is None:
+        # The command's module, imported now that it is the one run, parses
+        # the arguments again with its own options.
+        args = build_parser(command).parse_args(argv)
     try:
         options = getattr(args, "options", None)
         if options is not None:

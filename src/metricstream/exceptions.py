@@ -7,7 +7,8 @@ The hierarchy, so that callers can catch as broadly or narrowly as they need
     ├── ProtocolError               a frame that is not a valid message (bad JSON,
     │   │                           wrong field type, missing field, ...)
     │   └── InvalidFilterError      a filter naming a type that is not a stream
-    │                               type (also a ValueError)
+    │                               type, or past the server's bounds (also a
+    │                               ValueError)
     ├── ConfigError                 an invalid configuration value (also a ValueError)
     ├── PublishError                a message the hub cannot publish: not a stream
     │                               type, an invalid payload, too big (also a
@@ -29,6 +30,8 @@ visible in a traceback without leaking into the public contract.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 __all__ = [
     "ClientClosedError",
@@ -61,8 +64,17 @@ class InvalidFilterError(ProtocolError, ValueError):
     """A filter (``subscribe`` payload, ``types`` query parameter) is invalid.
 
     The server answers it with an ``invalid_filter`` error and keeps the
-    filter the connection had.
+    filter the connection had. ``bound`` says which of the server's bounds
+    the filter is past (``"entries"``: too many names in one dimension;
+    ``"chars"``: too many characters of names in all), or is ``None`` when
+    the names themselves are wrong (not stream types, not strings): a query
+    filter past a bound also closes the connection (1008), one with wrong
+    names does not.
     """
+
+    def __init__(self, message: str, *, bound: Literal["entries", "chars"] | None = None) -> None:
+        super().__init__(message)
+        self.bound: Literal["entries", "chars"] | None = bound
 
 
 class ConfigError(MetricStreamError, ValueError):

@@ -61,6 +61,51 @@ def test_unknown_types_are_refused_with_a_typed_error() -> None:
         Filter.of(models=[""])
 
 
+def test_bounds_are_checked_by_of_and_say_which_bound() -> None:
+    # Within both bounds: a filter, as without them.
+    assert Filter.of(["model_update"], ["a", "b"], max_entries=2, max_chars=20) == Filter.of(
+        ["model_update"], ["a", "b"]
+    )
+    with pytest.raises(InvalidFilterError, match="more than 2 models") as entries:
+        Filter.of(models=["a", "b", "c"], max_entries=2)
+    assert entries.value.bound == "entries"
+    with pytest.raises(InvalidFilterError, match="longer than 5 characters") as chars:
+        Filter.of(["model_update"], max_chars=5)
+    assert chars.value.bound == "chars"
+    # Characters are counted over both dimensions together.
+    with pytest.raises(InvalidFilterError) as both:
+        Filter.of(models=["abc"], types=["model_update"], max_chars=14)
+    assert both.value.bound == "chars"
+    # A wrong name is not a bound.
+    with pytest.raises(InvalidFilterError) as name:
+        Filter.of(["metric_update"], max_entries=2, max_chars=100)
+    assert name.value.bound is None
+
+
+def test_bounds_come_before_names_and_before_any_set() -> None:
+    # Unknown names past a bound are refused for the bound (the answer the
+    # server closes on), without the names being looked at.
+    with pytest.raises(InvalidFilterError) as exc:
+        Filter.of(["bogus"] * 3, max_entries=2)
+    assert exc.value.bound == "entries"
+    # Duplicates count: the bound is on the list as sent, not on its set.
+    with pytest.raises(InvalidFilterError):
+        Filter.of(models=["a"] * 3, max_entries=2)
+    # Any iterable is read once.
+    assert Filter.of(types=(t for t in ["model_update"]), max_entries=2).types == {"model_update"}
+
+
+def test_from_query_and_from_payload_take_the_same_bounds() -> None:
+    with pytest.raises(InvalidFilterError) as query:
+        Filter.from_query({"models": ["a,b", "c"]}, max_entries=2)
+    assert query.value.bound == "entries"
+    # Blank entries are not entries.
+    assert Filter.from_query({"models": ["a,,b, "]}, max_entries=2).models == {"a", "b"}
+    with pytest.raises(InvalidFilterError) as payload:
+        Filter.from_payload(SubscribePayload(types=None, models=["x" * 11]), max_chars=10)
+    assert payload.value.bound == "chars"
+
+
 def test_from_query_splits_and_joins_repeated_parameters() -> None:
     filt = Filter.from_query(
         {"types": ["metrics_update, model_update", "request_update"], "models": ["a,,b"]}

@@ -51,6 +51,41 @@ async def test_a_query_filter_past_its_bounds_is_answered_and_closed() -> None:
             assert await close_code(ws) == 1008
 
 
+async def test_a_query_filter_past_the_character_bound_names_that_bound() -> None:
+    settings = ServerSettings(max_filter_bytes=100)
+    async with running(settings=settings) as server:
+        # Unknown names too: the bound is what is answered, and closed on.
+        async with open_client(server.url("models=" + "x" * 101 + "&types=bogus")) as ws:
+            error = await recv(ws)
+            assert error["data"]["code"] == "invalid_filter"
+            assert "100 characters" in error["data"]["message"]
+            assert await close_code(ws) == 1008
+        assert server.hub.stats.rejections["invalid_filter"] == 1
+
+
+async def test_wrong_names_are_answered_but_neither_closed_nor_counted_as_refusals() -> None:
+    # The two answers side by side, on one server: a type this server does
+    # not know (a newer client) keeps the connection, unfiltered; a filter
+    # past a bound is refused with 1008. Only the bound is a limit's refusal.
+    settings = ServerSettings(max_filter_entries=3)
+    async with running(settings=settings) as server:
+        async with open_client(server.url("types=model_update,newer_update")) as ws:
+            assert (await recv(ws))["type"] == "init"
+            error = await recv(ws)
+            assert error["data"]["code"] == "invalid_filter"
+            assert "newer_update" in error["data"]["message"]
+            # No filter was installed and the connection is still served.
+            await ws.send(json.dumps({"type": "subscribe", "data": {"types": ["newer_update"]}}))
+            assert (await recv_type(ws, "error"))["data"]["code"] == "invalid_filter"
+            await ws.send(json.dumps({"type": "ping", "data": {}}))
+            assert (await recv_type(ws, "pong"))["type"] == "pong"
+        assert "invalid_filter" not in server.hub.stats.rejections
+        async with open_client(server.url("types=model_update,a,b,c")) as ws:
+            assert (await recv(ws))["data"]["code"] == "invalid_filter"
+            assert await close_code(ws) == 1008
+        assert server.hub.stats.rejections["invalid_filter"] == 1
+
+
 async def test_large_messages_are_limited_by_bytes_not_only_by_count() -> None:
     # 10 messages a second would pass the message rate; 3 of 20 KB exceed
     # the byte burst.
@@ -291,3 +326,26 @@ async def test_the_guarded_protocols_keep_the_direct_write_path() -> None:
     ):
         await recv_type(ws, "init")
         assert [sub.direct is not None for sub in hub.subscribers] == [True]
+
+
+async def test_handshakes_accepted_only_to_be_refused_are_logged_as_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Embedded on plain uvicorn too: the refusals that must reach a browser
+    # as close codes are accepted first, and logged as what they are.
+    settings = ServerSettings(max_connections=1, max_filter_entries=2)
+    async with running(settings=settings, log_config=None) as server:
+        caplog.set_level(logging.INFO, logger="uvicorn.error")
+        async with open_client(server.url("probe=first")) as first:
+            await recv_type(first, "init")
+            async with open_client(server.url("probe=second")) as second:
+                assert await close_code(second) == 4029
+        async with open_client(server.url("probe=third&models=a,b,c")) as third:
+            assert await close_code(third) == 1008
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error"]
+    assert [line.rsplit('"', 1)[1].strip() for line in lines if "probe=" in line] == [
+        "[accepted]",
+        "[refused 4029]",
+        "[refused 1008]",
+    ], lines
+    assert lines.count("connection open") == 1, lines

@@ -7,6 +7,7 @@ client, from 127.0.0.1, must keep its sequence unbroken throughout.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 
@@ -22,6 +23,8 @@ from benchmarks._attacks import (
     upgrade_request,
     url_trickle,
 )
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.security.conftest import PATH, assert_unharmed, served, with_healthy
 from tests.support import scaled, wait_until
@@ -247,3 +250,37 @@ async def test_oversized_subscribes_are_refused_while_others_keep_their_stream()
         assert_unharmed(healthy)
         refused = server.rejections().get("invalid_filter", 0)
         assert refused >= 4
+
+
+async def test_a_refused_token_is_logged_as_refused_never_as_accepted() -> None:
+    # The endpoint accepts a handshake it refuses (so that a browser sees
+    # 4001); the server's log must still say refused, not accepted.
+    async with served("--token", "s3cret") as server:
+        with pytest.raises(ConnectionClosed) as refused:
+            async with connect(server.url("token=guess-x7q&probe=refused")) as ws:
+                await ws.recv()
+        assert refused.value.rcvd is not None
+        assert refused.value.rcvd.code == 4001
+        async with connect(
+            server.url("probe=let-in"), additional_headers={"Authorization": "Bearer s3cret"}
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "init"
+        log = await wait_until(
+            lambda: "probe=let-in" in server.log and server.log, 5, "the accepted client's line"
+        )
+        lines = log.splitlines()
+        refused_lines = [line for line in lines if "probe=refused" in line]
+        assert len(refused_lines) == 1, log
+        assert re.search(
+            r'"WebSocket /metrics/stream\?token=\*\*\*&probe=refused" \[refused 4001\]$',
+            refused_lines[0],
+        ), log
+        # The client let in is still said to be accepted, once.
+        accepted = [line for line in lines if "[accepted]" in line]
+        assert len(accepted) == 1, log
+        assert "probe=let-in" in accepted[0]
+        # websockets' own "connection open" is the accepted client's alone.
+        assert sum(line.endswith("connection open") for line in lines) == 1, log
+        assert "missing or invalid token (4001)" in log
+        assert "s3cret" not in log
+        assert "guess-x7q" not in log

@@ -4,6 +4,25 @@ The hub decides with :meth:`Filter.accepts` what to send a subscriber, the
 endpoint builds a :class:`Filter` from the query string or a ``subscribe``
 message, and the client applies the same rule to what it receives (a server
 that ignores filters, or the FakeAI dialect).
+
+:meth:`Filter.of` is the one check of a filter, its bounds included: the
+server passes ``max_entries`` / ``max_chars`` and gets one
+:class:`~metricstream.exceptions.InvalidFilterError` whose ``bound`` says
+which bound was passed, or ``None`` for names that are wrong. The server
+treats the two differently, on purpose:
+
+- wrong names (a type this server does not know) are version skew as often
+  as a typo: a newer page or client asking an older server for a type it
+  has not heard of. The answer is an ``invalid_filter`` error and no filter
+  change (a query filter installs none, so the connection gets everything);
+  the connection stays, and the client, which applies the same filter to
+  what it receives, still shows what it asked for.
+- a filter past a bound is no honest client's skew: the bounds are far
+  above the number of stream types and of served models. In a ``subscribe``
+  it is refused with ``invalid_filter`` (the filter stays as it was); in
+  the query string it also closes the connection with 1008, which a client
+  treats as final: reconnecting with the same URL would only be refused
+  again, and serving it unfiltered would hand it more than it asked for.
 """
 
 from __future__ import annotations
@@ -29,6 +48,34 @@ def _set(values: Iterable[str] | None) -> frozenset[str] | None:
     return frozenset(values) or None
 
 
+def _within_bounds(
+    types: Iterable[str] | None,
+    models: Iterable[str] | None,
+    max_entries: int | None,
+    max_chars: int | None,
+) -> tuple[list[str] | None, list[str] | None]:
+    """``types`` and ``models`` as lists, or ``InvalidFilterError`` past a bound."""
+    total = 0
+    lists: list[list[str] | None] = []
+    for name, values in (("types", types), ("models", models)):
+        if values is None:
+            lists.append(None)
+            continue
+        items = values if isinstance(values, list) else list(values)
+        if max_entries is not None and len(items) > max_entries:
+            raise InvalidFilterError(f"more than {max_entries} {name} in a filter", bound="entries")
+        for value in items:
+            if not isinstance(value, str):
+                raise InvalidFilterError(f"{name} entries must be non-empty strings: {value!r}")
+            total += len(value)
+        lists.append(items)
+    if max_chars is not None and total > max_chars:
+        raise InvalidFilterError(
+            f"filter names longer than {max_chars} characters in all", bound="chars"
+        )
+    return lists[0], lists[1]
+
+
 @dataclass(frozen=True, slots=True)
 class Filter:
     """Which stream messages a connection wants; ``None`` means "all" for that dimension.
@@ -42,14 +89,29 @@ class Filter:
     models: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, types: Iterable[str] | None = None, models: Iterable[str] | None = None) -> Filter:
+    def of(
+        cls,
+        types: Iterable[str] | None = None,
+        models: Iterable[str] | None = None,
+        *,
+        max_entries: int | None = None,
+        max_chars: int | None = None,
+    ) -> Filter:
         """A filter of these names, validated: every type must be a stream type.
 
         Empty collections mean "no filter" for that dimension. Raises
         :class:`~metricstream.exceptions.InvalidFilterError` for a type that
         is not a stream message type (a typo would otherwise install a filter
-        that matches nothing) or a name that is not a non-empty string.
+        that matches nothing) or a name that is not a non-empty string
+        (``bound`` is ``None``), and, when bounds are given, for more than
+        ``max_entries`` types or models (``bound == "entries"``) or more than
+        ``max_chars`` characters of names in all (``bound == "chars"``). The
+        bounds are checked first, on the lists as given, before any set is
+        built: refusing a filter costs no more than reading it. The module
+        docstring says why the server answers the two kinds differently.
         """
+        if max_entries is not None or max_chars is not None:
+            types, models = _within_bounds(types, models, max_entries, max_chars)
         tset = _set(types)
         mset = _set(models)
         for name, values in (("types", tset), ("models", mset)):
@@ -62,15 +124,27 @@ class Filter:
         return cls(tset, mset)
 
     @classmethod
-    def from_payload(cls, payload: SubscribePayload) -> Filter:
+    def from_payload(
+        cls,
+        payload: SubscribePayload,
+        *,
+        max_entries: int | None = None,
+        max_chars: int | None = None,
+    ) -> Filter:
         """The filter a ``subscribe`` message asks for (validated as :meth:`of`)."""
-        return cls.of(payload.types, payload.models)
+        return cls.of(payload.types, payload.models, max_entries=max_entries, max_chars=max_chars)
 
     @classmethod
-    def from_query(cls, query: Mapping[str, Sequence[str]]) -> Filter:
+    def from_query(
+        cls,
+        query: Mapping[str, Sequence[str]],
+        *,
+        max_entries: int | None = None,
+        max_chars: int | None = None,
+    ) -> Filter:
         """The filter of a parsed query string (``types=a,b&types=c`` → {a, b, c}).
 
-        Validated as :meth:`of`; blank entries are ignored.
+        Validated as :meth:`of`, bounds included; blank entries are ignored.
         """
 
         def split(name: str) -> list[str] | None:
@@ -79,7 +153,7 @@ class Filter:
                 return None
             return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
-        return cls.of(split("types"), split("models"))
+        return cls.of(split("types"), split("models"), max_entries=max_entries, max_chars=max_chars)
 
     @property
     def is_everything(self) -> bool:

@@ -45,8 +45,9 @@ from ._limits import (
     AuthThrottle,
     BufferWatchdog,
     RateLimitedLog,
-    filter_problem,
+    RefusedHandshakeLog,
     message_cost,
+    refusing,
 )
 from ._settings import ServerSettings
 from ._wire import DirectWriter, Transport, find_transport
@@ -110,6 +111,7 @@ class StreamEndpoint:
         self._auth = AuthThrottle(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
         self._watchdog = BufferWatchdog(hub)
         self._log = RateLimitedLog()
+        RefusedHandshakeLog.install()
 
     def http_refusal(self, scope: Scope) -> int | None:
         """The HTTP status refusing a request for a page guarded by the token.
@@ -178,13 +180,27 @@ class StreamEndpoint:
             await _accept_and_close(send, CloseCode.TOO_MANY, "too many connections", offered)
             _abort_later(receive, settings.close_timeout)
             return
-        problem = _query_filter_problem(settings, query)
-        if problem is not None:
+        # One check for the query's filter, bounds and names together; the
+        # two kinds of failure are answered differently (protocol/filter.py
+        # says why): past a bound the connection is refused with 1008, wrong
+        # names get an error and no filter.
+        filter_error: InvalidFilterError | None = None
+        try:
+            filt = Filter.from_query(
+                query,
+                max_entries=settings.max_filter_entries,
+                max_chars=settings.max_filter_bytes,
+            )
+        except InvalidFilterError as exc:
+            filt, filter_error = Filter(), exc
+        if filter_error is not None and filter_error.bound is not None:
             stats.reject("invalid_filter")
+            problem = str(filter_error)
             self._log.info(
                 "invalid_filter", "refused a filter from %s: %s (1008)", _peer(scope), problem
             )
-            await send(_accept_message(offered))
+            with refusing(CloseCode.POLICY_VIOLATION):
+                await send(_accept_message(offered))
             await send({"type": "websocket.send", "text": _error_frame("invalid_filter", problem)})
             await send(
                 {
@@ -198,7 +214,7 @@ class StreamEndpoint:
         self._active += 1
         try:
             await send(_accept_message(offered))
-            await self._serve(scope, receive, send, query)
+            await self._serve(scope, receive, send, query, filt, filter_error)
         finally:
             self._active -= 1
 
@@ -260,7 +276,13 @@ class StreamEndpoint:
         return False
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, query: dict[str, list[str]]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        query: dict[str, list[str]],
+        filt: Filter,
+        filter_error: InvalidFilterError | None,
     ) -> None:
         since = _int_param(query, "since")
         epoch = query.get("epoch", [None])[-1]
@@ -275,13 +297,6 @@ class StreamEndpoint:
             direct, fallback = DirectWriter.check(receive)
             if fallback is not None:
                 self.hub.stats.direct_write_fallbacks += 1
-        filter_error: InvalidFilterError | None = None
-        try:
-            filt = Filter.from_query(query)
-        except InvalidFilterError as exc:
-            # As for ``subscribe``: the filter stays what it was (none), and
-            # the client is told why, instead of a filter matching nothing.
-            filt, filter_error = Filter(), exc
         sub = self.hub.attach(
             send_text,
             since=since,
@@ -293,6 +308,8 @@ class StreamEndpoint:
             direct=direct,
         )
         if filter_error is not None:
+            # As for ``subscribe``: the filter stays what it was (none), and
+            # the client is told why, instead of a filter matching nothing.
             sub.send_local(_error_frame("invalid_filter", str(filter_error)))
         if "since" in query and since is None:
             sub.send_local(_error_frame("invalid_query", "`since` must be a non-negative integer"))
@@ -419,14 +436,17 @@ class StreamEndpoint:
             sub.send_local(_pong(message))
         elif mtype is MessageType.SUBSCRIBE:
             data: SubscribePayload = message.data
-            problem = filter_problem(self.settings, data.types, data.models)
-            if problem is not None:
-                self.hub.stats.reject("invalid_filter")
-                sub.send_local(_error_frame("invalid_filter", problem))
-                return
             try:
-                filt = Filter.from_payload(data)
+                filt = Filter.from_payload(
+                    data,
+                    max_entries=self.settings.max_filter_entries,
+                    max_chars=self.settings.max_filter_bytes,
+                )
             except InvalidFilterError as exc:
+                # Either kind keeps the filter the connection had; only a
+                # bound counts as a refusal by a limit.
+                if exc.bound is not None:
+                    self.hub.stats.reject("invalid_filter")
                 sub.send_local(_error_frame("invalid_filter", str(exc)))
                 return
             sub.set_filter(filt)
@@ -537,18 +557,6 @@ def _peer(scope: Scope) -> str:
     return str(client[0]) if client else "?"
 
 
-def _query_filter_problem(settings: ServerSettings, query: dict[str, list[str]]) -> str | None:
-    """Whether the query's ``types`` / ``models`` are past the filter bounds."""
-
-    def names(key: str) -> list[str] | None:
-        values = query.get(key)
-        if values is None:
-            return None
-        return [v for value in values for v in value.split(",") if v.strip()]
-
-    return filter_problem(settings, names("types"), names("models"))
-
-
 def _abort_later(receive: Receive, timeout: float) -> None:
     """Cut a refused connection whose close has not completed within ``timeout``.
 
@@ -565,8 +573,9 @@ async def _accept_and_close(
     send: Send, code: int, reason: str, offered: tuple[str, ...] = ()
 ) -> None:
     # Accept first so that a browser sees the close code (a refused handshake
-    # only shows up as 1006 there).
-    await send(_accept_message(offered))
+    # only shows up as 1006 there); the server's log says refused all the same.
+    with refusing(code):
+        await send(_accept_message(offered))
     await send({"type": "websocket.close", "code": code, "reason": reason})
 
 

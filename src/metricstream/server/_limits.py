@@ -1,8 +1,9 @@
 """Limits against a hostile network: the pieces that need no particular server.
 
 The endpoint applies these itself, on any ASGI server: :class:`AuthThrottle`
-(failed tokens per client address), :func:`filter_problem` (filter bounds),
-:func:`message_cost` (a ``subscribe`` costs more than a ``ping``),
+(failed tokens per client address), :func:`message_cost` (a ``subscribe``
+costs more than a ``ping``), :func:`refusing` with :class:`RefusedHandshakeLog`
+(a handshake accepted only to be closed is not logged as accepted),
 :class:`BufferWatchdog` (a client leaving more than :func:`unread_bound`
 unread is cut) and :class:`RateLimitedLog` (one INFO line per event, a flood
 summarised). Under ``metricstream serve`` those lines reach stderr, tokens
@@ -18,10 +19,12 @@ package never depends on uvicorn's internals.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, Final
 
 from ._hub import MetricsHub
@@ -32,9 +35,10 @@ __all__ = [
     "AuthThrottle",
     "BufferWatchdog",
     "RateLimitedLog",
-    "filter_problem",
+    "RefusedHandshakeLog",
     "guarded_uvicorn_options",
     "message_cost",
+    "refusing",
     "unread_bound",
 ]
 
@@ -62,28 +66,60 @@ def message_cost(payload: str | bytes) -> int:
     return SUBSCRIBE_COST if b"subscribe" in payload else 1
 
 
-def filter_problem(
-    settings: ServerSettings, types: Iterable[str] | None, models: Iterable[str] | None
-) -> str | None:
-    """Why a filter is refused (``invalid_filter``), or ``None`` when it is within bounds.
+# The close code of the refusal the current task is accepting a handshake
+# for, while it does: uvicorn logs the accept synchronously inside ``send``,
+# in the endpoint's own task, so the log filter sees this.
+_refusing: ContextVar[int | None] = ContextVar("metricstream_refusing", default=None)
 
-    Checked on the raw lists, before any set is built from them: the cost
-    of a filter the server will refuse must stay that of reading it.
+# What the WebSocket servers log when a handshake is accepted: uvicorn's
+# access line (``'%s - "WebSocket %s" [accepted]'``, every implementation)
+# and the ``websockets`` library's own line, through uvicorn's logger.
+_ACCEPTED_SUFFIX: Final = "[accepted]"
+_CONNECTION_OPEN: Final = "connection open"
+
+
+@contextlib.contextmanager
+def refusing(code: int) -> Iterator[None]:
+    """Mark the handshake accepted in this block as one about to be closed with ``code``.
+
+    A refusal that must reach a browser as a close code (4001, 4029, 1008,
+    1001) is accepted first; :class:`RefusedHandshakeLog` then logs it as
+    refused instead of accepted.
     """
-    total = 0
-    for name, values in (("types", types), ("models", models)):
-        if values is None:
-            continue
-        items = values if isinstance(values, list | tuple) else list(values)
-        if len(items) > settings.max_filter_entries:
-            return f"more than {settings.max_filter_entries} {name} in a filter"
-        for value in items:
-            if not isinstance(value, str):
-                return f"{name} must be strings"
-            total += len(value)
-    if total > settings.max_filter_bytes:
-        return f"filter names longer than {settings.max_filter_bytes} characters in all"
-    return None
+    token = _refusing.set(code)
+    try:
+        yield
+    finally:
+        _refusing.reset(token)
+
+
+class RefusedHandshakeLog(logging.Filter):
+    """On the WebSocket server's logger: a refused handshake is not logged as accepted.
+
+    uvicorn logs ``"WebSocket /path" [accepted]`` (and ``websockets``
+    ``connection open``) for every handshake the application accepts, and
+    the endpoint accepts a refused one too, to close it with a code a
+    browser can see. Inside :func:`refusing` the access line reads
+    ``[refused <code>]`` instead and ``connection open`` is dropped, so an
+    operator reading the log does not see a refused client let in.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        code = _refusing.get()
+        if code is None or not isinstance(record.msg, str):
+            return True
+        if record.msg.endswith(_ACCEPTED_SUFFIX):
+            record.msg = record.msg[: -len(_ACCEPTED_SUFFIX)] + "[refused %d]"
+            record.args = (*(record.args if isinstance(record.args, tuple) else ()), code)
+            return True
+        return record.msg != _CONNECTION_OPEN
+
+    @classmethod
+    def install(cls, logger_name: str = "uvicorn.error") -> None:
+        """Add this filter to ``logger_name`` (uvicorn's), once however often called."""
+        target = logging.getLogger(logger_name)
+        if not any(isinstance(f, cls) for f in target.filters):
+            target.addFilter(cls())
 
 
 def unread_bound(hub: MetricsHub) -> int:

@@ -89,6 +89,19 @@ NETWORK_OPTIONS: tuple[Option, ...] = (
         group=_NET,
     ),
     Option(
+        name="ssl_keyfile_password",
+        kind="str",
+        default=None,
+        secret=True,
+        # Not from the TOML file: a password written beside the settings (and
+        # often beside the key it unlocks) protects the key from nobody.
+        in_file=False,
+        metavar="PASSWORD",
+        help="password of an encrypted TLS key; prefer the environment variable, as a flag "
+        "shows in the process list",
+        group=_NET,
+    ),
+    Option(
         name="proxy_headers",
         kind="bool",
         default=False,
@@ -265,6 +278,11 @@ def stream_settings(args: argparse.Namespace) -> ServerSettings:
 
     if args.ssl_keyfile and not args.ssl_certfile:
         raise ConfigError("--ssl-keyfile needs --ssl-certfile")
+    if args.ssl_keyfile_password:
+        # Registered before anything can log it (an error quoting the value).
+        add_secret(args.ssl_keyfile_password)
+        if not args.ssl_certfile:
+            raise ConfigError("--ssl-keyfile-password needs --ssl-certfile")
     if args.token:
         add_secret(args.token)
     return ServerSettings(
@@ -302,13 +320,16 @@ def stream_server(
     :class:`~metricstream.exceptions.ConfigError`, not a traceback.
     """
     from .._logging import uvicorn_log_options
-    from ..exceptions import ConfigError
     from ._limits import guarded_uvicorn_options
     from ._uvicorn import StreamServer, uvicorn_config
 
     tls: dict[str, Any] = {}
     if args.ssl_certfile:
-        tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+        tls = {
+            "ssl_certfile": args.ssl_certfile,
+            "ssl_keyfile": args.ssl_keyfile,
+            "ssl_keyfile_password": args.ssl_keyfile_password or None,
+        }
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -325,13 +346,47 @@ def stream_server(
     options.update(uvicorn_options)
     config = uvicorn_config(app, **options)
     if args.ssl_certfile:
-        # Loads and checks the certificate and key now: a wrong path or a
-        # key that does not match is a configuration error, not a traceback.
-        try:
-            config.load()
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot use the TLS certificate or key: {exc}") from None
+        _load_tls(config, args)
     return StreamServer(config, hub, close_timeout=settings.close_timeout)
+
+
+# How a PEM file marks an encrypted private key: PKCS#8 ("BEGIN ENCRYPTED
+# PRIVATE KEY") or the traditional OpenSSL header ("Proc-Type: 4,ENCRYPTED").
+_ENCRYPTED_PEM = ("-----BEGIN ENCRYPTED PRIVATE KEY-----", "Proc-Type: 4,ENCRYPTED")
+
+
+def _load_tls(config: Any, args: argparse.Namespace) -> None:
+    """Load and check the certificate and key now: a wrong path, a wrong
+    password or a key that does not match is a configuration error, not a
+    traceback when the first client connects."""
+    import ssl
+
+    from ..exceptions import ConfigError
+
+    keyfile: str = args.ssl_keyfile or args.ssl_certfile
+    try:
+        with open(keyfile, encoding="ascii", errors="replace") as file:
+            encrypted = any(mark in file.read() for mark in _ENCRYPTED_PEM)
+    except OSError:
+        encrypted = False  # the load below says what is wrong with the path
+    if encrypted and not args.ssl_keyfile_password:
+        # Without a password OpenSSL would ask for one on the terminal, and a
+        # server must not wait on a prompt nobody sees.
+        raise ConfigError(
+            f"the TLS key {keyfile} is encrypted: give its password with "
+            "METRICSTREAM_SSL_KEYFILE_PASSWORD or --ssl-keyfile-password"
+        )
+    try:
+        config.load()
+    except ssl.SSLError as exc:
+        if encrypted and "MISMATCH" not in str(exc).upper():
+            raise ConfigError(
+                f"cannot decrypt the TLS key {keyfile}: wrong password "
+                "(METRICSTREAM_SSL_KEYFILE_PASSWORD / --ssl-keyfile-password)"
+            ) from None
+        raise ConfigError(f"cannot use the TLS certificate or key: {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot use the TLS certificate or key: {exc}") from None
 
 
 def log_started(args: argparse.Namespace, settings: ServerSettings) -> None:
