@@ -368,3 +368,73 @@ def test_the_dashboard_lets_a_redis_fleet_take_one_nodes_view() -> None:
     # series up: with "max", a request counted by every node counts once.
     for query in llm:
         assert query.count("$agg by (") == query.count("metricstream_llm_"), query
+
+
+async def _scrape_holder(redis_url: str) -> int | None:
+    """The process id in the scrape lease (``host:pid:random``), if held."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    try:
+        holder: Any = await client.get("metricstream:lease:scrape")
+    finally:
+        await client.aclose()
+    return None if holder is None else int(holder.decode().split(":")[1])
+
+
+async def test_serve_scrape_on_two_redis_nodes_scrapes_from_one_node_at_a_time(
+    redis_server: RedisProcess,
+) -> None:
+    from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
+    from tests.collector.test_scrape import E2E_BOUNDS, vllm, zeros
+
+    exposition = vllm(
+        prompt=10,
+        generation=10,
+        ttft=zeros(TTFT_BOUNDS),
+        itl=zeros(ITL_BOUNDS),
+        e2e=zeros(E2E_BOUNDS),
+        running=1,
+        waiting=0,
+        usage=0.5,
+    )
+    # Each node is given its own stand-in engine, so which engine is asked
+    # says which node scrapes.
+    with serve_engine() as first, serve_engine() as second:
+        engines = (first, second)
+        for engine in engines:
+            engine.serve(exposition)
+        nodes = [
+            ServeProcess(redis_server.url, "--scrape", engine.url, "--scrape-interval", "0.1")
+            for engine in engines
+        ]
+        try:
+            for one in nodes:
+                await one.ready()
+            holder = await wait_until(
+                lambda: _scrape_holder(redis_server.url), 20, "a node scraping", interval=0.05
+            )
+            index = next(i for i, n in enumerate(nodes) if n.process.pid == holder)
+            scraping, idle = engines[index], engines[1 - index]
+            await wait_until(lambda: len(scraping.requests) >= 5, 20, "scrapes by the holder")
+            assert idle.requests == [], "two nodes scraped at once"
+            nodes[index].kill()
+            survivor = nodes[1 - index].process.pid
+            await wait_until(
+                lambda: _holder_is_scraper(redis_server.url, survivor), 20, "the scrape taken over"
+            )
+            await wait_until(lambda: len(idle.requests) >= 3, 20, "scrapes by the survivor")
+            async with open_client(nodes[1 - index].url()) as ws:
+                await recv(ws)
+                async with asyncio.timeout(scaled(15)):
+                    while (message := await recv(ws, 15))["type"] != "metrics_update":
+                        pass
+            # The scraping node's collector publishes the engines' figures.
+            assert "engines" in (message.get("metadata") or {})
+        finally:
+            for one in nodes:
+                one.kill()
+
+
+async def _holder_is_scraper(redis_url: str, pid: int) -> bool:
+    return await _scrape_holder(redis_url) == pid

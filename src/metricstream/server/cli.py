@@ -25,6 +25,7 @@ from ._serveopts import (
 )
 
 if TYPE_CHECKING:
+    from ..collector import EngineScraper
     from ..protocol import WebSocketMessage
     from ._hub import MetricsHub
     from ._redis import RedisBackend
@@ -160,6 +161,8 @@ def serve(args: argparse.Namespace) -> int:
                 demo.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await demo
+        elif engines is not None and backend is not None:
+            await _fleet_scrape(backend, engines, args, server, connections)
         elif engines is not None:
             # The collector publishes through the scraper, which adds the
             # engines' figures to its messages: one source of totals.
@@ -212,6 +215,38 @@ async def _fleet_demo(
         RedisAggregator(backend, interval=args.interval, connections=connections),
         RedisLeasedTask(backend, "demo", demo, interval=args.interval),
     ):
+        await server.serve()
+
+
+async def _fleet_scrape(
+    backend: RedisBackend,
+    engines: EngineScraper,
+    args: argparse.Namespace,
+    server: StreamServer,
+    connections: Callable[[], int],
+) -> None:
+    """``serve --scrape URL --redis``: one scraper for the whole fleet.
+
+    The engines' own counters are the totals here, so the scraping node's
+    collector publishes the state messages, and it runs on the node holding
+    the ``scrape`` lease only: the nodes of a fleet, each given the same
+    ``--scrape``, neither scrape the engines several times over nor publish
+    competing totals. When that node dies, another takes over within the
+    lease.
+    """
+    import asyncio
+
+    from ..collector import MetricsCollector
+    from ._redis import RedisLeasedTask
+
+    async def scrape() -> None:
+        async with (
+            engines,
+            MetricsCollector(engines, interval=args.interval, connections=connections),
+        ):
+            await asyncio.Event().wait()  # until the lease is lost or the node stops
+
+    async with RedisLeasedTask(backend, "scrape", scrape, interval=args.interval):
         await server.serve()
 
 
