@@ -34,6 +34,7 @@ from ..protocol.messages import CostPeriod, ErrorSeverity, RequestStatus
 from ._errors import InvalidMetricError
 from ._prices import DEFAULT_PRICES, ModelPrice
 from ._system import SystemSample, SystemSampler
+from ._tick import every
 from ._window import CostWindow, LatencyStats, RollingSamples, RollingWindow, nearest_rank
 
 __all__ = [
@@ -451,7 +452,9 @@ class MetricsCollector:
         if self.running:
             return
         self._bind(asyncio.get_running_loop())
-        self._task = asyncio.create_task(self._run(), name="metricstream-collector")
+        self._task = asyncio.create_task(
+            every(self._interval, self._tick), name="metricstream-collector"
+        )
 
     async def aclose(self) -> None:
         """Stop the periodic task and publish the final changed state once."""
@@ -476,27 +479,17 @@ class MetricsCollector:
     ) -> None:
         await self.aclose()
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
-            if self._sampler is not None:
-                try:
-                    # File reads under /proc: kept off the loop.
-                    self._system_sample = await asyncio.to_thread(self._sampler.sample)
-                except Exception:
-                    logger.exception("reading system statistics failed")
+    async def _tick(self) -> None:
+        if self._sampler is not None:
             try:
-                self.flush()
+                # File reads under /proc: kept off the loop.
+                self._system_sample = await asyncio.to_thread(self._sampler.sample)
             except Exception:
-                logger.exception("publishing the collector's state failed")
-            # Fixed-rate ticks; after a stall, restart from now instead of bursting.
-            deadline += self._interval
-            delay = deadline - loop.time()
-            if delay < 0:
-                deadline = loop.time()
-                delay = 0.0
-            await asyncio.sleep(delay)
+                logger.exception("reading system statistics failed")
+        try:
+            self.flush()
+        except Exception:
+            logger.exception("publishing the collector's state failed")
 
     # --- thread hand-off ---------------------------------------------------
 
