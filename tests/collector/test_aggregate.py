@@ -269,3 +269,42 @@ def test_checked_states_and_errors_decode(
     for message in checked:
         _wire_ok(message)
     _wire_ok(agg.error("e", error, wall=WALL, model=error or None, stack_trace=error))
+
+
+def test_the_collector_forwards_every_option_to_the_aggregator() -> None:
+    # record_request passes its arguments on by position: each must land on
+    # the parameter of the same name.
+    from metricstream.collector import MetricsCollector
+    from tests.collector.helpers import ManualClock, RecordingPublisher
+
+    options: dict[str, Any] = {
+        "streaming": True,
+        "status": "error",
+        "error_message": "upstream said no",
+        "cost": 0.25,
+        "user_id": "user-1",
+        "organization_id": "org-1",
+        "ttft_ms": 7.0,
+        "request_id": "r-1",
+        "service": "/v1/completions",
+        "itl_ms": 3.0,
+        "itl_samples_ms": [1.0, 2.0, 6.0],
+        "finish_reason": "length",
+        "endpoint": "/v1/completions",
+        "usage_estimated": True,
+    }
+    publisher = RecordingPublisher()
+    collector = MetricsCollector(
+        publisher,
+        system_stats=False,
+        prices=PRICES,
+        clock=ManualClock(100.0),
+        wall_clock=ManualClock(WALL),
+    )
+    collector.record_request("a", 10, 20, 30.0, **options)
+    record = _aggregator().request("a", 10, 20, 30.0, now=100.0, wall=WALL, **options)
+    [message] = publisher.messages
+    assert message.data == record.payload
+    assert message.metadata == record.message.metadata == {"usage_estimated": True}
+    snap = collector.snapshot()
+    assert snap.costs.breakdown_by_service == {"/v1/completions": 0.25}
