@@ -70,7 +70,8 @@ def number(
     # they were recorded (the collector, in the caller's thread, with a
     # typed error), so decoding its bytes again would only repeat that. A
     # payload that still has to be converted was not the one checked.
-    checked = isinstance(message, CheckedMessage)
+    # The exact type: a fifth of isinstance's cost, paid by every plain message.
+    checked = type(message) is CheckedMessage
     if not isinstance(data, payload_type):
         checked = False
         try:
