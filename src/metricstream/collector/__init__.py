@@ -9,14 +9,8 @@
   (vLLM, SGLang, TGI) to the stream.
 """
 
-from ._collector import (
-    DEFAULT_SERVICE,
-    OTHER,
-    CollectorSnapshot,
-    CostPeriod,
-    MetricsCollector,
-    Publisher,
-)
+from ._aggregate import DEFAULT_SERVICE, OTHER, CollectorSnapshot
+from ._collector import CostPeriod, MetricsCollector, Publisher
 from ._demo import DEFAULT_PROFILES, DemoTraffic, ModelProfile, run_demo
 from ._errors import InvalidMetricError
 from ._middleware import UNMATCHED, MetricsMiddleware

@@ -7,7 +7,6 @@ dashboard with nothing else installed.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import math
 import random
@@ -20,6 +19,7 @@ from typing import Any, Final
 from ..exceptions import ConfigError
 from ..protocol.messages import ErrorSeverity
 from ._collector import MetricsCollector, Publisher
+from ._tick import every
 
 __all__ = ["DEFAULT_PROFILES", "DemoTraffic", "ModelProfile", "run_demo"]
 
@@ -240,16 +240,12 @@ class DemoTraffic:
 
     async def run(self) -> None:
         """Generate traffic until cancelled, one :meth:`step` every ``step`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
+
+        async def tick() -> None:
             self.step()
-            deadline += self.step_seconds
-            delay = deadline - loop.time()
-            if delay < 0:  # fell behind (a stalled loop): do not catch up in a burst
-                deadline = loop.time()
-                delay = 0.0
-            await asyncio.sleep(delay)
+
+        # Behind (a stalled loop), it does not catch up in a burst.
+        await every(self.step_seconds, tick)
 
     @property
     def elapsed(self) -> float:

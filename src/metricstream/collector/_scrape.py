@@ -54,6 +54,7 @@ from ._engines import (
     counter_delta,
     parse_exposition,
 )
+from ._tick import every
 
 __all__ = ["EngineScraper", "EngineStatus"]
 
@@ -354,19 +355,14 @@ class EngineScraper(Collector):
         await self.aclose()
 
     async def _run(self, target: _Target) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time()
-        while True:
+        async def tick() -> None:
             try:
                 await self._scrape(target)
             except Exception:  # a bug here must not end the scraping for good
                 logger.exception("scraping %s failed unexpectedly", target.url)
-            deadline += self._interval
-            delay = deadline - loop.time()
-            if delay < 0:  # a slow target: start again from now, no burst
-                deadline = loop.time()
-                delay = 0.0
-            await asyncio.sleep(delay)
+
+        # A slow target starts again from now, without a burst of scrapes.
+        await every(self._interval, tick)
 
     async def scrape_once(self) -> None:
         """Scrape every target once, now, and publish what changed.

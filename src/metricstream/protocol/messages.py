@@ -21,6 +21,7 @@ __all__ = [
     "MODEL_SCOPED_TYPES",
     "STATE_TYPES",
     "STREAM_TYPES",
+    "CheckedMessage",
     "CostPeriod",
     "CostUpdatePayload",
     "ErrorPayload",
@@ -356,6 +357,21 @@ class WebSocketMessage(msgspec.Struct, Generic[P], kw_only=True, omit_defaults=T
     def is_stream(self) -> bool:
         """Whether this is a stream message (carries a sequence for everyone)."""
         return self.type in STREAM_TYPES
+
+
+class CheckedMessage(WebSocketMessage[P], Generic[P], kw_only=True, omit_defaults=True):
+    """A stream message whose builder has checked every payload value itself.
+
+    The same envelope on the wire; the type only records a promise: its
+    ``data`` is the type's payload Struct, and every value in it was checked,
+    when it was recorded, against at least what the clients' decoder
+    enforces (ranges, finite numbers, required fields). The hub therefore
+    encodes it without decoding it again, which it does for any other
+    message. Only a builder that keeps that promise makes one: the
+    collector, for the events and states it builds straight from the values
+    it validated (``InvalidMetricError`` in the recording thread). Anything
+    else publishes a :class:`WebSocketMessage` and is checked by the hub.
+    """
 
 
 def make_message(

@@ -170,7 +170,9 @@ class MetricsHub:
         Raises :class:`~metricstream.exceptions.PublishError` (a
         ``ValueError``) for a type that is not a stream type (state or
         event), a payload that does not fit its type (checked with the same
-        decoder the clients use: ranges, NaN, missing fields), or a message
+        decoder the clients use: ranges, NaN, missing fields; not again for
+        a :class:`~metricstream.protocol.messages.CheckedMessage`, whose
+        builder checked each value as it was recorded), or a message
         larger than the per-client buffer bound; a dict payload is
         converted to the type's Struct; ``RuntimeError`` when called off the
         event loop thread while clients are attached (from another thread,
