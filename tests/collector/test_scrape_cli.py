@@ -14,8 +14,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
-from tests.collector.test_scrape import E2E_BOUNDS, vllm, zeros
+from tests.collector.engines import serve_engine
+from tests.collector.test_scrape import vllm
 from tests.support import free_port, scaled, wait_until
 
 
@@ -59,9 +59,6 @@ async def test_serve_scrape_publishes_the_engines_figures() -> None:
             vllm(
                 prompt=10,
                 generation=10,
-                ttft=zeros(TTFT_BOUNDS),
-                itl=zeros(ITL_BOUNDS),
-                e2e=zeros(E2E_BOUNDS),
                 running=7,
                 waiting=4,
                 usage=0.55,

@@ -28,8 +28,8 @@ from metricstream._options import add_options, resolve_options
 from metricstream.exceptions import ConfigError
 from metricstream.proxy.cli import OPTIONS
 from metricstream.server.cli import OPTIONS as SERVE_OPTIONS
-from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
-from tests.collector.test_scrape import E2E_BOUNDS, vllm, zeros
+from tests.collector.engines import serve_engine
+from tests.collector.test_scrape import vllm
 from tests.collector.test_scrape_cli import latest
 from tests.proxy.conftest import Exchange, Reply, StandIn, sse_event
 from tests.support import answers, free_port, scaled, wait_until
@@ -297,9 +297,6 @@ async def test_proxy_scrape_publishes_the_engines_figures_under_a_root_path(tmp_
             vllm(
                 prompt=10,
                 generation=10,
-                ttft=zeros(TTFT_BOUNDS),
-                itl=zeros(ITL_BOUNDS),
-                e2e=zeros(E2E_BOUNDS),
                 running=5,
                 waiting=2,
                 usage=0.55,

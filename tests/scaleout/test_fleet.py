@@ -385,15 +385,12 @@ async def _scrape_holder(redis_url: str) -> int | None:
 async def test_serve_scrape_on_two_redis_nodes_scrapes_from_one_node_at_a_time(
     redis_server: RedisProcess,
 ) -> None:
-    from tests.collector.engines import ITL_BOUNDS, TTFT_BOUNDS, serve_engine
-    from tests.collector.test_scrape import E2E_BOUNDS, vllm, zeros
+    from tests.collector.engines import serve_engine
+    from tests.collector.test_scrape import vllm
 
     exposition = vllm(
         prompt=10,
         generation=10,
-        ttft=zeros(TTFT_BOUNDS),
-        itl=zeros(ITL_BOUNDS),
-        e2e=zeros(E2E_BOUNDS),
         running=1,
         waiting=0,
         usage=0.5,
