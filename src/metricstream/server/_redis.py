@@ -264,7 +264,7 @@ def _snapshot_slot(message: WebSocketMessage[Any]) -> tuple[str, str]:
     return "s", field
 
 
-def _redis_client(url: str, *, socket_timeout: float | None) -> Redis:
+def _redis_client(url: str, *, socket_timeout: float | None, single: bool = False) -> Redis:
     try:
         from redis.asyncio import Redis
     except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -272,7 +272,12 @@ def _redis_client(url: str, *, socket_timeout: float | None) -> Redis:
             "a Redis stream needs redis-py: pip install 'metricstream[redis]'"
         ) from exc
     try:
-        return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0)
+        return Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=2.0,
+            single_connection_client=single,
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
 
@@ -322,7 +327,18 @@ class RedisPublisher:
             raise ConfigError("max_pending and batch must be at least 1")
         if recent_requests < 0 or recent_errors < 0:
             raise ConfigError("recent_requests and recent_errors must not be negative")
-        self._client = _redis_client(url, socket_timeout=timeout)
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        # The script call is on every message's way to the clients, so it
+        # goes the shortest way through redis-py: one connection of its own
+        # (one task sends, one call at a time), not a pool to check it out
+        # of and back into on each call; and no socket timeout, which
+        # redis-py enforces on each write with ``asyncio.wait_for`` (on
+        # Python 3.11 a new task, so the batch would leave a loop iteration
+        # later). Each call is bounded by ``asyncio.timeout`` instead; a
+        # cancelled call disconnects, so no reply is read by another.
+        self._client = _redis_client(url, socket_timeout=None, single=True)
+        self._timeout = timeout
         self._keys = RedisStreamKeys(prefix)
         self._types = None if types is None else frozenset(MessageType(t) for t in types)
         self._script = self._client.register_script(_PUBLISH)
@@ -469,11 +485,13 @@ class RedisPublisher:
                 args += [repr(float(sums[4])), repr(float(sums[5]))]
             while True:
                 try:
-                    reply: Any = await self._script(
-                        keys=[*self._keys.common, self._pub_key, self._keys.aggregates],
-                        args=args,
-                    )
+                    async with asyncio.timeout(self._timeout):
+                        reply: Any = await self._script(
+                            keys=[*self._keys.common, self._pub_key, self._keys.aggregates],
+                            args=args,
+                        )
                 except (RedisError, OSError) as exc:
+                    # (A timeout is a TimeoutError, an OSError.)
                     # Re-sent under the same batch number: if the first try
                     # was applied and only its reply was lost, the script
                     # sees the number and applies nothing.
@@ -537,9 +555,14 @@ class RedisBackend:
         self._read_batch = read_batch
         self._block = block
         self._retry = retry_interval
-        # A blocked XREAD answers within ``block``: a silent socket past
-        # that (a stopped Redis) is a failure, noticed within a second more.
+        # For the epoch, the snapshot and the aggregator's lease: a call
+        # unanswered for as long as a blocked XREAD may be (a stopped Redis)
+        # has failed.
         self._client = _redis_client(url, socket_timeout=block + 1.0)
+        # The blocking XREAD has a connection of its own, out of the pool
+        # (which the aggregator's calls share meanwhile): its reply goes
+        # straight to the hub, with no pool check-in on the way.
+        self._reader = _redis_client(url, socket_timeout=None, single=True)
         self._load = self._client.register_script(_LOAD)
         self._hub: MetricsHub | None = None
         self._task: asyncio.Task[None] | None = None
@@ -604,6 +627,7 @@ class RedisBackend:
                 async with asyncio.timeout(2.0):
                     await self.publisher.flush()
             await self.publisher.close()
+        await self._reader.aclose()
         await self._client.aclose()
         self._hub = None
 
@@ -724,9 +748,13 @@ class RedisBackend:
                 if reload:
                     await self._reload(self._max_entries)
                     reload = False
-                reply: Any = await client.xread(
-                    {key: self._last}, count=self._read_batch, block=block_ms
-                )
+                # A blocked XREAD answers within ``block``: a silent socket
+                # past that (a stopped Redis) is a failure, noticed within a
+                # second more.
+                async with asyncio.timeout(self._block + 1.0):
+                    reply: Any = await self._reader.xread(
+                        {key: self._last}, count=self._read_batch, block=block_ms
+                    )
             except (RedisError, OSError) as exc:
                 if not failed:
                     logger.warning("lost the shared stream: %s", exc)
