@@ -4,7 +4,8 @@
   the same processes in process (one node + Redis vs one node, two nodes +
   Redis vs two nodes, each with its own load generator, same rate and
   clients, repeated and interleaved), with the time a message takes to
-  reach each stage on the publishing node; server CPU per delivery per
+  reach each stage on the publishing node, and the bare hop (no clients)
+  at the rate and at five times it; server CPU per delivery per
   node, two nodes + Redis vs one node; and the publish throughput of
   :class:`RedisPublisher` against a raw redis-py pipelined ``XADD`` loop,
   in the same run;
@@ -259,6 +260,40 @@ def _stage_rows(one: dict[str, Any], clients: int) -> list[Row]:
     return rows
 
 
+def _bare_hop(cfg: Config, rate: float) -> dict[str, Any]:
+    """The hop alone: one node + Redis, no clients, ``publish()`` to the hub."""
+    from ._suite import _server
+
+    with (
+        redis_server() as url,
+        _server(cfg, "metricstream", rate=rate, extra=("--trace", "--redis", url)) as (node, _),
+    ):
+        time.sleep(cfg.warmup)
+        node.ask("stages")
+        time.sleep(cfg.latency_seconds)
+        stages: dict[str, Any] = node.ask("stages")["stages"]
+    return stages.get("ingested") or {"p50": float("nan"), "p99": float("nan"), "count": 0}
+
+
+def _bare_rows(cfg: Config, rate: float) -> list[Row]:
+    """The bare hop when the processes sleep between messages (``rate``) and
+    when they hardly do (five times the rate): the difference is waking
+    Redis and the node up from idle."""
+    slow, fast = _bare_hop(cfg, rate), _bare_hop(cfg, 5 * rate)
+    return [
+        Row(
+            "redis",
+            f"bare hop {point}, publish() to the hub, no clients, {rate:.0f} msg/s",
+            slow[point],
+            "ms",
+            f"same at {5 * rate:.0f} msg/s",
+            fast[point],
+            details={"slow": slow, "fast": fast} if point == "p50" else {},
+        )
+        for point in ("p50", "p99")
+    ]
+
+
 def bench_redis(cfg: Config) -> list[Row]:
     """The latency the Redis hop adds; CPU per delivery; publish throughput."""
     from ._suite import _loadgen, _server, _stream_run
@@ -269,6 +304,7 @@ def bench_redis(cfg: Config) -> list[Row]:
     clients, rate = cfg.latency_clients, max(1.0, cfg.latency_rate)
     one = _hop_comparison(cfg, 1, clients, rate)
     two = _hop_comparison(cfg, 2, clients, rate)
+    bare = _bare_rows(cfg, rate)
     # CPU: the largest fan-out size: a node's own cost per message (one
     # XREAD, one decode) is shared by its clients, and a node serves many.
     cpu_clients = cfg.fanout_sizes[-1]
@@ -340,6 +376,7 @@ def bench_redis(cfg: Config) -> list[Row]:
             "ms",
         ),
         *_stage_rows(one, clients),
+        *bare,
         Row(
             "redis",
             "gaps + duplicates on the Redis nodes",
