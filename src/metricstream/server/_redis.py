@@ -292,6 +292,9 @@ class RedisPublisher:
     ``max_pending`` messages; beyond that new messages are dropped and
     counted (:attr:`dropped`), and the next batch sent advances the
     sequence past them, so that the loss reaches every client as a gap.
+    ``timeout`` (seconds, positive) bounds each script call; one that
+    times out is sent again under the same batch number, so it is never
+    applied twice.
 
     ``types`` keeps only messages of those types (validated, the rest
     counted in :attr:`ignored`): a gateway worker's collector publishes
