@@ -280,3 +280,30 @@ async def test_stop_right_after_a_message_ends_the_reader(redis_server: RedisPro
             await ingested.wait()
         async with asyncio.timeout(scaled(10)):
             await backend.stop()
+
+
+async def test_a_silent_redis_is_reported_as_no_answer_within_the_timeout(
+    redis_server: RedisProcess,
+) -> None:
+    # Calls are bounded by asyncio.timeout, whose error says nothing: the
+    # log and /healthz say which bound ran out.
+    hub = MetricsHub(heartbeat_interval=None)
+    async with node(redis_server.url, hub=hub) as one:
+        publisher = one.backend.publisher
+        assert publisher is not None
+        hub.publish(request("before"))
+        await wait_until(lambda: hub.sequence == 1, 10, "the stream before the pause")
+        redis_server.pause()
+        try:
+            hub.publish(request("during"))
+            await wait_until(lambda: publisher.error is not None, 10, "the publisher noticing")
+            assert publisher.error == "no answer from Redis within 2 s"
+            await wait_until(
+                lambda: hub.degraded == "redis unreachable: no answer from Redis within 1.2 s",
+                10,
+                "the reader noticing",
+            )
+        finally:
+            redis_server.resume()
+        await wait_until(lambda: hub.degraded is None, 10, "healthy again")
+        await wait_until(lambda: hub.sequence == 2, 10, "the message sent again")

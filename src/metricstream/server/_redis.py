@@ -499,8 +499,8 @@ class RedisPublisher:
                     # was applied and only its reply was lost, the script
                     # sees the number and applies nothing.
                     if self.error is None:
-                        logger.warning("cannot publish to Redis: %s", exc)
-                        self.error = str(exc) or type(exc).__name__
+                        self.error = _why(exc, self._timeout)
+                        logger.warning("cannot publish to Redis: %s", self.error)
                         self._error_changed()
                     await asyncio.sleep(self._retry)
                     # Messages dropped meanwhile join this batch's skip.
@@ -759,10 +759,10 @@ class RedisBackend:
                         {key: self._last}, count=self._read_batch, block=block_ms
                     )
             except (RedisError, OSError) as exc:
+                self._read_error = _why(exc, self._block + 1.0)
                 if not failed:
-                    logger.warning("lost the shared stream: %s", exc)
+                    logger.warning("lost the shared stream: %s", self._read_error)
                 failed = True
-                self._read_error = str(exc) or type(exc).__name__
                 self._update_health()
                 await asyncio.sleep(self._retry)
                 continue
@@ -801,6 +801,14 @@ class RedisBackend:
                         self._notify(message)
                 if reload:
                     break
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    """What went wrong with a Redis call, for the log and ``/healthz``."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        # asyncio.timeout's own: it says nothing.
+        return f"no answer from Redis within {timeout:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def _pairs(fields: Any) -> dict[bytes, bytes]:
