@@ -115,6 +115,8 @@ def machine() -> dict[str, Any]:
         "fastapi",
         "starlette",
         "msgspec",
+        "redis",
+        "hiredis",
     ):
         try:
             versions[name] = metadata.version(name)

@@ -1,9 +1,14 @@
 """The scale-out benchmarks: nodes and publishers sharing a stream through Redis.
 
-- ``redis``: two nodes + Redis against one in-process node at equal load
-  (server CPU per delivery per node, end-to-end p99), and the publish
-  throughput of :class:`RedisPublisher` against a raw redis-py pipelined
-  ``XADD`` loop, in the same run;
+- ``redis``: the end-to-end latency the Redis hop adds, measured against
+  the same processes in process (one node + Redis vs one node, two nodes +
+  Redis vs two nodes, each with its own load generator, same rate and
+  clients, repeated and interleaved), with the time a message takes to
+  reach each stage on the publishing node, and the bare hop (no clients)
+  at the rate and at five times it; server CPU per delivery per
+  node, two nodes + Redis vs one node; and the publish throughput of
+  :class:`RedisPublisher` against a raw redis-py pipelined ``XADD`` loop,
+  in the same run;
 - ``many-idle``: one node holding ``many_clients`` idle connections with
   heartbeats on (10,000 in the full run): RSS per connection and CPU per
   idle connection per second, against websockets' ``serve()`` pinging as
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -145,33 +151,183 @@ def _publish_rates(url: str, count: int) -> dict[str, float]:
     return {name: sorted(values)[1] for name, values in rates.items()}
 
 
+def _hop_run(cfg: Config, nodes: int, shared: bool, clients: int, rate: float) -> dict[str, Any]:
+    """``nodes`` servers with ``clients`` each, and a load generator per node.
+
+    ``shared``: the nodes share one stream through Redis and the first one
+    publishes ``rate`` messages/s into it; otherwise each node publishes
+    ``rate`` in process. Either way every client gets ``rate`` messages/s
+    and the same processes run on the same CPUs (servers on the server CPU,
+    load generators on the load CPU), apart from Redis itself.
+    """
+    from ._suite import _loadgen, _server
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(redis_server()) if shared else None
+        servers = []
+        for index in range(nodes):
+            extra: tuple[str, ...] = ("--trace",)
+            if url is not None:
+                extra += ("--redis", url)
+            node_rate = rate if url is None or index == 0 else 0.0
+            servers.append(
+                stack.enter_context(_server(cfg, "metricstream", rate=node_rate, extra=extra))
+            )
+        gens = [stack.enter_context(_loadgen(cfg, port, clients)) for _, port in servers]
+        time.sleep(cfg.warmup)
+        for server, _ in servers:
+            server.ask("stages")
+        results = _windows(
+            [(server, gen) for (server, _), gen in zip(servers, gens, strict=True)],
+            cfg.latency_seconds,
+        )
+        for (server, _), result in zip(servers, results, strict=True):
+            result["stages"] = server.ask("stages")["stages"]
+    return {
+        "nodes": results,
+        "p50": max(r["latency_ms"]["p50"] for r in results),
+        "p99": max(r["latency_ms"]["p99"] for r in results),
+        "gaps": sum(r["gaps"] for r in results),
+        "duplicates": sum(r["duplicates"] for r in results),
+    }
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def _hop_comparison(cfg: Config, nodes: int, clients: int, rate: float) -> dict[str, Any]:
+    """Redis against in process, ``nodes`` each, repeated and interleaved.
+
+    Each repeat runs both set-ups one after the other (their order
+    alternating, so that a drift of the machine's load favours neither);
+    the figure is the median over repeats of the difference in p99.
+    """
+    pairs = []
+    for repeat in range(cfg.redis_repeats):
+        order = (False, True) if repeat % 2 == 0 else (True, False)
+        runs = {shared: _hop_run(cfg, nodes, shared, clients, rate) for shared in order}
+        pairs.append(
+            {
+                "load_average": os.getloadavg()[0],
+                "in_process": runs[False],
+                "redis": runs[True],
+                "added_p50": runs[True]["p50"] - runs[False]["p50"],
+                "added_p99": runs[True]["p99"] - runs[False]["p99"],
+            }
+        )
+    return {
+        "added_p50": _median([p["added_p50"] for p in pairs]),
+        "added_p99": _median([p["added_p99"] for p in pairs]),
+        "p99_in_process": _median([p["in_process"]["p99"] for p in pairs]),
+        "p99_redis": _median([p["redis"]["p99"] for p in pairs]),
+        "samples_added_p99": [p["added_p99"] for p in pairs],
+        "gaps": sum(p["redis"]["gaps"] for p in pairs),
+        "duplicates": sum(p["redis"]["duplicates"] for p in pairs),
+        "repeats": pairs,
+    }
+
+
+def _stage_rows(one: dict[str, Any], clients: int) -> list[Row]:
+    """Where a message's time goes on the publishing node (medians over repeats)."""
+    rows = []
+    labels = (
+        ("script_start", "publish() to the script call sent"),
+        ("script_done", "publish() to the script's reply read"),
+        ("ingested", "publish() to the node's reader handing it to the hub"),
+        ("flushed", "publish() to the frame written to every client"),
+    )
+    base = [p["in_process"]["nodes"][0]["stages"].get("flushed") for p in one["repeats"]]
+    for stage, label in labels:
+        values = [p["redis"]["nodes"][0]["stages"].get(stage) for p in one["repeats"]]
+        if any(v is None or not v["count"] for v in values):
+            continue
+        baseline = None
+        if stage == "flushed" and all(b is not None and b["count"] for b in base):
+            baseline = _median([b["p99"] for b in base])
+        rows.append(
+            Row(
+                "redis",
+                f"stage p99, one node + Redis, {clients} clients: {label}",
+                _median([v["p99"] for v in values]),
+                "ms",
+                "one node in process (publish() to written)" if baseline is not None else "",
+                baseline,
+                details={"p50": _median([v["p50"] for v in values])},
+            )
+        )
+    return rows
+
+
+def _bare_hop(cfg: Config, rate: float) -> dict[str, Any]:
+    """The hop alone: one node + Redis, no clients, ``publish()`` to the hub."""
+    from ._suite import _server
+
+    with (
+        redis_server() as url,
+        _server(cfg, "metricstream", rate=rate, extra=("--trace", "--redis", url)) as (node, _),
+    ):
+        time.sleep(cfg.warmup)
+        node.ask("stages")
+        time.sleep(cfg.latency_seconds)
+        stages: dict[str, Any] = node.ask("stages")["stages"]
+    return stages.get("ingested") or {"p50": float("nan"), "p99": float("nan"), "count": 0}
+
+
+def _bare_rows(cfg: Config, rate: float) -> list[Row]:
+    """The bare hop when the processes sleep between messages (``rate``) and
+    when they hardly do (five times the rate): the difference is waking
+    Redis and the node up from idle."""
+    slow, fast = _bare_hop(cfg, rate), _bare_hop(cfg, 5 * rate)
+    return [
+        Row(
+            "redis",
+            f"bare hop {point}, publish() to the hub, no clients, {rate:.0f} msg/s",
+            slow[point],
+            "ms",
+            f"same at {5 * rate:.0f} msg/s",
+            fast[point],
+            details={"slow": slow, "fast": fast} if point == "p50" else {},
+        )
+        for point in ("p50", "p99")
+    ]
+
+
 def bench_redis(cfg: Config) -> list[Row]:
-    """Two nodes + Redis vs one node; publish throughput vs raw pipelined XADD."""
+    """The latency the Redis hop adds; CPU per delivery; publish throughput."""
     from ._suite import _loadgen, _server, _stream_run
 
-    # The largest fan-out size: a node's own cost per message (one XREAD,
-    # one decode) is shared by its clients, and a node serves many.
-    clients = cfg.fanout_sizes[-1]
-    rate = max(1.0, cfg.latency_rate)
-    single = _stream_run(cfg, "metricstream", clients, rate, seconds=cfg.latency_seconds)
+    # Latency: ``latency_clients`` per node at ``latency_rate``, each
+    # set-up against the same processes in process, so that the difference
+    # is the hop and not a busier machine.
+    clients, rate = cfg.latency_clients, max(1.0, cfg.latency_rate)
+    one = _hop_comparison(cfg, 1, clients, rate)
+    two = _hop_comparison(cfg, 2, clients, rate)
+    bare = _bare_rows(cfg, rate)
+    # CPU: the largest fan-out size: a node's own cost per message (one
+    # XREAD, one decode) is shared by its clients, and a node serves many.
+    cpu_clients = cfg.fanout_sizes[-1]
+    single = _stream_run(cfg, "metricstream", cpu_clients, rate, seconds=cfg.latency_seconds)
     with (
         redis_server() as url,
         _server(cfg, "metricstream", rate=rate, extra=("--redis", url)) as (a, port_a),
         _server(cfg, "metricstream", extra=("--redis", url)) as (b, port_b),
-        _loadgen(cfg, port_a, clients) as gen_a,
-        _loadgen(cfg, port_b, clients) as gen_b,
+        _loadgen(cfg, port_a, cpu_clients) as gen_a,
+        _loadgen(cfg, port_b, cpu_clients) as gen_b,
     ):
         time.sleep(cfg.warmup)
         node_a, node_b = _windows([(a, gen_a), (b, gen_b)], cfg.latency_seconds)
     with redis_server() as url:
         publish = _publish_rates(url, max(1000, cfg.record_count // 5))
     cpu = "cpu_us_per_message"
-    worst_p99 = max(node_a["latency_ms"]["p99"], node_b["latency_ms"]["p99"])
-    added = worst_p99 - single["latency_ms"]["p99"]
+    integrity = (
+        node_a["gaps"] + node_b["gaps"] + node_a["duplicates"] + node_b["duplicates"]
+    ) + sum(c["gaps"] + c["duplicates"] for c in (one, two))
     return [
         Row(
             "redis",
-            f"server CPU/delivery, publishing node, {clients} clients @ {rate:.0f} msg/s",
+            f"server CPU/delivery, publishing node, {cpu_clients} clients @ {rate:.0f} msg/s",
             node_a[cpu],
             "µs",
             "one node, in process",
@@ -182,7 +338,7 @@ def bench_redis(cfg: Config) -> list[Row]:
         ),
         Row(
             "redis",
-            f"server CPU/delivery, second node, {clients} clients @ {rate:.0f} msg/s",
+            f"server CPU/delivery, second node, {cpu_clients} clients @ {rate:.0f} msg/s",
             node_b[cpu],
             "µs",
             "one node, in process",
@@ -193,23 +349,41 @@ def bench_redis(cfg: Config) -> list[Row]:
         ),
         Row(
             "redis",
-            "end-to-end p99 added by the Redis hop",
-            added,
+            f"end-to-end p99 added by the Redis hop, one node + Redis vs one node, "
+            f"{clients} clients @ {rate:.0f} msg/s",
+            one["added_p99"],
             "ms",
-            f"one node p99 {single['latency_ms']['p99']:.2f} ms",
+            f"one node in process p99 {one['p99_in_process']:.2f} ms",
             None,
             "≤2 ms",
-            added <= 2.0,
-            {"two_nodes_p99": worst_p99},
+            one["added_p99"] <= 2.0,
+            one,
         ),
         Row(
             "redis",
-            "gaps + duplicates on the two nodes",
-            float(node_a["gaps"] + node_b["gaps"] + node_a["duplicates"] + node_b["duplicates"]),
+            f"end-to-end p99 added by the Redis hop, two nodes + Redis vs two nodes, "
+            f"{clients} clients each",
+            two["added_p99"],
+            "ms",
+            f"two nodes in process p99 {two['p99_in_process']:.2f} ms",
+            None,
+            details=two,
+        ),
+        Row(
+            "redis",
+            "end-to-end p50 added by the Redis hop, one node + Redis vs one node",
+            one["added_p50"],
+            "ms",
+        ),
+        *_stage_rows(one, clients),
+        *bare,
+        Row(
+            "redis",
+            "gaps + duplicates on the Redis nodes",
+            float(integrity),
             "",
             target="0",
-            passed=node_a["gaps"] + node_b["gaps"] + node_a["duplicates"] + node_b["duplicates"]
-            == 0,
+            passed=integrity == 0,
         ),
         Row(
             "redis",

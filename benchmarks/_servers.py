@@ -11,11 +11,16 @@
   for the client benchmark.
 
 Every publisher sends the same ~230-byte ``request_update`` whose
-``data.created`` is the publisher's ``time.time()``, so receivers measure
-end-to-end latency. Messages go out in bursts of ``--burst`` at ``--rate``
+``data.created`` is the publisher's ``time.time()``, taken just before
+``publish()`` (so before any Redis round trip), so receivers measure
+end-to-end latency on the same clock. Messages go out in bursts of ``--burst`` at ``--rate``
 messages per second. Each server prints ``{"event": "ready", "port": P}`` on
 stdout once it listens, and exits by itself after ``--lifetime`` seconds, so
 nothing outlives a benchmark even if the runner dies.
+
+With ``--trace`` a ``metricstream`` server also times each message at the
+stages of its way to the clients (:class:`_Stages`) and answers ``stages``
+on stdin with their percentiles since the previous ``stages``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import json
 import os
 import sys
 import time
+from array import array
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -111,6 +118,83 @@ async def _publish_forever(rate: float, burst: int, publish: Callable[[int], obj
             index += 1
 
 
+def _percentiles(values: array[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p99": float("nan"), "count": 0}
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    return {
+        "p50": ordered[round(0.5 * last)] * 1000,
+        "p99": ordered[round(0.99 * last)] * 1000,
+        "count": len(ordered),
+    }
+
+
+class _Stages:
+    """Seconds from ``data.created`` to each stage a message reaches in this node.
+
+    - ``script_start`` / ``script_done``: the publisher's script call for the
+      batch holding the message began / its reply was read (the publishing
+      node of a shared stream only);
+    - ``ingested``: the node's reader handed it to the hub (the ``XREAD``
+      reply parsed, the entry decoded, logged and queued for every client);
+    - ``flushed``: the hub's flush after it ran, the frame written to every
+      client's socket (in process: right after ``publish()``).
+
+    The client side (socket to the load generator's callback) is the load
+    generator's latency minus ``flushed``.
+    """
+
+    def __init__(self) -> None:
+        self.samples: dict[str, array[float]] = {}
+        # ``data.created`` of messages published but not yet sent to Redis.
+        self.unsent: deque[float] = deque()
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Record one message's time to ``stage``."""
+        samples = self.samples.get(stage)
+        if samples is None:
+            samples = self.samples[stage] = array("d")
+        samples.append(seconds)
+
+    def flushed_later(self, created: float) -> None:
+        """Record ``flushed`` once the callbacks already queued (the hub's flush) have run."""
+        asyncio.get_running_loop().call_soon(lambda: self.add("flushed", time.time() - created))
+
+    def mark(self) -> dict[str, Any]:
+        """Percentiles (ms) of every stage since the last mark, then start afresh."""
+        report = {stage: _percentiles(values) for stage, values in self.samples.items()}
+        self.samples = {}
+        return {"event": "stages", "stages": report}
+
+    def time_script(self, publisher: Any) -> None:
+        """Time the publisher's script calls (benchmark instrumentation of a
+        private attribute: the public API has no per-batch hook)."""
+        script = publisher._script
+
+        async def timed(*, keys: list[str], args: list[Any]) -> Any:
+            start = time.time()
+            reply = await script(keys=keys, args=args)
+            done = time.time()
+            # args: epoch, skip, 4 limits, batch number, message count, ...
+            for _ in range(min(int(args[7]), len(self.unsent))):
+                created = self.unsent.popleft()
+                self.add("script_start", start - created)
+                self.add("script_done", done - created)
+            return reply
+
+        publisher._script = timed
+
+    async def answer(self) -> None:
+        """Answer ``stages`` commands on stdin until it closes."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            if line.strip() == b"stages":
+                print(json.dumps(self.mark()), flush=True)
+
+
 async def _serve_metricstream(args: argparse.Namespace) -> None:
     from metricstream.server import (
         MetricsHub,
@@ -155,16 +239,41 @@ async def _serve_metricstream(args: argparse.Namespace) -> None:
             return
         await asyncio.sleep(0.01)
     assert server.bound_port is not None
+    stages = _Stages() if args.trace else None
+    tasks: list[asyncio.Task[None]] = []
+    if stages is not None:
+        tasks.append(asyncio.create_task(stages.answer()))
+        if backend is not None:
+            assert backend.publisher is not None
+            stages.time_script(backend.publisher)
+
+            def ingested(message: WebSocketMessage[Any]) -> None:
+                created = getattr(message.data, "created", None)
+                if created is not None and message.type == MessageType.REQUEST_UPDATE:
+                    stages.add("ingested", time.time() - created)
+                    stages.flushed_later(created)
+
+            backend.add_listener(ingested)
     _ready(server.bound_port)
 
     def publish(index: int) -> None:
-        hub.publish(sample_message(index, pad=args.pad))
+        message = sample_message(index, pad=args.pad)
+        if stages is None:
+            hub.publish(message)
+            return
+        created = message.data.created
+        if backend is not None:
+            stages.unsent.append(created)
+        hub.publish(message)
+        if backend is None:
+            stages.flushed_later(created)
 
-    publisher = asyncio.create_task(_publish_forever(args.rate, args.burst, publish))
+    tasks.append(asyncio.create_task(_publish_forever(args.rate, args.burst, publish)))
     try:
         await serving
     finally:
-        publisher.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 async def _serve_broadcast(args: argparse.Namespace) -> None:
@@ -349,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-buffer-bytes", type=int, default=512 * 1024)
     parser.add_argument("--lifetime", type=float, default=600.0)
     parser.add_argument("--redis", default=None, help="metricstream: share the stream via Redis")
+    parser.add_argument(
+        "--trace", action="store_true", help="metricstream: time each stage, answer `stages`"
+    )
     parser.add_argument(
         "--heartbeat", type=float, default=None, help="heartbeat / ping interval (seconds)"
     )

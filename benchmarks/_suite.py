@@ -40,6 +40,8 @@ class Config:
     latency_clients: int = 100
     latency_rate: float = 100.0
     latency_seconds: float = 8.0
+    #: the Redis hop: how many interleaved (Redis, in process) pairs
+    redis_repeats: int = 3
     #: idle memory
     idle_clients: int = 1000
     idle_settle: float = 2.0
@@ -136,6 +138,7 @@ SMOKE = Config(
     storm_rate=50.0,
     storm_timeout=10.0,
     storm_outage=0.2,
+    redis_repeats=1,
     client_count=300,
     client_warmup=50,
     record_count=500,

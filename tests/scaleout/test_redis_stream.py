@@ -166,6 +166,8 @@ def test_a_url_that_is_not_redis_is_a_config_error() -> None:
         RedisBackend("http://127.0.0.1:1/0")
     with pytest.raises(ConfigError):
         RedisPublisher("redis://127.0.0.1:1/0", max_pending=0)
+    with pytest.raises(ConfigError):
+        RedisPublisher("redis://127.0.0.1:1/0", timeout=0)
 
 
 async def test_a_node_bounds_and_evicts_a_stalled_client_with_4008(
@@ -259,3 +261,49 @@ async def test_another_node_takes_the_aggregators_lease_when_its_holder_dies(
         await wait_until(lambda: total() == 15, 10, "the total after the takeover")
         models = watcher.hub.snapshot().models
         assert (models["m1"].request_count, models["m2"].request_count) == (10, 5)
+
+
+async def test_stop_right_after_a_message_ends_the_reader(redis_server: RedisProcess) -> None:
+    # The reader sends its next XREAD as soon as it has handed a message
+    # over: a stop() landing then must end it, every time (a cancellation
+    # swallowed on the way would leave stop() waiting forever).
+    from metricstream.server import RedisBackend
+
+    for i in range(40):
+        hub = MetricsHub(heartbeat_interval=None)
+        backend = RedisBackend(redis_server.url, prefix=f"stop{i}")
+        await backend.start(hub)
+        ingested = asyncio.Event()
+        backend.add_listener(lambda _message, event=ingested: event.set())
+        hub.publish(request(f"r{i}"))
+        async with asyncio.timeout(scaled(10)):
+            await ingested.wait()
+        async with asyncio.timeout(scaled(10)):
+            await backend.stop()
+
+
+async def test_a_silent_redis_is_reported_as_no_answer_within_the_timeout(
+    redis_server: RedisProcess,
+) -> None:
+    # Calls are bounded by asyncio.timeout, whose error says nothing: the
+    # log and /healthz say which bound ran out.
+    hub = MetricsHub(heartbeat_interval=None)
+    async with node(redis_server.url, hub=hub) as one:
+        publisher = one.backend.publisher
+        assert publisher is not None
+        hub.publish(request("before"))
+        await wait_until(lambda: hub.sequence == 1, 10, "the stream before the pause")
+        redis_server.pause()
+        try:
+            hub.publish(request("during"))
+            await wait_until(lambda: publisher.error is not None, 10, "the publisher noticing")
+            assert publisher.error == "no answer from Redis within 2 s"
+            await wait_until(
+                lambda: hub.degraded == "redis unreachable: no answer from Redis within 1.2 s",
+                10,
+                "the reader noticing",
+            )
+        finally:
+            redis_server.resume()
+        await wait_until(lambda: hub.degraded is None, 10, "healthy again")
+        await wait_until(lambda: hub.sequence == 2, 10, "the message sent again")

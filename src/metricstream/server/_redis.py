@@ -318,7 +318,7 @@ def _snapshot_slot(message: WebSocketMessage[Any]) -> tuple[str, str]:
     return "s", field
 
 
-def _redis_client(url: str, *, socket_timeout: float | None) -> Redis:
+def _redis_client(url: str, *, socket_timeout: float | None, single: bool = False) -> Redis:
     try:
         from redis.asyncio import Redis
     except ImportError as exc:  # pragma: no cover - exercised without the extra
@@ -326,7 +326,12 @@ def _redis_client(url: str, *, socket_timeout: float | None) -> Redis:
             "a Redis stream needs redis-py: pip install 'metricstream[redis]'"
         ) from exc
     try:
-        return Redis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=2.0)
+        return Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=2.0,
+            single_connection_client=single,
+        )
     except ValueError as exc:
         raise ConfigError(f"invalid Redis URL {url!r}: {exc}") from None
 
@@ -341,6 +346,9 @@ class RedisPublisher:
     ``max_pending`` messages; beyond that new messages are dropped and
     counted (:attr:`dropped`), and the next batch sent advances the
     sequence past them, so that the loss reaches every client as a gap.
+    ``timeout`` (seconds, positive) bounds each script call; one that
+    times out is sent again under the same batch number, so it is never
+    applied twice.
 
     ``types`` keeps only messages of those types (validated, the rest
     counted in :attr:`ignored`): a gateway worker's collector publishes
@@ -376,7 +384,18 @@ class RedisPublisher:
             raise ConfigError("max_pending and batch must be at least 1")
         if recent_requests < 0 or recent_errors < 0:
             raise ConfigError("recent_requests and recent_errors must not be negative")
-        self._client = _redis_client(url, socket_timeout=timeout)
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be positive, got {timeout}")
+        # The script call is on every message's way to the clients, so it
+        # goes the shortest way through redis-py: one connection of its own
+        # (one task sends, one call at a time), not a pool to check it out
+        # of and back into on each call; and no socket timeout, which
+        # redis-py enforces on each write with ``asyncio.wait_for`` (on
+        # Python 3.11 a new task, so the batch would leave a loop iteration
+        # later). Each call is bounded by ``asyncio.timeout`` instead; a
+        # cancelled call disconnects, so no reply is read by another.
+        self._client = _redis_client(url, socket_timeout=None, single=True)
+        self._timeout = timeout
         self._keys = RedisStreamKeys(prefix)
         self._types = None if types is None else frozenset(MessageType(t) for t in types)
         self._script = self._client.register_script(_PUBLISH)
@@ -469,9 +488,7 @@ class RedisPublisher:
         task = self._task
         self._task = None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_and_wait(task, "the publisher")
         await self._client.aclose()
 
     async def __aenter__(self) -> RedisPublisher:
@@ -523,17 +540,19 @@ class RedisPublisher:
                 args += [repr(float(sums[4])), repr(float(sums[5]))]
             while True:
                 try:
-                    reply: Any = await self._script(
-                        keys=[*self._keys.common, self._pub_key, self._keys.aggregates],
-                        args=args,
-                    )
+                    async with asyncio.timeout(self._timeout):
+                        reply: Any = await self._script(
+                            keys=[*self._keys.common, self._pub_key, self._keys.aggregates],
+                            args=args,
+                        )
                 except (RedisError, OSError) as exc:
+                    # (A timeout is a TimeoutError, an OSError.)
                     # Re-sent under the same batch number: if the first try
                     # was applied and only its reply was lost, the script
                     # sees the number and applies nothing.
                     if self.error is None:
-                        logger.warning("cannot publish to Redis: %s", exc)
-                        self.error = str(exc) or type(exc).__name__
+                        self.error = _why(exc, self._timeout)
+                        logger.warning("cannot publish to Redis: %s", self.error)
                         self._error_changed()
                     await asyncio.sleep(self._retry)
                     # Messages dropped meanwhile join this batch's skip.
@@ -591,9 +610,14 @@ class RedisBackend:
         self._read_batch = read_batch
         self._block = block
         self._retry = retry_interval
-        # A blocked XREAD answers within ``block``: a silent socket past
-        # that (a stopped Redis) is a failure, noticed within a second more.
+        # For the epoch, the snapshot and the aggregator's lease: a call
+        # unanswered for as long as a blocked XREAD may be (a stopped Redis)
+        # has failed.
         self._client = _redis_client(url, socket_timeout=block + 1.0)
+        # The blocking XREAD has a connection of its own, out of the pool
+        # (which the aggregator's calls share meanwhile): its reply goes
+        # straight to the hub, with no pool check-in on the way.
+        self._reader = _redis_client(url, socket_timeout=None, single=True)
         self._load = self._client.register_script(_LOAD)
         self._hub: MetricsHub | None = None
         self._task: asyncio.Task[None] | None = None
@@ -654,14 +678,13 @@ class RedisBackend:
         task = self._task
         self._task = None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_and_wait(task, "the stream reader")
         if self.publisher is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await self.publisher.flush()
             await self.publisher.close()
+        await self._reader.aclose()
         await self._client.aclose()
         self._hub = None
 
@@ -807,14 +830,18 @@ class RedisBackend:
                 if reload:
                     await self._reload(self._max_entries)
                     reload = False
-                reply: Any = await client.xread(
-                    {key: self._last}, count=self._read_batch, block=block_ms
-                )
+                # A blocked XREAD answers within ``block``: a silent socket
+                # past that (a stopped Redis) is a failure, noticed within a
+                # second more.
+                async with asyncio.timeout(self._block + 1.0):
+                    reply: Any = await self._reader.xread(
+                        {key: self._last}, count=self._read_batch, block=block_ms
+                    )
             except (RedisError, OSError) as exc:
+                self._read_error = _why(exc, self._block + 1.0)
                 if not failed:
-                    logger.warning("lost the shared stream: %s", exc)
+                    logger.warning("lost the shared stream: %s", self._read_error)
                 failed = True
-                self._read_error = str(exc) or type(exc).__name__
                 self._update_health()
                 await asyncio.sleep(self._retry)
                 continue
@@ -855,6 +882,22 @@ class RedisBackend:
                     break
 
 
+async def _cancel_and_wait(task: asyncio.Task[Any], what: str) -> None:
+    """Cancel ``task`` and wait until it has ended (a failure is logged as
+    ``what`` failing).
+
+    Cancelled again for as long as it runs on: on Python 3.11, redis-py's
+    ``asyncio.wait_for`` around a socket write (any client with a socket
+    timeout) can swallow a cancellation that lands just as the write
+    completes, and a loop that lost its cancellation would never end.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("%s failed", what, exc_info=error)
+
+
 async def _close_if_stopped(backend: RedisBackend) -> None:
     """Close the connection a last command reopened on a stopped backend's
     client (``serve`` stops the backend before its aggregator): nothing else
@@ -868,6 +911,14 @@ def _holder_id() -> str:
     """A lease holder's name: its host and process (who holds a lease can be
     read in Redis) and a random part (two holders in one process differ)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    """What went wrong with a Redis call, for the log and ``/healthz``."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        # asyncio.timeout's own: it says nothing.
+        return f"no answer from Redis within {timeout:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def _pairs(fields: Any) -> dict[bytes, bytes]:
@@ -979,9 +1030,7 @@ class RedisAggregator:
         task = self._task
         self._task = None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_and_wait(task, "the aggregator")
         from redis.exceptions import RedisError
 
         client = self._backend.client
@@ -1207,9 +1256,7 @@ class RedisLeasedTask:
         task = self._task
         self._task = None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_and_wait(task, "the lease loop")
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -1245,11 +1292,7 @@ class RedisLeasedTask:
         self._work = None
         if work is None:
             return
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-        if not work.cancelled() and (error := work.exception()) is not None:
-            logger.error("leased task %s failed", self._name, exc_info=error)
+        await _cancel_and_wait(work, f"leased task {self._name}")
 
     async def _run(self) -> None:
         from redis.exceptions import RedisError
