@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from metricstream.collector import EngineScraper, MetricsCollector
+from metricstream.collector import OTHER, EngineScraper, MetricsCollector
 from metricstream.exceptions import ConfigError
 from metricstream.protocol import (
     KVCacheUpdatePayload,
@@ -666,3 +666,55 @@ async def test_tgi_without_info_is_named_after_its_address(
         await scraper.aclose()
     model = last(publisher, MessageType.MODEL_UPDATE, f"127.0.0.1:{engine.port}").data
     assert model.generation_tokens_per_second == 64.0
+
+
+def _many_models(generation: dict[str, int]) -> str:
+    """A vLLM exposition serving several models (one sample per model per family)."""
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        *(f'vllm:num_requests_running{{model_name="{m}",engine="0"}} 1' for m in generation),
+        "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+        "# TYPE vllm:prompt_tokens_total counter",
+        *(f'vllm:prompt_tokens_total{{model_name="{m}",engine="0"}} 0' for m in generation),
+        "# HELP vllm:generation_tokens_total Number of generation tokens.",
+        "# TYPE vllm:generation_tokens_total counter",
+        *(
+            f'vllm:generation_tokens_total{{model_name="{m}",engine="0"}} {n}'
+            for m, n in generation.items()
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def test_models_past_the_cap_are_added_up_under_other(
+    engine: EngineServer,
+    clock: ManualClock,
+    publisher: RecordingPublisher,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    names = ["m0", "m1", "m2", "m3"]
+    engine.serve(_many_models(dict.fromkeys(names, 1000)))
+    scraper = EngineScraper(publisher, [engine.url], clock=clock, max_models=2)
+    try:
+        await scraper.scrape_once()
+        # 2 s later: m0..m3 generated 100, 200, 300 and 400 more tokens.
+        engine.serve(_many_models({m: 1000 + 100 * (i + 1) for i, m in enumerate(names)}))
+        clock.advance(2.0)
+        await scraper.scrape_once()
+    finally:
+        await scraper.aclose()
+    rates = {
+        m.data.model: m.data.generation_tokens_per_second
+        for m in of(publisher, MessageType.MODEL_UPDATE)
+    }
+    # The first two by name; the other two's tokens added up, none lost.
+    assert rates == {"m0": 50.0, "m1": 100.0, OTHER: 350.0}
+    folded = [r for r in caplog.records if "more than 2 models" in r.getMessage()]
+    assert len(folded) == 1
+
+
+def test_max_models_must_be_a_positive_integer() -> None:
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="max_models"):
+            EngineScraper(RecordingPublisher(), ["http://127.0.0.1:1/metrics"], max_models=bad)

@@ -45,6 +45,7 @@ from ..protocol import (
     WebSocketMessage,
     make_message,
 )
+from ._aggregate import OTHER
 from ._collector import Publisher
 from ._engines import (
     Engine,
@@ -190,12 +191,15 @@ class EngineScraper(Collector):
 
     Every ``interval`` seconds each target is scraped (each with its own
     deadline, ``timeout``; an answer larger than ``max_exposition_bytes`` is
-    refused). Throughput, percentiles and the prefix-cache hit
-    rate cover the scrapes of the last ``window`` seconds (counter and
-    bucket deltas; counter resets are counted from zero, never as negative
-    rates). ``client`` is an ``httpx.AsyncClient`` to use (one is made and
-    closed otherwise); ``clock`` (monotonic seconds) and ``wall_clock`` (Unix
-    seconds) are injectable for tests. Invalid options raise
+    refused). At most ``max_models`` models are shown by name, the first
+    seen; the figures of any more are added up under
+    :data:`~metricstream.collector.OTHER` (logged once). Throughput,
+    percentiles and the prefix-cache hit rate cover the scrapes of the
+    last ``window`` seconds (counter and bucket deltas; counter resets are
+    counted from zero, never as negative rates). ``client`` is an
+    ``httpx.AsyncClient`` to use (one is made and closed otherwise);
+    ``clock`` (monotonic seconds) and ``wall_clock`` (Unix seconds) are
+    injectable for tests. Invalid options raise
     :class:`~metricstream.exceptions.ConfigError`.
     """
 
@@ -208,6 +212,7 @@ class EngineScraper(Collector):
         window: float = 60.0,
         timeout: float | None = None,
         max_exposition_bytes: int = MAX_EXPOSITION_BYTES,
+        max_models: int = 256,
         client: Any = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -223,6 +228,8 @@ class EngineScraper(Collector):
             raise ConfigError(
                 f"max_exposition_bytes must be an integer > 0, got {max_exposition_bytes!r}"
             )
+        if isinstance(max_models, bool) or not (isinstance(max_models, int) and max_models > 0):
+            raise ConfigError(f"max_models must be an integer > 0, got {max_models!r}")
         if isinstance(targets, str):
             raise ConfigError("targets must be a sequence of URLs, not one string")
         urls: list[str] = []
@@ -240,6 +247,13 @@ class EngineScraper(Collector):
         self._window = float(window)
         self._timeout = float(timeout) if timeout is not None else max(2.0, 2 * self._interval)
         self._max_bytes = max_exposition_bytes
+        self._max_models = max_models
+        # The models shown by name, first come first kept; the figures of
+        # any past max_models are added up under OTHER, as the collector
+        # does, so an engine naming models without end (or a hostile one)
+        # costs a bounded window and a bounded number of model_updates.
+        self._kept: set[str] = set()
+        self._folding_logged = False
         self._client = client
         self._own_client = False
         self._clock = clock
@@ -473,24 +487,43 @@ class EngineScraper(Collector):
         target.read_at = now
         self._refresh()
 
+    def _slot(self, name: str | None) -> str | None:
+        """The name a model's figures go under: its own, or OTHER past ``max_models``."""
+        if name is None or name in self._kept:
+            return name
+        if len(self._kept) < self._max_models:
+            self._kept.add(name)
+            return name
+        if not self._folding_logged:
+            self._folding_logged = True
+            logger.warning(
+                "the engines report more than %d models: the rest are shown as %r",
+                self._max_models,
+                OTHER,
+            )
+        return OTHER
+
     def _add_delta(
         self, target: _Target, previous: EngineReading, reading: EngineReading, now: float
     ) -> None:
+        # Each model's delta comes from its own counters; models past the
+        # cap are then added up under one slot (deltas add, counters do not).
         models: dict[str | None, _ModelDelta] = {}
         for name, figures in reading.models.items():
             before = previous.models.get(name)
-            delta = models[name] = _ModelDelta()
+            delta = models.setdefault(self._slot(name), _ModelDelta())
             if before is None:
                 # A model seen for the first time: its counters are a baseline.
                 continue
-            delta.prompt_tokens = counter_delta(figures.prompt_tokens, before.prompt_tokens)
-            delta.generation_tokens = counter_delta(
+            delta.prompt_tokens += counter_delta(figures.prompt_tokens, before.prompt_tokens)
+            delta.generation_tokens += counter_delta(
                 figures.generation_tokens, before.generation_tokens
             )
             for attr in ("ttft", "itl", "e2e"):
                 histogram: Histogram | None = getattr(figures, attr)
                 if histogram is not None:
-                    setattr(delta, attr, histogram.since(getattr(before, attr)))
+                    since = histogram.since(getattr(before, attr))
+                    setattr(delta, attr, _add(getattr(delta, attr), since))
         target.window.append(
             _Delta(
                 at=now,
@@ -532,7 +565,8 @@ class EngineScraper(Collector):
             reading = target.reading
             assert reading is not None
             span = sum(d.seconds for d in target.window)
-            for name, figures in reading.models.items():
+            for model, figures in reading.models.items():
+                name = self._slot(model)
                 for attr in ("ttft", "itl", "e2e"):
                     quantiles = getattr(figures, f"{attr}_quantiles")
                     if quantiles:
