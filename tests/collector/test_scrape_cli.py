@@ -52,6 +52,25 @@ def latest(frames: list[dict[str, Any]], mtype: str) -> dict[str, Any] | None:
     return found
 
 
+def engine_figures_seen(
+    frames: list[dict[str, Any]], *, running: int, waiting: int, usage_percentage: float
+) -> bool:
+    """Whether ``frames`` carry a stand-in vLLM's figures: its KV-cache usage,
+    running and waiting requests, and the engines in ``metrics_update``."""
+    kv = latest(frames, "kv_cache_update")
+    system = latest(frames, "system_update")
+    metrics = latest(frames, "metrics_update")
+    return (
+        kv is not None
+        and kv["data"].get("usage_percentage") == usage_percentage
+        and system is not None
+        and system["data"]["active_workers"] == running
+        and system["data"]["queue_size"] == waiting
+        and metrics is not None
+        and "engines" in (metrics.get("metadata") or {})
+    )
+
+
 async def test_serve_scrape_publishes_the_engines_figures() -> None:
     port = free_port()
     with serve_engine() as engine:
@@ -86,18 +105,7 @@ async def test_serve_scrape_publishes_the_engines_figures() -> None:
         try:
 
             def done(frames: list[dict[str, Any]]) -> bool:
-                kv = latest(frames, "kv_cache_update")
-                system = latest(frames, "system_update")
-                metrics = latest(frames, "metrics_update")
-                return (
-                    kv is not None
-                    and kv["data"].get("usage_percentage") == 55.0
-                    and system is not None
-                    and system["data"]["active_workers"] == 7
-                    and system["data"]["queue_size"] == 4
-                    and metrics is not None
-                    and "engines" in (metrics.get("metadata") or {})
-                )
+                return engine_figures_seen(frames, running=7, waiting=4, usage_percentage=55.0)
 
             frames = await frames_until(port, done)
             # One scrape can satisfy done(); the repeat is checked below, so

@@ -30,7 +30,7 @@ from metricstream.proxy.cli import OPTIONS
 from metricstream.server.cli import OPTIONS as SERVE_OPTIONS
 from tests.collector.engines import serve_engine
 from tests.collector.test_scrape import vllm
-from tests.collector.test_scrape_cli import latest
+from tests.collector.test_scrape_cli import engine_figures_seen, latest
 from tests.proxy.conftest import Exchange, Reply, StandIn, sse_event
 from tests.support import answers, free_port, scaled, wait_until
 from tests.test_logging import command_env, subprotocol_entry
@@ -320,19 +320,9 @@ async def test_proxy_scrape_publishes_the_engines_figures_under_a_root_path(tmp_
                     assert response.json() == COMPLETION
 
                     def done() -> bool:
-                        kv = latest(frames, "kv_cache_update")
-                        system = latest(frames, "system_update")
-                        metrics = latest(frames, "metrics_update")
-                        return (
-                            kv is not None
-                            and kv["data"].get("usage_percentage") == 55.0
-                            and system is not None
-                            and system["data"]["active_workers"] == 5
-                            and system["data"]["queue_size"] == 2
-                            and metrics is not None
-                            and "engines" in (metrics.get("metadata") or {})
-                            and any(f["type"] == "request_update" for f in frames)
-                        )
+                        return engine_figures_seen(
+                            frames, running=5, waiting=2, usage_percentage=55.0
+                        ) and any(f["type"] == "request_update" for f in frames)
 
                     async with asyncio.timeout(scaled(30)):
                         while not done():

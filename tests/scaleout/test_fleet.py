@@ -250,17 +250,17 @@ async def _log(redis_url: str) -> list[dict[str, Any]]:
     ]
 
 
-async def _holder_is(redis_url: str, pid: int) -> bool:
-    return await _lease_holder(redis_url) == pid
+async def _holder_is(redis_url: str, pid: int, task: str = "demo") -> bool:
+    return await _lease_holder(redis_url, task) == pid
 
 
-async def _lease_holder(redis_url: str) -> int | None:
-    """The process id in the demo's lease (``host:pid:random``), if held."""
+async def _lease_holder(redis_url: str, task: str = "demo") -> int | None:
+    """The process id in a leased task's lease (``host:pid:random``), if held."""
     from redis.asyncio import Redis
 
     client = Redis.from_url(redis_url)
     try:
-        holder: Any = await client.get("metricstream:lease:demo")
+        holder: Any = await client.get(f"metricstream:lease:{task}")
     finally:
         await client.aclose()
     return None if holder is None else int(holder.decode().split(":")[1])
@@ -370,18 +370,6 @@ def test_the_dashboard_lets_a_redis_fleet_take_one_nodes_view() -> None:
         assert query.count("$agg by (") == query.count("metricstream_llm_"), query
 
 
-async def _scrape_holder(redis_url: str) -> int | None:
-    """The process id in the scrape lease (``host:pid:random``), if held."""
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(redis_url)
-    try:
-        holder: Any = await client.get("metricstream:lease:scrape")
-    finally:
-        await client.aclose()
-    return None if holder is None else int(holder.decode().split(":")[1])
-
-
 async def test_serve_scrape_on_two_redis_nodes_scrapes_from_one_node_at_a_time(
     redis_server: RedisProcess,
 ) -> None:
@@ -409,7 +397,10 @@ async def test_serve_scrape_on_two_redis_nodes_scrapes_from_one_node_at_a_time(
             for one in nodes:
                 await one.ready()
             holder = await wait_until(
-                lambda: _scrape_holder(redis_server.url), 20, "a node scraping", interval=0.05
+                lambda: _lease_holder(redis_server.url, "scrape"),
+                20,
+                "a node scraping",
+                interval=0.05,
             )
             index = next(i for i, n in enumerate(nodes) if n.process.pid == holder)
             scraping, idle = engines[index], engines[1 - index]
@@ -418,7 +409,9 @@ async def test_serve_scrape_on_two_redis_nodes_scrapes_from_one_node_at_a_time(
             nodes[index].kill()
             survivor = nodes[1 - index].process.pid
             await wait_until(
-                lambda: _holder_is_scraper(redis_server.url, survivor), 20, "the scrape taken over"
+                lambda: _holder_is(redis_server.url, survivor, "scrape"),
+                20,
+                "the scrape taken over",
             )
             await wait_until(lambda: len(idle.requests) >= 3, 20, "scrapes by the survivor")
             async with open_client(nodes[1 - index].url()) as ws:
@@ -431,7 +424,3 @@ async def test_serve_scrape_on_two_redis_nodes_scrapes_from_one_node_at_a_time(
         finally:
             for one in nodes:
                 one.kill()
-
-
-async def _holder_is_scraper(redis_url: str, pid: int) -> bool:
-    return await _scrape_holder(redis_url) == pid
